@@ -1,0 +1,83 @@
+"""anypool: run work concurrently on coroutines, threads, processes, shell commands or Dask.
+
+One ``concurrent.futures.Executor`` over every execution model::
+
+    import anypool
+
+    anypool.map(fetch, urls)                          # a list, in input order
+    with anypool.Pool(backend="auto") as pool:        # or "thread", "process", "async", ...
+        fut = pool.submit(fn, *args, **kwargs)        # an anypool.Future: .result() or await
+        for r in pool.imap_unordered(fn, items): ...  # lazy, bounded, completion order
+        print(pool.stats)
+
+This module holds the public names and nothing else.
+"""
+
+from __future__ import annotations
+
+from .backends import available_backends
+from .errors import (
+    AnypoolError,
+    BackendUnavailable,
+    BrokenPool,
+    CommandFailed,
+    InitializerFailed,
+    PoolClosed,
+    SerializationError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from .events import Observer, TaskEvent
+from .futures import Attempt, Future, as_completed
+from .mapping import MapIterator
+from .pool import Pool, PoolView, imap, map
+from .state import worker_state
+from .stats import PoolStats, Summary
+from .tasks import POOL_DEFAULT, TaskOptions
+
+__all__ = [
+    "POOL_DEFAULT",
+    "AnypoolError",
+    "Attempt",
+    "BackendUnavailable",
+    "BrokenPool",
+    "CommandFailed",
+    "Future",
+    "InitializerFailed",
+    "MapIterator",
+    "Observer",
+    "Pool",
+    "PoolClosed",
+    "PoolStats",
+    "PoolView",
+    "SerializationError",
+    "Summary",
+    "TaskError",
+    "TaskEvent",
+    "TaskOptions",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "as_completed",
+    "available_backends",
+    "imap",
+    "map",
+    "worker_state",
+]
+
+__version__ = "0.1.0"
+
+
+def _fix_module_names() -> None:
+    # Public objects say they live in `anypool`: tracebacks, docs and
+    # pickles then name the path users import from.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("anypool."):
+            try:
+                obj.__module__ = "anypool"
+            except (AttributeError, TypeError):
+                pass
+
+
+_fix_module_names()

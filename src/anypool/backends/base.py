@@ -1,0 +1,110 @@
+"""The backend protocol: the little a backend must do; the core does the rest.
+
+A backend runs tasks on one execution model.  It does **not** decide about
+retries, ordering, windows, progress, statistics or job logs: the
+dispatcher (``anypool.dispatch``) does, the same way for every backend.
+
+The contract, in full:
+
+* ``submit(task)`` takes a :class:`~anypool.tasks.Task` and returns at once.
+  It may be called from any thread, including the backend's own (retries).
+  For a single ``submit`` call it raises ``SerializationError`` in the
+  caller when the task cannot be sent.
+* Right before running a task the backend calls ``task.claim()``; if that
+  returns False the task was cancelled: ``dispatch.discard(task)``.
+* It reports how each item ended, exactly once, through
+  ``dispatch.finish(task, results, started, ended, worker)``, with a
+  :class:`~anypool.tasks.Failure` in place of a result for an item that
+  raised, timed out (``kind="timeout"``, only where ``can_kill`` or the model
+  can at least give up on it) or lost its worker (``kind="crash"``).
+  ``dispatch.requeue(task)`` hands back work that never started.
+* ``shutdown(wait, kill)`` stops its workers: after everything submitted has
+  finished (the dispatcher waits for that first), or at once with ``kill``.
+* A worker initializer that fails makes the backend call
+  ``dispatch.broken(InitializerFailed(...))`` once and stop starting workers.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..dispatch import Dispatch
+    from ..tasks import Task
+
+__all__ = ["Backend", "BackendConfig"]
+
+
+@dataclass
+class BackendConfig:
+    """The pool settings a backend may use (each backend reads what applies)."""
+
+    workers: int | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_worker: int | None = None
+    max_memory_per_worker: int | None = None
+    start_method: str | None = None
+    concurrency: int | None = None
+    address: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One execution model behind the pool (see the module docstring for the contract)."""
+
+    name: ClassVar[str]
+    can_kill: ClassVar[bool] = False
+    """True if a timed-out task is really stopped, not just abandoned."""
+    transports: ClassVar[bool] = False
+    """True if tasks are serialized to another process (arguments must pickle)."""
+    batch_seconds: ClassVar[float] = 0.002
+    """How long one batch of small ``map`` items should take on this backend."""
+    max_batch: ClassVar[int] = 4096
+    coroutines: ClassVar[bool] = False
+    """True if the backend runs coroutine functions (else sync callables)."""
+
+    def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
+        self.config = config
+        self.dispatch = dispatch
+
+    @property
+    def workers(self) -> int:
+        """How many tasks run at once at most (threads, processes, coroutines...)."""
+        return self.config.workers or default_workers()
+
+    @abstractmethod
+    def submit(self, task: Task) -> None:
+        """Queue ``task``; report its end through the dispatcher."""
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, kill: bool = False) -> None:
+        """Stop the workers (all submitted work is already final unless ``kill``)."""
+
+    def plan(self, fn: Callable[..., Any]) -> Backend:
+        """The backend that will run ``fn`` (a router answers for its choice)."""
+        return self
+
+    def window(self) -> int:
+        """How many batches of one ``map`` call may be in flight at once."""
+        return 2 * self.workers + 2
+
+    def fixed_batch(self) -> int | None:
+        """A fixed ``map`` batch size, or None to size batches by measured time."""
+        return None
+
+    def describe(self) -> str:
+        """A one-line description for logs and ``pool.stats``."""
+        return f"{self.name} ({self.workers} workers)"
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,420 @@
+"""The ``async`` backend: coroutine functions on an event loop.
+
+From sync code the pool runs its own loop on a thread and works like a
+portal: ``submit`` returns at once, ``result()`` blocks the caller, never the
+loop.  Created inside a running loop, the pool *attaches* to that loop, so
+coroutines share it with the caller's code (and its loop-bound objects, such
+as client sessions); there, ``await fut`` and ``async for`` never block, and
+the blocking calls that would deadlock the loop (``result()`` on an
+unfinished task, ``for`` over ``map``, ``shutdown(wait=True)``) raise
+``RuntimeError`` saying what to use instead.
+
+``workers`` caps how many coroutines run at once (default 10,000);
+``timeout=`` cancels a coroutine that runs past it; ``Future.cancel()``
+cancels one that is running.  A callable that returns a plain value (not an
+awaitable) runs on the loop too, so keep such calls short: while any call
+blocks, every coroutine waits.  The pool logs a warning when its own loop
+has been blocked for more than half a second.
+
+::
+
+    submit (any thread) ──> inbox ──call_soon_threadsafe (once per burst)──> _drain on the loop
+        ──> create_task(fn(*args)) ──done callback──> dispatch.finish_one / batch slot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..state import bind_context
+from ..tasks import ONE, Failure, Task
+from .base import Backend, BackendConfig
+
+if TYPE_CHECKING:
+    from ..dispatch import Dispatch
+
+__all__ = ["AsyncBackend"]
+
+log = logging.getLogger("anypool")
+
+BLOCKED_WARNING = 0.5  # seconds the pool's own loop may be stuck before a warning
+
+
+class _BatchRun:
+    """The items of one batch task running as separate coroutines."""
+
+    __slots__ = ("failed", "remaining", "results", "started", "task", "times")
+
+    def __init__(self, task: Task, started: float) -> None:
+        n = len(task.items)
+        self.task = task
+        self.results: list[Any] = [None] * n
+        self.times: list[float] = [0.0] * (2 * n)
+        self.failed: list[int] = []
+        self.remaining = n
+        self.started = started
+
+
+class AsyncBackend(Backend):
+    """Coroutine functions on an event loop (see the module docstring)."""
+
+    name = "async"
+    can_kill = True
+    coroutines = True
+
+    def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
+        super().__init__(config, dispatch)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.loop_thread: int | None = None  # ident of the thread running the loop
+        self.attached = False
+        self._inbox: deque[Task] = deque()
+        self._drain_scheduled = False
+        self._waiting: deque[Task] = deque()
+        self._active = 0
+        self._running: set[asyncio.Task[Any]] = set()
+        self._expired: set[asyncio.Task[Any]] = set()  # cancelled by their timeout
+        self._ready = True
+        self._stopping = False
+        self._broken: BaseException | None = None
+        self._ws = dispatch.stats.worker("loop")
+        self._state: dict[str, Any] = {}
+        self._ctx = bind_context(self._state)
+        self._beat = 0.0
+
+    @property
+    def workers(self) -> int:
+        return self.config.workers or 10_000
+
+    def fixed_batch(self) -> int | None:
+        return max(1, self.workers // 16)
+
+    def window(self) -> int:
+        return 34
+
+    def describe(self) -> str:
+        where = "the caller's loop" if self.attached else "its own loop thread"
+        return f"async (up to {self.workers} coroutines on {where})"
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is not None:
+                return self._loop
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not None and not self.config.extra.get("own_loop", False):
+                self.attached = True
+                self.loop_thread = threading.get_ident()
+                self._loop = running
+                self._initialize_here()
+                return running
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+            self._thread = threading.Thread(target=self._run_loop, args=(loop, started),
+                                            name="anypool-async-loop", daemon=True)
+            self._thread.start()
+            started.wait()
+            self._loop = loop
+            self._initialize_own()
+            return loop
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        self.loop_thread = threading.get_ident()
+        loop.call_soon(started.set)
+        loop.call_soon(self._heartbeat)
+        clock.call_later(BLOCKED_WARNING, self._watch, 0.0)
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+        if self._loop is not None and not self._stopping:
+            self._loop.call_later(0.1, self._heartbeat)
+
+    def _watch(self, warned_at: float) -> None:
+        """Clock callback: warn when the pool's own loop stops turning."""
+        if self._stopping or self._loop is None or self._loop.is_closed():
+            return
+        stuck = time.monotonic() - self._beat
+        if stuck > BLOCKED_WARNING and self._beat != warned_at:
+            log.warning(
+                "anypool: a task has blocked the event loop for %.1f s; coroutines must not call "
+                "blocking functions (use backend='thread', or asyncio.to_thread inside the task)", stuck)
+            warned_at = self._beat
+        clock.call_later(BLOCKED_WARNING, self._watch, warned_at)
+
+    def _initialize_own(self) -> None:
+        init = self.config.initializer
+        if init is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        done: cf.Future[None] = cf.Future()
+
+        def settle(t: asyncio.Task[Any]) -> None:
+            exc = asyncio.CancelledError() if t.cancelled() else t.exception()
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def start() -> None:  # on the loop thread, in the workers' context
+            try:
+                r = self._ctx.run(init, *self.config.initargs)
+            except BaseException as exc:
+                done.set_exception(exc)
+                return
+            if inspect.isawaitable(r):
+                self._ctx.run(loop.create_task, _await(r)).add_done_callback(settle)
+            else:
+                done.set_result(None)
+
+        loop.call_soon_threadsafe(start)
+        try:
+            done.result()
+        except BaseException as exc:
+            self._init_failed(exc)
+
+    def _initialize_here(self) -> None:
+        init = self.config.initializer
+        if init is None:
+            return
+        try:
+            r = self._ctx.run(init, *self.config.initargs)
+        except BaseException as exc:
+            self._init_failed(exc)
+            return
+        if inspect.isawaitable(r):
+            self._ready = False
+            assert self._loop is not None
+            t = self._ctx.run(self._loop.create_task, _await(r))
+            t.add_done_callback(self._init_done)
+
+    def _init_done(self, t: asyncio.Task[Any]) -> None:
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None or t.cancelled():
+            self._init_failed(exc or asyncio.CancelledError())
+            return
+        self._ready = True
+        self._launch_waiting()
+
+    def _init_failed(self, exc: BaseException) -> None:
+        err = InitializerFailed(f"the initializer raised {exc!r}")
+        err.__cause__ = exc
+        self._broken = err
+        self.dispatch.broken(err)
+        while self._waiting:
+            self.dispatch.fail_unrun(self._waiting.popleft(), err)
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        if self._stopping:
+            raise PoolClosed("the async backend is shut down")
+        loop = self._ensure_loop()
+        if self._broken is not None:
+            raise self._broken
+        if self.attached and task.future is not None:
+            task.future._loop_thread = self.loop_thread
+        self._inbox.append(task)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            if threading.get_ident() == self.loop_thread:
+                loop.call_soon(self._drain)
+            else:
+                loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        inbox = self._inbox
+        limit = self.workers
+        while inbox:
+            task = inbox.popleft()
+            if self._broken is not None:
+                self.dispatch.fail_unrun(task, self._broken)
+            elif self._waiting or not self._ready or (
+                self._active and self._active + len(task.items) > limit
+            ):
+                self._waiting.append(task)
+            else:
+                self._launch(task)
+
+    def _launch_waiting(self) -> None:
+        limit = self.workers
+        waiting = self._waiting
+        while waiting and self._ready and (not self._active or self._active + len(waiting[0].items) <= limit):
+            self._launch(waiting.popleft())
+
+    def _launch(self, task: Task) -> None:
+        if not task.claim():
+            self.dispatch.discard(task)
+            return
+        if self.dispatch.observing:
+            self.dispatch.started(task, self._ws)
+        now = time.time()
+        fut = task.future
+        if fut is not None:
+            args, kwargs = task.items[0]
+            self._start_item(task, functools.partial(task.fn, *args, **kwargs),
+                             functools.partial(self._single_done, task), now)
+            return
+        run = _BatchRun(task, now)
+        style = task.style
+        fn = task.fn
+        for i, item in enumerate(task.items):
+            call = functools.partial(fn, item) if style == ONE else functools.partial(fn, *item)
+            self._start_item(task, call, functools.partial(self._item_done, run, i), now)
+
+    def _start_item(self, task: Task, call: Any, done: Any, now: float) -> None:
+        """Call the task's function and run what it returns; ``done(t0, value)`` at the end."""
+        self._active += 1
+        try:
+            r = self._ctx.run(call)
+        except BaseException as exc:
+            self._active -= 1
+            done(now, Failure(exc))
+            self._launch_waiting()
+            return
+        if not inspect.isawaitable(r):
+            self._active -= 1
+            done(now, r)
+            self._launch_waiting()
+            return
+        assert self._loop is not None
+        coro = r if asyncio.iscoroutine(r) else _await(r)
+        atask = self._ctx.run(self._loop.create_task, coro)
+        self._running.add(atask)
+        timer = None
+        timeout = task.options.timeout
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._expire, atask)
+        atask.add_done_callback(functools.partial(self._finished, task, done, now, timer))
+        if task.future is not None:
+            task.future._cancel_running = functools.partial(self._cancel, atask)
+
+    def _finished(self, task: Task, done: Any, t0: float, timer: asyncio.TimerHandle | None,
+                  atask: asyncio.Task[Any]) -> None:
+        self._running.discard(atask)
+        self._active -= 1
+        if timer is not None:
+            timer.cancel()
+        if atask.cancelled():
+            if atask in self._expired:
+                self._expired.discard(atask)
+                value: Any = Failure(TaskTimeout(task.options.timeout or 0.0, task.label()), "timeout")
+            elif self._stopping:
+                value = Failure(PoolClosed("the pool was shut down while this coroutine ran"), "cancelled")
+            else:
+                value = Failure(cf.CancelledError("the coroutine was cancelled"), "cancelled")
+        else:
+            exc = atask.exception()
+            value = Failure(exc) if exc is not None else atask.result()
+        done(t0, value)
+        if self._waiting:
+            self._launch_waiting()
+
+    def _single_done(self, task: Task, t0: float, value: Any) -> None:
+        self.dispatch.finish_one(task, value, t0, time.time(), self._ws)
+
+    def _item_done(self, run: _BatchRun, i: int, t0: float, value: Any) -> None:
+        run.results[i] = value
+        run.times[2 * i] = t0
+        run.times[2 * i + 1] = time.time()
+        if type(value) is Failure:
+            run.failed.append(i)
+        run.remaining -= 1
+        if run.remaining == 0:
+            run.failed.sort()
+            self.dispatch.finish(run.task, run.results, run.started, time.time(), self._ws,
+                                 run.failed or None, run.times)
+
+    def _expire(self, atask: asyncio.Task[Any]) -> None:
+        self._expired.add(atask)
+        atask.cancel()
+
+    def _cancel(self, atask: asyncio.Task[Any]) -> bool:
+        loop = self._loop
+        if loop is None or atask.done():
+            return False
+        if threading.get_ident() == self.loop_thread:
+            atask.cancel()
+        else:
+            loop.call_soon_threadsafe(atask.cancel)
+        return True
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def cancel_pending(self) -> None:
+        """Cancel every task that has not started."""
+        def cancel() -> None:
+            for q in (self._inbox, self._waiting):
+                while q:
+                    self.dispatch.cancel(q.popleft())
+
+        self._call_on_loop(cancel)
+
+    def _call_on_loop(self, fn: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or threading.get_ident() == self.loop_thread:
+            fn()
+        else:
+            try:
+                asyncio.run_coroutine_threadsafe(_call(fn), loop).result(5.0)
+            except (cf.TimeoutError, RuntimeError):
+                fn()
+
+    def shutdown(self, wait: bool = True, kill: bool = False) -> None:
+        self._stopping = True
+        loop = self._loop
+        if loop is None:
+            return
+        if kill:
+            def cancel_all() -> None:
+                for t in list(self._running):
+                    t.cancel()
+                for q in (self._inbox, self._waiting):
+                    while q:
+                        self.dispatch.cancel(q.popleft())
+
+            self._call_on_loop(cancel_all)
+        if self.attached:
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None and (wait or kill) and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+async def _call(fn: Any) -> None:
+    fn()

@@ -1,0 +1,194 @@
+"""The ``process`` and ``process+async`` backends: worker processes anypool runs itself.
+
+``process`` runs sync callables, one task at a time per process: for
+CPU-bound pure Python.  ``process+async`` runs coroutine functions on an
+event loop inside each process, up to ``concurrency`` at once per process:
+for IO-heavy work that also needs more than one core.
+
+What they promise (and the standard pools do not):
+
+* a worker that dies (SIGKILL, ``os._exit``, segfault, OOM) fails only the
+  task it was running, with :class:`~anypool.WorkerCrashed` naming the
+  signal or exit code; it is replaced and the pool goes on;
+* ``timeout=`` kills the worker running the late task (and every process
+  that task started) within a fraction of a second, and replaces it;
+* an argument that cannot be pickled fails in ``submit``, naming it;
+* ``max_tasks_per_worker`` and ``max_memory_per_worker`` recycle workers
+  between tasks without losing any;
+* workers exit on their own when the pool's process dies, even by SIGKILL.
+
+The mechanism is in ``manager.py`` (parent side), ``worker.py`` (child
+side) and ``protocol.py`` (the messages between them).  Start method: the
+fork server by default (safe with threads, fast to start each worker once it
+runs), ``start_method="fork"`` to share big read-only data copy-on-write,
+``"spawn"`` for a fresh interpreter per worker.  As with ``multiprocessing``,
+a script using ``forkserver`` or ``spawn`` needs the
+``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...errors import PoolClosed, SerializationError
+from ...serialize import PROTOCOL, dumps, dumps_callable, explain_args, explain_item
+from ...tasks import Task
+from ..base import Backend, BackendConfig
+
+if TYPE_CHECKING:
+    from ...dispatch import Dispatch
+    from .manager import Manager
+
+__all__ = ["AsyncProcessBackend", "ProcessBackend"]
+
+_FN_REGISTRY = 256  # callables whose pickles are kept, so repeated submits pickle them once
+
+
+class ProcessBackend(Backend):
+    """Sync callables in worker processes (see the module docstring)."""
+
+    name = "process"
+    can_kill = True
+    transports = True
+    batch_seconds = 0.02
+    max_batch = 4096
+    worker_mode: ClassVar[str] = "sync"
+
+    def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
+        super().__init__(config, dispatch)
+        self.pending: deque[Task] = deque()
+        self._lock = threading.Lock()
+        self._manager: Manager | None = None
+        self._closed = False
+        self._fns: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
+        self._fn_ids = 0
+        self.init_bytes: bytes | None = None
+        if config.initializer is not None:
+            try:
+                self.init_bytes = dumps_callable((config.initializer, config.initargs))  # type: ignore[arg-type]
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"the worker initializer or its initargs cannot be sent to worker processes: {exc}"
+                ) from exc
+
+    def describe(self) -> str:
+        method = self.config.start_method or "forkserver"
+        return f"{self.name} ({self.workers} worker processes, {method})"
+
+    def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        """The id and pickle of ``fn``, pickled once per callable (an LRU of them)."""
+        try:
+            key: Any = fn
+            hash(key)
+        except TypeError:
+            key = None
+        with self._lock:
+            if key is not None:
+                entry = self._fns.get(key)
+                if entry is not None:
+                    self._fns.move_to_end(key)
+                    return entry
+        data = dumps_callable(fn)
+        with self._lock:
+            self._fn_ids += 1
+            entry = (self._fn_ids, data)
+            if key is not None:
+                self._fns[key] = entry  # holds fn, so its id is never reused while cached
+                if len(self._fns) > _FN_REGISTRY:
+                    self._fns.popitem(last=False)
+        return entry
+
+    def _serialize(self, task: Task) -> None:
+        fn_id, fn_bytes = self._fn_entry(task.fn)
+        if task.future is not None:
+            args, kwargs = task.items[0]
+            try:
+                blob = pickle.dumps(task.items[0], PROTOCOL)
+            except Exception:
+                try:
+                    blob = dumps(task.items[0])
+                except (Exception, SystemExit) as exc:
+                    raise explain_args(args, kwargs, exc) from exc
+            except SystemExit as exc:
+                raise explain_args(args, kwargs, exc) from exc
+            task.payload = (fn_id, fn_bytes, True, [blob])
+            return
+        try:
+            blob = dumps(task.items)
+        except (Exception, SystemExit) as exc:
+            if len(task.items) == 1:
+                raise explain_item(task.seq, task.items[0], exc) from exc
+            raise SerializationError(f"a batch of map items cannot be pickled: {exc}") from exc
+        task.payload = (fn_id, fn_bytes, False, blob)
+
+    def submit(self, task: Task) -> None:
+        if self._closed:
+            raise PoolClosed("the process backend is shut down")
+        if task.payload is None:
+            self._serialize(task)
+        self.pending.append(task)
+        manager = self._manager
+        if manager is None:
+            manager = self._start()
+        manager.wake()
+
+    def _start(self) -> Manager:
+        from .manager import Manager
+
+        with self._lock:
+            if self._manager is None:
+                self._manager = Manager(self)
+            return self._manager
+
+    def cancel_pending(self) -> None:
+        """Cancel every task not yet handed to a worker."""
+        while self.pending:
+            try:
+                task = self.pending.popleft()
+            except IndexError:
+                return
+            self.dispatch.cancel(task)
+
+    def shutdown(self, wait: bool = True, kill: bool = False) -> None:
+        self._closed = True
+        manager = self._manager
+        if manager is None:
+            return
+        if kill:
+            manager.kill()
+            manager.thread.join(5.0)
+            return
+        manager.stop()
+        if wait:
+            manager.thread.join()
+
+
+class AsyncProcessBackend(ProcessBackend):
+    """Coroutine functions on an event loop in each worker process (``process+async``).
+
+    ``workers`` processes, each running up to ``concurrency`` coroutines at
+    once (default 1000).  ``timeout=`` cancels the coroutine inside its
+    process; a process that dies fails the coroutines it was running.
+    """
+
+    name = "process+async"
+    can_kill = False
+    coroutines = True
+    worker_mode = "async"
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.concurrency or 1000
+
+    def fixed_batch(self) -> int | None:
+        return max(1, self.concurrency // 8)
+
+    def window(self) -> int:
+        return 2 * self.workers * 8 + 2
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.workers} processes x {self.concurrency} coroutines)"

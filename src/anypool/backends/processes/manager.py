@@ -1,0 +1,754 @@
+"""The manager thread: the one place that talks to worker processes.
+
+::
+
+    caller threads ──submit──> pending deque ──wake pipe──┐
+                                                          ▼
+    ┌──────────────────────── manager thread: one selector over ────────────────────┐
+    │  wake pipe · each worker's socket (read; write while output is queued) ·      │
+    │  each worker's process sentinel                                               │
+    │                                                                               │
+    │  readable socket  → RESULT/PARTIAL → dispatch.finish (retries, futures, map)  │
+    │  sentinel         → the worker is gone: read what it sent first, blame the    │
+    │                     item it was running (slot), requeue the rest, replace it  │
+    │  every turn       → hand pending tasks to workers with room (coalescing small │
+    │                     submits into one wire batch), kill items past deadline    │
+    └───────────────────────────────────────────────────────────────────────────────┘
+
+Shared structures and their shapes:
+
+* ``pending``: deque of ``Task`` (appended by any thread, popped here only).
+* ``_Worker.inflight``: deque of ``_Wire`` sent to that worker, oldest
+  first; a sync worker answers them in that order.
+* ``slots``: ``RawArray('d', 2 * workers * SLOT_WIDTH)`` in shared memory;
+  twice the worker count so a retiring worker and its replacement never
+  share a slot.
+
+Nothing here blocks on a worker: sockets are non-blocking, and a worker is
+only ever waited for through its sentinel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+from ...errors import (
+    BrokenPool,
+    InitializerFailed,
+    PoolClosed,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+    describe_exit,
+)
+from ...serialize import PROTOCOL, unpack_exception
+from ...tasks import CALL, Failure, Task
+from .protocol import (
+    IDLE,
+    INIT_FAILED,
+    PARTIAL,
+    READY,
+    RESULT,
+    SLOT_WIDTH,
+    STOP,
+    TASK,
+    FrameReader,
+    FrameWriter,
+)
+from .worker import FN_CACHE
+from .worker import main as worker_main
+
+if TYPE_CHECKING:
+    from ...stats import WorkerStats
+    from . import ProcessBackend
+
+log = logging.getLogger("anypool")
+
+STARTUP_FAILURES = 3  # workers dying before READY, in a row, before the pool is declared broken
+STOP_GRACE = 5.0  # seconds a stopping worker gets before it is killed
+PREFETCH_BELOW = 0.05  # send a second batch to a busy worker only if batches take less than this
+MAX_COALESCE = 256  # submit() calls packed into one message at most
+
+
+class _Wire:
+    """One TASK message: a map batch, or several single calls coalesced."""
+
+    __slots__ = ("fn_id", "id", "n", "remaining", "results", "started", "timeout", "units")
+
+    def __init__(self, wire_id: int, units: list[Task], fn_id: int, timeout: float | None) -> None:
+        self.id = wire_id
+        self.units = units
+        self.n = sum(len(t.items) for t in units)
+        self.fn_id = fn_id
+        self.timeout = timeout
+        self.results: list[Any] | None = None  # process+async: items as they arrive
+        self.remaining = self.n
+        self.started = time.time()
+
+
+class _Worker:
+    __slots__ = ("fault", "fns", "inflight", "inflight_items", "killed", "name", "pid", "proc",
+                 "reader", "ready", "retiring", "rss", "slot", "sock", "tasks_done", "writer", "ws")
+
+    def __init__(self, slot: int, name: str, proc: Any, sock: socket.socket, fault: Any,
+                 ws: WorkerStats) -> None:
+        self.slot = slot
+        self.name = name
+        self.proc = proc
+        self.pid: int = proc.pid
+        self.sock = sock
+        self.reader = FrameReader(sock)
+        self.writer = FrameWriter(sock)
+        self.fault = fault
+        self.ws = ws
+        self.ready = False
+        self.retiring = False
+        self.killed: tuple[Any, ...] | None = None  # ("timeout", wire_id, index) or ("kill",)
+        self.inflight: deque[_Wire] = deque()
+        self.inflight_items = 0
+        self.tasks_done = 0
+        self.rss = 0
+        self.fns: OrderedDict[int, None] = OrderedDict()  # mirror of the worker's callable cache
+
+
+def _context(method: str | None) -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    if method is None:
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    if method not in methods:
+        raise ValueError(f"start_method must be one of {methods}, not {method!r}")
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        server: Any = forkserver._forkserver
+        # Preload the worker module in the fork server so each new worker
+        # starts with it imported (a few ms instead of tens).  Only when
+        # nobody started the server or changed its preload list yet.
+        if server._forkserver_pid is None and server._preload_modules == ["__main__"]:
+            server._preload_modules = ["__main__", "anypool.backends.processes.worker"]
+    return multiprocessing.get_context(method)
+
+
+class Manager:
+    """Runs the worker processes of one pool (see the module docstring)."""
+
+    def __init__(self, backend: ProcessBackend) -> None:
+        self.backend = backend
+        self.dispatch = backend.dispatch
+        self.config = backend.config
+        self.mode = backend.worker_mode
+        self.n = backend.workers
+        self.ctx: Any = _context(self.config.start_method)
+        self.pending = backend.pending
+        self.slots = self.ctx.RawArray("d", 2 * self.n * SLOT_WIDTH)
+        for i in range(0, len(self.slots), SLOT_WIDTH):
+            self.slots[i] = IDLE
+        self.free_slots = list(range(2 * self.n - 1, -1, -1))
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        self.wake_pending = False
+        self.workers: dict[int, _Worker] = {}  # by slot
+        self.names = itertools.count(1)
+        self.wire_ids = itertools.count(1)
+        self.cost: dict[int, float] = {}  # fn_id -> seconds per item (moving average)
+        self.startup_failures = 0
+        self.stopping = False
+        self.killing = False
+        self.broken: BaseException | None = None
+        self.stop_deadline: float | None = None
+        self.init_bytes = backend.init_bytes
+        self.thread = threading.Thread(target=self._run, name="anypool-process-manager", daemon=True)
+        self.thread.start()
+
+    # -- called from other threads ------------------------------------------
+
+    def wake(self) -> None:
+        if not self.wake_pending:
+            self.wake_pending = True
+            try:
+                os.write(self.wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def stop(self) -> None:
+        """Graceful: workers finish what they hold and exit."""
+        self.stopping = True
+        self.wake()
+
+    def kill(self) -> None:
+        """Kill every worker now (and everything it started); their tasks fail."""
+        self.stopping = True
+        self.killing = True
+        for w in list(self.workers.values()):
+            w.killed = ("kill",)
+            _kill_group(w.pid)
+        self.wake()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            for _ in range(self.n):
+                self._start_worker()
+            while True:
+                timeout = self._turn()
+                if self.stopping and not self.workers:
+                    break
+                for key, mask in self.selector.select(timeout):
+                    kind, w = key.data
+                    if kind == "wake":
+                        # drain first, then clear: a wake() in between then either
+                        # wrote a byte still unread or finds the flag clear and writes
+                        try:
+                            while os.read(self.wake_r, 4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        self.wake_pending = False
+                    elif kind == "chan":
+                        if mask & selectors.EVENT_READ:
+                            self._read(w)
+                        if mask & selectors.EVENT_WRITE and w.slot in self.workers:
+                            self._flush(w)
+                    elif kind == "exit":
+                        self._on_exit(w)
+        except BaseException:
+            log.exception("anypool: the process manager failed; the pool is broken")
+            err = BrokenPool("the process pool's manager thread failed (see the log)")
+            self._break(err)
+            for w in list(self.workers.values()):
+                _kill_group(w.pid)
+            raise
+        finally:
+            self._close()
+
+    def _turn(self) -> float | None:
+        """Housekeeping between selects; returns how long the next select may sleep."""
+        if self.killing:
+            self._fail_pending(PoolClosed("the pool was shut down with kill=True"), "cancelled")
+        if self.broken is None and not self.killing:
+            self._assign()
+        if self.stopping and not self.killing:
+            self._stop_idle_workers()
+        return self._check_deadlines()
+
+    # -- workers ---------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        if self.killing or self.broken is not None:
+            return
+        slot = self.free_slots.pop()
+        parent_sock, child_sock = socket.socketpair()
+        fault_r, fault_w = self.ctx.Pipe(duplex=False)
+        name = f"process-{next(self.names)}"
+        cfg = pickle.dumps({
+            "index": slot,
+            "parent_pid": os.getpid(),
+            "sys_path": list(sys.path),
+            "initializer": self.init_bytes,
+            "mode": self.mode,
+            "concurrency": self.config.concurrency or 1000,
+            "report_rss": self.config.max_memory_per_worker is not None,
+        }, PROTOCOL)
+        proc = self.ctx.Process(
+            target=worker_main, args=(child_sock, fault_w, self.slots, cfg),
+            name=f"anypool-{name}", daemon=False,
+        )
+        proc.start()
+        child_sock.close()
+        fault_w.close()
+        parent_sock.setblocking(False)
+        os.set_blocking(fault_r.fileno(), False)
+        w = _Worker(slot, name, proc, parent_sock, fault_r, self.dispatch.stats.worker(name))
+        self.workers[slot] = w
+        self.selector.register(parent_sock, selectors.EVENT_READ, ("chan", w))
+        self.selector.register(proc.sentinel, selectors.EVENT_READ, ("exit", w))
+
+    def _retire(self, w: _Worker) -> None:
+        w.retiring = True
+        self._send(w, (STOP,))
+        if not self.stopping:
+            self._start_worker()
+
+    def _stop_idle_workers(self) -> None:
+        now = time.monotonic()
+        if self.stop_deadline is None:
+            self.stop_deadline = now + STOP_GRACE
+        for w in list(self.workers.values()):
+            if (not w.retiring and not w.inflight and w.ready) or (not w.ready and not w.retiring):
+                w.retiring = True
+                self._send(w, (STOP,))
+        if now > self.stop_deadline:
+            for w in list(self.workers.values()):
+                _kill_group(w.pid)
+
+    def _on_exit(self, w: _Worker) -> None:
+        """A worker's process ended: collect what it sent, settle its tasks, replace it."""
+        if w.slot not in self.workers:
+            return
+        self._read(w, final=True)
+        w.proc.join(1.0)
+        code = w.proc.exitcode
+        del self.workers[w.slot]
+        for obj in (w.sock, w.proc.sentinel):
+            try:
+                self.selector.unregister(obj)
+            except (KeyError, ValueError):
+                pass
+        fault = _drain(w.fault)
+        w.sock.close()
+        w.fault.close()
+        w.proc.close()
+        self.dispatch.stats.worker_gone(w.name)
+        expected = w.retiring or w.killed is not None
+        if not w.ready and not expected:
+            self.startup_failures += 1
+            log.warning("anypool: worker %s (pid %s) %s during start-up", w.name, w.pid, describe_exit(code))
+            if self.startup_failures >= STARTUP_FAILURES:
+                self._break(BrokenPool(
+                    f"worker processes keep dying during start-up (the last one {describe_exit(code)})"
+                    + (f"; its last output:\n{fault}" if fault else "")))
+        if w.inflight:
+            self._settle_lost(w, code, fault)  # reads the slot: free it only afterwards
+        elif not expected and w.ready:
+            log.warning("anypool: idle worker %s (pid %s) %s", w.name, w.pid, describe_exit(code))
+        self.slots[w.slot * SLOT_WIDTH] = IDLE
+        self.free_slots.append(w.slot)
+        if not self.stopping and not w.retiring and self.broken is None:
+            self._start_worker()
+
+    def _settle_lost(self, w: _Worker, code: int | None, fault: str) -> None:
+        """Decide what happened to every task a dead worker held."""
+        killed = w.killed
+        wires = list(w.inflight)
+        w.inflight.clear()
+        w.inflight_items = 0
+        now = time.time()
+        if killed is not None and killed[0] == "kill":
+            exc = PoolClosed("the pool was shut down with kill=True while this task ran")
+            for wire in wires:
+                for task in wire.units:
+                    self.dispatch.fail_unrun(task, exc, "cancelled")
+            return
+        if self.mode == "async":
+            # every coroutine in the process was running: all of them lost their worker
+            msg = _crash_message(w, code, fault, f"{sum(x.n for x in wires)} coroutines")
+            for wire in wires:
+                for task in wire.units:
+                    self._fail_items(task, WorkerCrashed(msg, code, w.pid), "crash", w.ws, wire, now)
+            return
+        first, rest = wires[0], wires[1:]
+        base = w.slot * SLOT_WIDTH
+        started = self.slots[base] == first.id
+        index = int(self.slots[base + 1]) if started else -1
+        if killed is not None and killed[0] == "timeout" and killed[1] == first.id:
+            index = killed[2]
+        for wire in rest:  # never started: hand back untouched
+            for task in wire.units:
+                self.dispatch.requeue(task)
+        if not started:
+            for task in first.units:
+                self.dispatch.requeue(task)
+            return
+        if index < 0 and first.n > 1:
+            # crashed somewhere in a batch run without per-item marks: re-run the
+            # items one by one, so the one that crashes does so alone and is blamed
+            log.warning("anypool: worker %s (pid %s) %s during a batch of %d tasks; "
+                        "re-running them one at a time", w.name, w.pid, describe_exit(code), first.n)
+            for task in first.units:
+                for i, item in enumerate(task.items):
+                    self.dispatch.requeue(task.subtask(i, [item]) if task.future is None else task)
+            return
+        index = max(index, 0)
+        # locate the item across the wire's units
+        pos = 0
+        for task in first.units:
+            n = len(task.items)
+            if pos + n <= index or pos > index:
+                # before the culprit: finished, but the result died with the worker;
+                # after it: never started
+                self.dispatch.requeue(task)
+            else:
+                i = index - pos
+                if i > 0:
+                    self.dispatch.requeue(task.subtask(0, task.items[:i]))
+                culprit = task if n == 1 else task.subtask(i, [task.items[i]])
+                if killed is not None and killed[0] == "timeout":
+                    lost: Failure = Failure(TaskTimeout(first.timeout or 0.0, culprit.label()), "timeout")
+                else:
+                    lost = Failure(WorkerCrashed(_crash_message(w, code, fault, culprit.label()), code,
+                                                 w.pid), "crash")
+                start = self.slots[base + 2] or first.started
+                self.dispatch.finish(culprit, [lost], start, now, w.ws, [0])
+                if i + 1 < n:
+                    self.dispatch.requeue(task.subtask(i + 1, task.items[i + 1:]))
+            pos += n
+
+    def _fail_items(self, task: Task, exc: BaseException, kind: str, ws: WorkerStats,
+                    wire: _Wire, now: float) -> None:
+        n = len(task.items)
+        if wire.results is not None and task.future is None:
+            # process+async map batch: keep the items that already came back
+            off = 0
+            for t in wire.units:
+                if t is task:
+                    break
+                off += len(t.items)
+            results = wire.results[off:off + n]
+            failed = [i for i, r in enumerate(results) if r is _MISSING or type(r) is Failure]
+            for i in failed:
+                if results[i] is _MISSING:
+                    results[i] = Failure(exc, kind)
+            self.dispatch.finish(task, results, wire.started, now, ws, failed)
+            return
+        self.dispatch.finish(task, [Failure(exc, kind) for _ in range(n)], wire.started, now, ws,
+                             list(range(n)))
+
+    # -- sending ---------------------------------------------------------------
+
+    def _send(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        w.writer.put(pickle.dumps(msg, PROTOCOL))
+        self._flush(w)
+
+    def _flush(self, w: _Worker) -> None:
+        try:
+            done = w.writer.flush()
+        except OSError:
+            done = True  # the worker is gone; its sentinel will tell
+        try:
+            self.selector.modify(w.sock, selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE),
+                                 ("chan", w))
+        except (KeyError, ValueError):
+            pass
+
+    def _room(self, w: _Worker) -> bool:
+        if not w.ready or w.retiring or w.killed is not None:
+            return False
+        if self.mode == "async":
+            return w.inflight_items < (self.config.concurrency or 1000)
+        if not w.inflight:
+            return True
+        limit = self.config.max_tasks_per_worker
+        if limit is not None and w.tasks_done + w.inflight_items >= limit:
+            return False
+        if len(w.inflight) >= 2:
+            return False
+        cost = self.cost.get(w.inflight[0].fn_id)
+        return cost is not None and cost * w.inflight[0].n < PREFETCH_BELOW
+
+    def _assign(self) -> None:
+        pending = self.pending
+        while pending:
+            idle = [w for w in self.workers.values() if self._room(w)]
+            if not idle:
+                return
+            idle.sort(key=lambda w: w.inflight_items)
+            for w in idle:
+                if not pending:
+                    return
+                wire = self._next_wire(w)
+                if wire is None:
+                    continue
+                self._send_wire(w, wire)
+
+    def _next_wire(self, w: _Worker) -> _Wire | None:
+        pending = self.pending
+        while pending:
+            task = pending.popleft()
+            if task.claim():
+                break
+            self.dispatch.discard(task)
+        else:
+            return None
+        fn_id = task.payload[0]
+        timeout = task.options.timeout
+        units = [task]
+        if task.future is not None and pending:
+            units.extend(self._coalesce(w, task, fn_id, timeout))
+        return _Wire(next(self.wire_ids), units, fn_id, timeout)
+
+    def _coalesce(self, w: _Worker, first: Task, fn_id: int, timeout: float | None) -> list[Task]:
+        """More single calls of the same callable and options for the same message."""
+        pending = self.pending
+        cost = self.cost.get(fn_id)
+        if cost is None:
+            return []
+        room = max(1, len(pending) // max(1, len(self.workers)))
+        limit = min(MAX_COALESCE, room, max(1, int(self.backend.batch_seconds / max(cost, 1e-7))) - 1)
+        if self.mode == "async":
+            limit = min(limit, (self.config.concurrency or 1000) - w.inflight_items - 1)
+        if self.config.max_tasks_per_worker is not None:
+            limit = min(limit, self.config.max_tasks_per_worker - w.tasks_done - w.inflight_items - 1)
+        out: list[Task] = []
+        while len(out) < limit and pending:
+            nxt = pending[0]
+            if (nxt.future is None or nxt.payload[0] != fn_id or nxt.options.timeout != timeout
+                    or nxt.options is not first.options):
+                break
+            pending.popleft()
+            if nxt.claim():
+                out.append(nxt)
+            else:
+                self.dispatch.discard(nxt)
+        return out
+
+    def _send_wire(self, w: _Worker, wire: _Wire) -> None:
+        first = wire.units[0]
+        fn_id, fn_bytes, blobs, payload = first.payload
+        if fn_id in w.fns:
+            w.fns.move_to_end(fn_id)
+            fn_bytes = None
+        else:
+            w.fns[fn_id] = None
+            if len(w.fns) > FN_CACHE:
+                w.fns.popitem(last=False)
+        if len(wire.units) > 1:
+            payload = [t.payload[3][0] for t in wire.units]
+        per_item = first.style == CALL or wire.timeout is not None
+        if self.mode == "async":
+            wire.results = [_MISSING] * wire.n
+        msg = (TASK, wire.id, fn_id, fn_bytes, first.style, wire.timeout, per_item, blobs, wire.n, payload)
+        w.inflight.append(wire)
+        w.inflight_items += wire.n
+        wire.started = time.time()
+        if self.dispatch.observing:
+            for t in wire.units:
+                self.dispatch.started(t, w.ws)
+        self._send(w, msg)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def _read(self, w: _Worker, final: bool = False) -> None:
+        try:
+            frames = w.reader.read()
+        except OSError:
+            frames = []
+        for frame in frames:
+            try:
+                msg = pickle.loads(frame)
+            except BaseException as exc:
+                self._unloadable(w, exc)
+                continue
+            tag = msg[0]
+            if tag == RESULT:
+                self._on_result(w, msg)
+            elif tag == PARTIAL:
+                self._on_partial(w, msg)
+            elif tag == READY:
+                w.ready = True
+                self.startup_failures = 0
+            elif tag == INIT_FAILED:
+                cause = unpack_exception(msg[1])
+                err = InitializerFailed(f"the worker initializer raised {cause!r}; the pool cannot run tasks")
+                err.__cause__ = cause
+                self._break(err)
+        if w.reader.eof and not final:
+            try:
+                self.selector.unregister(w.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _unloadable(self, w: _Worker, exc: BaseException) -> None:
+        """A result message that cannot be unpickled here fails the batch it answers."""
+        if not w.inflight:
+            return
+        wire = w.inflight.popleft()
+        w.inflight_items -= wire.n
+        err = TaskError(type(exc).__name__, f"the task's result could not be loaded in the pool: {exc}")
+        now = time.time()
+        for task in wire.units:
+            n = len(task.items)
+            self.dispatch.finish(task, [Failure(err) for _ in range(n)], wire.started, now, w.ws,
+                                 list(range(n)))
+
+    def _on_result(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        _, wire_id, results, failed, t0, t1, times, rss = msg
+        wire = w.inflight.popleft()
+        assert wire.id == wire_id, (wire.id, wire_id)
+        w.inflight_items -= wire.n
+        w.tasks_done += wire.n
+        w.rss = rss
+        if failed:
+            for i in failed:
+                f = results[i]
+                results[i] = Failure(unpack_exception(f.exc), f.kind)
+        per_item = (t1 - t0) / wire.n
+        prev = self.cost.get(wire.fn_id)
+        self.cost[wire.fn_id] = per_item if prev is None else 0.8 * prev + 0.2 * per_item
+        units = wire.units
+        if len(units) == 1:
+            self.dispatch.finish(units[0], results, t0, t1, w.ws, failed)
+        else:
+            for k, task in enumerate(units):
+                s, e = (times[2 * k], times[2 * k + 1]) if times else (t0, t1)
+                self.dispatch.finish_one(task, results[k], s, e, w.ws)
+        self._maybe_retire(w)
+
+    def _on_partial(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        _, items, rss = msg
+        w.rss = rss
+        by_id = {wire.id: wire for wire in w.inflight}
+        for wire_id, index, result, bad, s, e in items:
+            wire = by_id.get(wire_id)
+            if wire is None:
+                continue
+            if bad:
+                result = Failure(unpack_exception(result.exc), result.kind)
+            w.inflight_items -= 1
+            w.tasks_done += 1
+            wire.remaining -= 1
+            if len(wire.units) > 1 or wire.units[0].future is not None:
+                # single calls: each finishes on its own
+                self.dispatch.finish_one(wire.units[index], result, s, e, w.ws)
+            else:
+                assert wire.results is not None
+                wire.results[index] = result
+            if wire.remaining == 0:
+                w.inflight.remove(wire)
+                if wire.units[0].future is None and len(wire.units) == 1:
+                    res = wire.results or []
+                    failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
+                    self.dispatch.finish(wire.units[0], res, wire.started, e, w.ws, failed)
+        self._maybe_retire(w)
+
+    def _maybe_retire(self, w: _Worker) -> None:
+        if w.retiring or self.stopping:
+            return
+        cfg = self.config
+        used_up = cfg.max_tasks_per_worker is not None and w.tasks_done >= cfg.max_tasks_per_worker
+        too_big = cfg.max_memory_per_worker is not None and w.rss > cfg.max_memory_per_worker
+        if (used_up or too_big) and not w.inflight:
+            self._retire(w)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _check_deadlines(self) -> float | None:
+        if self.mode == "async":
+            return 1.0 if self.stopping else None
+        now = time.time()
+        soonest: float | None = None
+        slots = self.slots
+        for w in self.workers.values():
+            if not w.inflight or w.killed is not None:
+                continue
+            wire = w.inflight[0]
+            if wire.timeout is None:
+                continue
+            base = w.slot * SLOT_WIDTH
+            if slots[base] != wire.id:
+                left = wire.timeout  # not started yet: look again after a while
+            else:
+                start = slots[base + 2]
+                index = int(slots[base + 1])
+                left = start + wire.timeout - now
+                if left <= 0:
+                    w.killed = ("timeout", wire.id, max(index, 0))
+                    _kill_group(w.pid)
+                    continue
+            soonest = left if soonest is None else min(soonest, left)
+        if self.stopping:
+            soonest = 0.5 if soonest is None else min(soonest, 0.5)
+        return soonest
+
+    # -- failure of the whole pool -------------------------------------------------
+
+    def _break(self, err: BaseException) -> None:
+        if self.broken is not None:
+            return
+        self.broken = err
+        self.dispatch.broken(err)
+        self._fail_pending(err, "unsendable")
+        now = time.time()
+        for w in list(self.workers.values()):
+            for wire in w.inflight:
+                for task in wire.units:
+                    self._fail_items(task, err, "unsendable", w.ws, wire, now)
+            w.inflight.clear()
+            w.inflight_items = 0
+            w.killed = ("kill",)
+            _kill_group(w.pid)
+        self.stopping = True
+
+    def _fail_pending(self, err: BaseException, kind: str) -> None:
+        while self.pending:
+            task = self.pending.popleft()
+            if task.future is not None and not task.claim():
+                self.dispatch.discard(task)
+                continue
+            self.dispatch.fail_unrun(task, err, kind)
+
+    def _close(self) -> None:
+        for w in list(self.workers.values()):
+            _kill_group(w.pid)
+            w.proc.join(1.0)
+        try:
+            self.selector.close()
+        finally:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+
+class _Missing:
+    __slots__ = ()
+
+
+_MISSING: Any = _Missing()
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a worker and every process in its group (its tasks' children)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _drain(conn: Any) -> str:
+    chunks = []
+    try:
+        while True:
+            data = os.read(conn.fileno(), 65536)
+            if not data:
+                break
+            chunks.append(data)
+    except (BlockingIOError, OSError):
+        pass
+    text = b"".join(chunks).decode("utf-8", "replace").strip()
+    lines = text.splitlines()
+    return "\n".join(lines[-25:])
+
+
+_HINTS = {
+    -signal.SIGKILL: " (killed from outside the pool, or by the kernel's OOM killer when memory ran out)",
+    -signal.SIGSEGV: " (a segmentation fault, usually in a C extension or ctypes)",
+    -signal.SIGBUS: " (a bus error, usually a memory-mapped file that shrank)",
+    -signal.SIGABRT: " (an abort, usually a failed assertion in C code)",
+}
+
+
+def _crash_message(w: _Worker, code: int | None, fault: str, what: str) -> str:
+    hint = _HINTS.get(code or 0, "")
+    if code is not None and code > 0:
+        hint = " (os._exit() or a C library exiting the process)"
+    msg = f"worker {w.name} (pid {w.pid}) {describe_exit(code)}{hint} while running {what}"
+    if fault:
+        msg += f"; its last words:\n{fault}"
+    return msg

@@ -1,0 +1,368 @@
+"""The loop that runs inside each worker process.
+
+::
+
+    start: own process group, parent's sys.path, faulthandler → fault pipe,
+           watchdog on the parent's pidfd, initializer, then READY
+    loop:  recv TASK → load callable (cached by id) and items → mark the slot →
+           run (sync: one item after another; async: coroutines on a loop,
+           at most `concurrency` at once) → send RESULT / PARTIAL
+    exit:  STOP or EOF from the parent, or the parent dies (the watchdog kills
+           this process group: no worker outlives its pool)
+
+Everything a task can do wrong stays inside its own result: an exception
+(even ``SystemExit`` or ``KeyboardInterrupt``), an argument that fails to
+unpickle here, a result that fails to pickle.  Only a real death (a signal,
+``os._exit``, a segfault) ends the process, and the parent sees it on the
+process sentinel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import inspect
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ...calls import call_items
+from ...errors import SerializationError, TaskTimeout
+from ...serialize import PROTOCOL, dumps, loads, pack_exception
+from ...state import bind_process
+from ...tasks import CALL, ONE, STAR, Failure
+from .protocol import (
+    IDLE,
+    INIT_FAILED,
+    PARTIAL,
+    READY,
+    RESULT,
+    SLOT_WIDTH,
+    STOP,
+    TASK,
+    UNKNOWN_ITEM,
+    FrameReader,
+    FrameWriter,
+    recv_frame,
+    send_frame,
+)
+
+__all__ = ["main"]
+
+FN_CACHE = 128  # callables a worker keeps loaded; the parent mirrors this LRU exactly
+
+
+def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
+    """Entry point of a worker process (run by ``multiprocessing.Process``)."""
+    cfg = pickle.loads(config)
+    try:
+        os.setpgid(0, 0)  # terminal Ctrl-C goes to the pool, which decides; timeouts kill the group
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.path[:] = cfg["sys_path"]
+    faulthandler.enable(file=fault.fileno(), all_threads=True)
+    _watch_parent(cfg["parent_pid"])
+    bind_process({})
+    base = cfg["index"] * SLOT_WIDTH
+    slots[base] = IDLE
+    sock.setblocking(True)
+    if cfg["initializer"] is not None:
+        try:
+            init, initargs = loads(cfg["initializer"])
+            init(*initargs)
+        except BaseException as exc:
+            send_frame(sock, dumps((INIT_FAILED, pack_exception(exc, 1))))
+            return
+    send_frame(sock, pickle.dumps((READY, os.getpid()), PROTOCOL))
+    worker = _Worker(sock, slots, base, cfg)
+    if cfg["mode"] == "async":
+        asyncio.run(worker.serve_async(cfg["concurrency"]))
+    else:
+        worker.serve()
+
+
+def _watch_parent(pid: int) -> None:
+    """Exit (with every process this worker started) as soon as the pool's process dies."""
+
+    def die() -> None:
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(70)
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])
+            die()
+        while True:  # no pidfd: poll (the parent may already be gone: then getppid changed)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                die()
+            except PermissionError:
+                pass
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="anypool-watchdog", daemon=True).start()
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _packed(exc: BaseException, kind: str = "error", skip: int = 1) -> Failure:
+    return Failure(pack_exception(exc, skip), kind)  # type: ignore[arg-type]
+
+
+class _Worker:
+    def __init__(self, sock: socket.socket, slots: Any, base: int, cfg: dict[str, Any]) -> None:
+        self.sock = sock
+        self.slots = slots
+        self.base = base
+        self.report_rss = cfg["report_rss"]
+        self.fns: OrderedDict[int, Any] = OrderedDict()
+
+    def load(self, msg: tuple[Any, ...]) -> tuple[int, Callable[..., Any] | Failure, int, float | None,
+                                                  bool, list[Any], list[int] | None]:
+        """Unpack a TASK message: the callable (or why it failed to load) and the items."""
+        _, wire_id, fn_id, fn_bytes, style, timeout, per_item, blobs, n, payload = msg
+        fns = self.fns
+        fn: Any = fns.get(fn_id)
+        if fn is None:
+            try:
+                fn = loads(fn_bytes)
+            except BaseException as exc:
+                fn = _packed(RuntimeError(
+                    f"the task's callable could not be loaded in the worker: {exc!r}"), skip=0)
+            fns[fn_id] = fn
+            if len(fns) > FN_CACHE:
+                fns.popitem(last=False)
+        else:
+            fns.move_to_end(fn_id)
+        failed: list[int] | None = None
+        if not blobs:
+            try:
+                items = loads(payload)
+            except BaseException as exc:
+                return wire_id, _packed(SerializationError(
+                    f"the task's arguments could not be loaded in the worker: {exc!r}"), skip=0), \
+                    style, timeout, per_item, [None] * n, None
+        else:
+            items = []
+            for i, blob in enumerate(payload):
+                try:
+                    items.append(loads(blob))
+                except BaseException as exc:
+                    failed = failed or []
+                    failed.append(i)
+                    items.append(_packed(SerializationError(
+                        f"the task's arguments could not be loaded in the worker: {exc!r}"), skip=0))
+        return wire_id, fn, style, timeout, per_item, items, failed
+
+    # -- sync workers -------------------------------------------------------
+
+    def serve(self) -> None:
+        sock, slots, base = self.sock, self.slots, self.base
+        while True:
+            try:
+                msg = pickle.loads(recv_frame(sock))
+            except EOFError:
+                return
+            if msg[0] == STOP:
+                return
+            assert msg[0] == TASK
+            now = time.time()
+            slots[base + 2] = now
+            slots[base + 1] = UNKNOWN_ITEM
+            slots[base] = msg[1]
+            wire_id, fn, style, _timeout, per_item, items, bad = self.load(msg)
+            t0 = time.time()
+            times: list[float] | None = None
+            if type(fn) is Failure:
+                results: list[Any] = [fn] * len(items)
+                failed: list[int] | None = list(range(len(items)))
+            elif per_item or bad:
+                results, failed, times = self.run_marked(fn, style, items, bad)  # type: ignore[arg-type]
+            else:
+                results, failed = call_items(fn, items, style, _packed)  # type: ignore[arg-type]
+            t1 = time.time()
+            slots[base] = IDLE
+            self.send_result(wire_id, results, failed, t0, t1, times)
+
+    def run_marked(self, fn: Callable[..., Any], style: int, items: list[Any],
+                   bad: list[int] | None) -> tuple[list[Any], list[int] | None, list[float]]:
+        """Run items one by one, marking each in the slot (timeouts, crash blame, times)."""
+        slots, base = self.slots, self.base
+        out: list[Any] = []
+        failed: list[int] | None = None
+        times: list[float] = []
+        skip = set(bad or ())
+        for i, item in enumerate(items):
+            t = time.time()
+            slots[base + 2] = t
+            slots[base + 1] = i
+            if i in skip:
+                r: Any = item  # already a Failure: the arguments did not load
+            else:
+                try:
+                    if style == CALL:
+                        r = fn(*item[0], **item[1])
+                    elif style == ONE:
+                        r = fn(item)
+                    else:
+                        assert style == STAR
+                        r = fn(*item)
+                except BaseException as exc:
+                    r = _packed(exc)
+            if type(r) is Failure:
+                failed = failed or []
+                failed.append(i)
+            out.append(r)
+            times.append(t)
+            times.append(time.time())
+        return out, failed, times
+
+    def send_result(self, wire_id: int, results: list[Any], failed: list[int] | None,
+                    t0: float, t1: float, times: list[float] | None) -> None:
+        rss = _rss() if self.report_rss else 0
+        msg = (RESULT, wire_id, results, failed, t0, t1, times, rss)
+        try:
+            data = dumps(msg)
+        except BaseException:
+            failed = self.replace_unpicklable(results, failed)
+            data = dumps((RESULT, wire_id, results, failed, t0, t1, times, rss))
+        send_frame(self.sock, data)
+
+    @staticmethod
+    def replace_unpicklable(results: list[Any], failed: list[int] | None) -> list[int] | None:
+        """Fail, one by one, the results that cannot travel back; keep the others."""
+        bad = set(failed or ())
+        for i, r in enumerate(results):
+            if i in bad:
+                continue
+            try:
+                dumps(r)
+            except BaseException as exc:
+                results[i] = _packed(SerializationError(
+                    f"the task's result ({type(r).__name__}) cannot be sent back to the pool: {exc!r}"),
+                    skip=0)
+                bad.add(i)
+        return sorted(bad) or None
+
+    # -- process+async workers ----------------------------------------------
+
+    async def serve_async(self, concurrency: int) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sock
+        sock.setblocking(False)
+        reader, writer = FrameReader(sock), FrameWriter(sock)
+        done = loop.create_future()
+        sem = asyncio.Semaphore(concurrency)
+        outbox: list[tuple[Any, ...]] = []
+        running: set[asyncio.Task[None]] = set()
+        flush_scheduled = False
+
+        def flush() -> None:
+            nonlocal flush_scheduled
+            flush_scheduled = False
+            if not outbox:
+                return
+            batch = outbox[:]
+            outbox.clear()
+            rss = _rss() if self.report_rss else 0
+            try:
+                data = dumps((PARTIAL, batch, rss))
+            except BaseException:
+                for k, (wid, i, r, bad, s, e) in enumerate(batch):
+                    if not bad:
+                        res = [r]
+                        if self.replace_unpicklable(res, None):
+                            batch[k] = (wid, i, res[0], True, s, e)
+                data = dumps((PARTIAL, batch, rss))
+            writer.put(data)
+            pump()
+
+        def pump() -> None:
+            try:
+                if writer.flush():
+                    loop.remove_writer(sock.fileno())
+                else:
+                    loop.add_writer(sock.fileno(), pump)
+            except OSError:
+                if not done.done():
+                    done.set_result(None)
+
+        def report(item: tuple[Any, ...]) -> None:
+            nonlocal flush_scheduled
+            outbox.append(item)
+            if not flush_scheduled:
+                flush_scheduled = True
+                loop.call_soon(flush)
+
+        async def run_item(wire_id: int, i: int, fn: Any, style: int, item: Any,
+                           timeout: float | None) -> None:
+            async with sem:
+                t0 = time.time()
+                try:
+                    if style == CALL:
+                        r = fn(*item[0], **item[1])
+                    elif style == ONE:
+                        r = fn(item)
+                    else:
+                        r = fn(*item)
+                    if inspect.isawaitable(r):
+                        r = await (asyncio.wait_for(r, timeout) if timeout else r)
+                    bad = False
+                except asyncio.TimeoutError:
+                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
+                except BaseException as exc:
+                    r, bad = _packed(exc), True
+                report((wire_id, i, r, bad, t0, time.time()))
+
+        def on_readable() -> None:
+            for frame in reader.read():
+                msg = pickle.loads(frame)
+                if msg[0] == STOP:
+                    if not done.done():
+                        done.set_result(None)
+                    return
+                wire_id, fn, style, timeout, _per_item, items, bad = self.load(msg)
+                skip = set(bad or ())
+                for i, item in enumerate(items):
+                    if type(fn) is Failure or i in skip:
+                        now = time.time()
+                        report((wire_id, i, fn if type(fn) is Failure else item, True, now, now))
+                        continue
+                    t = loop.create_task(run_item(wire_id, i, fn, style, item, timeout))
+                    running.add(t)
+                    t.add_done_callback(running.discard)
+            if reader.eof and not done.done():
+                done.set_result(None)
+
+        loop.add_reader(sock.fileno(), on_readable)
+        try:
+            await done
+        finally:
+            loop.remove_reader(sock.fileno())
+            for t in running:
+                t.cancel()

@@ -1,0 +1,262 @@
+"""The ``thread`` backend: sync callables on a fixed set of worker threads.
+
+For IO-bound code and for code that releases the GIL (hashlib, zlib, numpy).
+Tasks are passed by reference, never pickled.
+
+Threads and timeouts: nothing can stop a running Python function in a
+thread.  When a task passes its ``timeout=``, its future fails on time with
+``TaskTimeout``, the thread is *abandoned* (it runs the call to its end and
+then exits, its result thrown away) and a fresh thread takes its place, so
+the pool keeps its full capacity.  Abandoned threads are daemons: they never
+hold up interpreter exit.
+
+::
+
+    submit ──> SimpleQueue ──> worker thread: claim, call, dispatch.finish
+                                   │ (task with a timeout)
+                                   └─ deadline on the shared clock ──> fail on time,
+                                      abandon the thread, start a replacement
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..calls import call_items
+from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..state import bind_thread
+from ..tasks import CALL, ONE, STAR, Failure, Task
+from .base import Backend, BackendConfig
+
+if TYPE_CHECKING:
+    from ..dispatch import Dispatch
+    from ..stats import WorkerStats
+
+__all__ = ["ThreadBackend"]
+
+
+class _Running:
+    """What one worker thread is doing, for its deadline checks (guarded by the backend lock)."""
+
+    __slots__ = ("abandoned", "failed", "index", "item_start", "out", "started", "task", "token")
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.token = 0
+        self.index = 0
+        self.item_start = 0.0
+        self.started = 0.0
+        self.out: list[Any] = []
+        self.failed: list[int] = []
+        self.abandoned = False
+
+
+class ThreadBackend(Backend):
+    """Runs sync callables on ``workers`` threads (see the module docstring)."""
+
+    name = "thread"
+    can_kill = False
+    batch_seconds = 0.002
+    max_batch = 4096
+
+    def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
+        super().__init__(config, dispatch)
+        self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: dict[threading.Thread, _Running] = {}
+        self._names = itertools.count(1)
+        self._started = False
+        self._stopping = False
+        self._broken: BaseException | None = None
+
+    def submit(self, task: Task) -> None:
+        if not self._started:
+            self._start()
+        if self._stopping:
+            raise PoolClosed("the thread backend is shut down")
+        self._queue.put(task)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            for _ in range(self.workers):
+                self._spawn()
+
+    def _spawn(self) -> None:
+        # caller holds self._lock
+        name = f"thread-{next(self._names)}"
+        rec = _Running()
+        t = threading.Thread(target=self._work, args=(name, rec), name=f"anypool-{name}", daemon=True)
+        self._threads[t] = rec
+        t.start()
+
+    def _work(self, name: str, rec: _Running) -> None:
+        dispatch = self.dispatch
+        ws = dispatch.stats.worker(name)
+        bind_thread({})
+        try:
+            if self.config.initializer is not None and not self._initialize():
+                return
+            q = self._queue
+            finish_one = dispatch.finish_one
+            while True:
+                task = q.get()
+                if task is None:
+                    break
+                if self._broken is not None:
+                    dispatch.fail_unrun(task, self._broken)
+                    continue
+                if not task.claim():
+                    dispatch.discard(task)
+                    continue
+                if dispatch.observing:
+                    dispatch.started(task, ws)
+                if task.options.timeout is not None:
+                    self._run_timed(task, rec, ws)
+                    if rec.abandoned:
+                        return  # a replacement thread has taken this one's place
+                    continue
+                t0 = time.time()
+                if task.future is not None:
+                    args, kwargs = task.items[0]
+                    try:
+                        r = task.fn(*args, **kwargs)
+                    except BaseException as exc:
+                        r = Failure(exc)
+                    finish_one(task, r, t0, time.time(), ws)
+                else:
+                    results, failed = call_items(task.fn, task.items, task.style, Failure)
+                    dispatch.finish(task, results, t0, time.time(), ws, failed)
+        finally:
+            bind_thread(None)
+            dispatch.stats.worker_gone(name)
+            with self._lock:
+                self._threads.pop(threading.current_thread(), None)
+
+    def _initialize(self) -> bool:
+        assert self.config.initializer is not None
+        try:
+            self.config.initializer(*self.config.initargs)
+        except BaseException as exc:
+            err = InitializerFailed(f"the worker initializer {self.config.initializer!r} raised {exc!r}")
+            err.__cause__ = exc
+            self._set_broken(err)
+            return False
+        return True
+
+    def _set_broken(self, err: BaseException) -> None:
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = err
+        self.dispatch.broken(err)
+        self._fail_queued(err)
+
+    def _fail_queued(self, err: BaseException) -> None:
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if task is not None:
+                self.dispatch.fail_unrun(task, err)
+
+    # -- timeouts -------------------------------------------------------------
+
+    def _run_timed(self, task: Task, rec: _Running, ws: WorkerStats) -> None:
+        timeout = task.options.timeout
+        assert timeout is not None
+        fn, style, lock = task.fn, task.style, self._lock
+        started = time.time()
+        with lock:
+            rec.task, rec.out, rec.failed = task, [], []
+            rec.index, rec.item_start, rec.started = 0, started, started
+            rec.token += 1
+            token = rec.token
+        clock.call_later(timeout, self._check, rec, token, ws)
+        out, failed = rec.out, rec.failed
+        for i, item in enumerate(task.items):
+            if i:
+                with lock:
+                    if rec.abandoned:
+                        return
+                    rec.index, rec.item_start = i, time.time()
+            try:
+                if style == ONE:
+                    r = fn(item)
+                elif style == STAR:
+                    r = fn(*item)
+                else:
+                    assert style == CALL
+                    r = fn(*item[0], **item[1])
+            except BaseException as exc:
+                r = Failure(exc)
+            with lock:
+                if rec.abandoned:
+                    return
+                if type(r) is Failure:
+                    failed.append(i)
+                out.append(r)
+        with lock:
+            rec.task = None
+            rec.token += 1
+        self.dispatch.finish(task, out, started, time.time(), ws, failed or None)
+
+    def _check(self, rec: _Running, token: int, ws: WorkerStats) -> None:
+        """Clock callback: fail the item running past its deadline, or re-arm."""
+        with self._lock:
+            task = rec.task
+            if rec.token != token or task is None or rec.abandoned:
+                return
+            timeout = task.options.timeout
+            assert timeout is not None
+            now = time.time()
+            deadline = rec.item_start + timeout
+            if now < deadline:
+                clock.call_later(deadline - now, self._check, rec, token, ws)
+                return
+            rec.abandoned = True
+            i = rec.index
+            done, failed = list(rec.out), list(rec.failed)
+            if not self._stopping:
+                self._spawn()
+        exc = TaskTimeout(timeout, task.label())
+        head = task.head(i + 1)
+        self.dispatch.finish(head, [*done, Failure(exc, "timeout")], rec.started, now, ws, [*failed, i])
+        if i + 1 < len(task.items):
+            self.dispatch.requeue(task.subtask(i + 1, task.items[i + 1:]))
+
+    # -- shutdown -------------------------------------------------------------
+
+    def cancel_pending(self) -> None:
+        """Cancel every queued task that has not started."""
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if task is not None:
+                self.dispatch.cancel(task)
+
+    def shutdown(self, wait: bool = True, kill: bool = False) -> None:
+        with self._lock:
+            self._stopping = True
+            threads = dict(self._threads)
+        if kill:
+            # a running call cannot be stopped: it finishes in the background and
+            # its future still gets the result; only queued tasks are cancelled
+            self.cancel_pending()
+        for _ in threads:
+            self._queue.put(None)
+        if wait and not kill:
+            me = threading.current_thread()
+            for t, rec in threads.items():
+                if t is not me and not rec.abandoned:
+                    t.join()

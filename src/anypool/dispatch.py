@@ -1,0 +1,376 @@
+"""The dispatcher: where every backend reports, and where the core's policy lives.
+
+Backends run tasks; the dispatcher decides what an outcome means::
+
+    backend ──finish(task, results)──> Dispatch ──> Future.set_result / set_exception
+                                          │     └─> Batch.deliver (map result slots)
+                                          ├─> retry?  back-off on the shared clock, resubmit
+                                          ├─> WorkerStats (counters, timing histograms)
+                                          └─> observers (TaskEvent), only if any are attached
+
+It also keeps the count of *outstanding* units (submitted and not yet
+final), which is what ``shutdown(wait=True)`` waits on, and the pool's
+broken state (a failed initializer).  Nothing here is backend-specific.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import clock
+from .errors import PoolClosed
+from .events import Observer, TaskEvent
+from .futures import Attempt
+from .tasks import Failure, Task
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .stats import StatsCollector, WorkerStats
+
+__all__ = ["Dispatch"]
+
+log = logging.getLogger("anypool")
+
+# Failure kinds that another attempt cannot fix.
+_NEVER_RETRY = frozenset({"cancelled", "unsendable"})
+
+
+def fn_name(fn: Any) -> str:
+    """The name events and messages use for a task's callable."""
+    if isinstance(fn, str):
+        return fn
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None and hasattr(fn, "func"):  # functools.partial
+        return f"partial({fn_name(fn.func)})"
+    return str(name or type(fn).__name__)
+
+
+class Dispatch:
+    """Settles task outcomes for one pool (see the module docstring)."""
+
+    def __init__(self, stats: StatsCollector, observers: Sequence[Observer] = ()) -> None:
+        self.backend: Backend | None = None
+        self.stats = stats
+        self.observers: list[Observer] = list(observers)
+        self.observing = bool(self.observers)
+        self.unassigned = stats.worker("-")  # tasks that failed before reaching any worker
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding = 0
+        self._submitted = 0
+        self._next_id = 1
+        self._closed = False
+        self._idle_waiters: list[cf.Future[None]] = []
+        self.broken_exc: BaseException | None = None
+
+    # -- accounting ---------------------------------------------------------
+
+    def begin(self, items: int) -> int:
+        """Count one new unit of ``items`` tasks; return the id of its first task.
+
+        Raises:
+            PoolClosed: the pool is shut down.
+            BrokenPool: the pool is broken (e.g. an initializer failed).
+        """
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("cannot submit tasks to a pool that is shut down")
+            if self.broken_exc is not None:
+                raise self.broken_exc
+            first = self._next_id
+            self._next_id += items
+            self._submitted += items
+            self._outstanding += 1
+        return first
+
+    def _end(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+                waiters, self._idle_waiters = self._idle_waiters, []
+            else:
+                return
+        for f in waiters:
+            f.set_result(None)
+
+    def abort(self) -> None:
+        """Undo a ``begin`` whose unit never reached the backend."""
+        self._end()
+
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def close(self) -> None:
+        """Refuse new units from now on."""
+        with self._lock:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every unit is final; False if ``timeout`` ran out first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+
+    def idle_future(self) -> cf.Future[None]:
+        """A future that completes when every unit is final (for ``await``)."""
+        f: cf.Future[None] = cf.Future()
+        with self._lock:
+            if self._outstanding:
+                self._idle_waiters.append(f)
+                return f
+        f.set_result(None)
+        return f
+
+    # -- outcomes -----------------------------------------------------------
+
+    def finish(
+        self,
+        task: Task,
+        results: list[Any],
+        started: float,
+        ended: float,
+        worker: WorkerStats,
+        failed: Sequence[int] | None = None,
+        times: Sequence[float] | None = None,
+    ) -> None:
+        """Report every item of ``task``: ``results[i]`` is a value or a ``Failure``.
+
+        ``failed`` lists the indices holding a ``Failure`` (None: there are none),
+        so the common all-good batch is never scanned item by item.  ``times``
+        gives each item's own (start, end), flattened, where items overlapped
+        (coroutines) or were timed one by one; else they share the batch's average.
+        """
+        if task.future is not None:
+            self.finish_one(task, results[0], started, ended, worker)
+            return
+        batch = task.batch
+        assert batch is not None
+        n = len(results)
+        retried = 0
+        outcome = "ok"
+        error: BaseException | None = None
+        if failed:
+            for i in failed:
+                f = results[i]
+                self._count_failure(f, worker)
+                if outcome == "ok" or f.kind in ("crash", "timeout"):
+                    outcome, error = f.kind, f.exc
+                if self._may_retry(task, f):
+                    retried += 1
+                    sub = task.subtask(i, [task.items[i]])
+                    self._schedule_retry(sub, f, started, ended, worker)
+                    results[i] = _RETRYING
+                else:
+                    worker.failed += 1
+                    self._annotate(task, f.exc, worker, index=i)
+        worker.done += n - len(failed or ())
+        if times:
+            for k in range(0, len(times), 2):
+                worker.record(times[k], times[k + 1], task.submitted, 1)
+        else:
+            worker.record(started, ended, task.submitted, n)
+        batch.run.observe(n, ended - started)
+        if self.observing:
+            self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
+        if batch.deliver(task.offset, results, n - retried, bool(failed)):
+            self._end()
+
+    def finish_one(self, task: Task, value: Any, started: float, ended: float, worker: WorkerStats) -> None:
+        """Report a single-item task (the hot path of ``submit``)."""
+        fut = task.future
+        if fut is None:
+            self.finish(task, [value], started, ended, worker,
+                        [0] if type(value) is Failure else None)
+            return
+        if type(value) is Failure:
+            self._count_failure(value, worker)
+            worker.record(started, ended, task.submitted, 1)
+            if self._may_retry(task, value):
+                if self.observing:
+                    self._emit_finished(task, worker, started, ended, value.kind, value.exc,
+                                        [value.exc], False)
+                self._schedule_retry(task, value, started, ended, worker)
+                return
+            worker.failed += 1
+            self._annotate(task, value.exc, worker)
+            try:
+                fut.set_exception(value.exc)
+            except cf.InvalidStateError:
+                pass  # cancelled while running (async) or failed on time already
+            if self.observing:
+                self._emit_finished(task, worker, started, ended, value.kind, value.exc,
+                                    [value.exc], True)
+        else:
+            worker.done += 1
+            worker.record(started, ended, task.submitted, 1)
+            try:
+                fut.set_result(value)
+            except cf.InvalidStateError:
+                pass
+            if self.observing:
+                self._emit_finished(task, worker, started, ended, "ok", None, [value], True)
+        self._end()
+
+    def discard(self, task: Task) -> None:
+        """Drop a task that was cancelled before it ran."""
+        self.unassigned.cancelled += len(task.items)
+        if task.future is None:
+            assert task.batch is not None
+            if not task.batch.discard(len(task.items)):
+                return
+        self._end()
+
+    def fail_unrun(self, task: Task, exc: BaseException, kind: str = "unsendable") -> None:
+        """Fail every item of a task that never reached a worker (no retry)."""
+        now = time.time()
+        results: list[Any] = [Failure(exc, kind) for _ in task.items]
+        self.finish(task, results, now, now, self.unassigned, range(len(results)))
+
+    def cancel(self, task: Task) -> None:
+        """Cancel a task that never ran (shutdown with ``cancel_futures``)."""
+        if task.future is not None:
+            task.future.cancel()
+            self.discard(task)
+        else:
+            self.fail_unrun(task, cf.CancelledError("the pool was shut down before this task ran"),
+                            "cancelled")
+
+    def requeue(self, task: Task) -> None:
+        """Give back a task that never started (e.g. queued on a worker that died)."""
+        assert self.backend is not None
+        self.backend.submit(task)
+
+    def broken(self, exc: BaseException) -> None:
+        """Mark the pool broken: every later submit raises ``exc``."""
+        with self._lock:
+            if self.broken_exc is None:
+                self.broken_exc = exc
+                log.error("anypool: pool is broken: %s", exc)
+
+    def started(self, task: Task, worker: WorkerStats) -> None:
+        """Emit a ``started`` event (backends call this only when ``observing``)."""
+        self.emit(TaskEvent("started", task.id, task.seq, len(task.items), task.attempt,
+                            time.time(), fn_name(task.fn), worker.name, items=task.items))
+
+    def queued(self, task: Task) -> None:
+        """Emit a ``queued`` event (the pool calls this only when ``observing``)."""
+        self.emit(TaskEvent("queued", task.id, task.seq, len(task.items), task.attempt,
+                            task.submitted, fn_name(task.fn), items=task.items))
+
+    # -- retries ------------------------------------------------------------
+
+    @staticmethod
+    def _count_failure(f: Failure, worker: WorkerStats) -> None:
+        if f.kind == "timeout":
+            worker.timed_out += 1
+        elif f.kind == "crash":
+            worker.crashed += 1
+        elif f.kind == "cancelled":
+            worker.cancelled += 1
+
+    @staticmethod
+    def _may_retry(task: Task, f: Failure) -> bool:
+        opts = task.options
+        return (
+            task.attempt <= opts.retries
+            and f.kind not in _NEVER_RETRY
+            and opts.should_retry(f.exc)
+        )
+
+    def _schedule_retry(self, task: Task, f: Failure, started: float, ended: float,
+                        worker: WorkerStats) -> None:
+        worker.retried += 1
+        if task.future is not None:
+            task.future._add_attempt(
+                Attempt(task.attempt, worker.name, started, ended, f.kind, _describe(f.exc))
+            )
+        delay = task.options.delay(task.attempt)
+        task.attempt += 1
+        if self.observing:
+            self.emit(TaskEvent("retried", task.id, task.seq, len(task.items), task.attempt,
+                                time.time(), fn_name(task.fn), worker.name,
+                                error=f.exc, items=task.items))
+        if delay > 0:
+            clock.call_later(delay, self._resubmit, task)
+        else:
+            self._resubmit(task)
+
+    def _resubmit(self, task: Task) -> None:
+        assert self.backend is not None
+        try:
+            self.backend.submit(task)
+        except Exception as exc:  # the backend is gone (killed) or cannot take it
+            self.fail_unrun(task, exc, "cancelled" if isinstance(exc, PoolClosed) else "unsendable")
+
+    def _annotate(self, task: Task, exc: BaseException, worker: WorkerStats, index: int = 0) -> None:
+        note = (f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "
+                f"attempt {task.attempt} of {task.options.retries + 1}")
+        notes = getattr(exc, "__notes__", None)
+        if notes and notes[-1].startswith("anypool: task"):
+            return
+        try:
+            exc.add_note(note)
+        except AttributeError:  # Python 3.10
+            exc.__notes__ = [*(notes or []), note]
+
+    # -- events -------------------------------------------------------------
+
+    def _emit_finished(self, task: Task, worker: WorkerStats, started: float, ended: float,
+                       outcome: str, error: BaseException | None, results: Sequence[Any],
+                       final: bool) -> None:
+        shown = [r.exc if type(r) is Failure else r for r in results] if outcome != "ok" else results
+        self.emit(TaskEvent("finished", task.id, task.seq, len(task.items), task.attempt, ended,
+                            fn_name(task.fn), worker.name, started, outcome, error, final,
+                            task.items, shown))
+
+    def emit(self, event: TaskEvent) -> None:
+        """Send ``event`` to every observer; one that raises is logged and removed."""
+        for obs in list(self.observers):
+            try:
+                obs(event)
+            except Exception:
+                log.exception("anypool: observer %r failed and was removed", obs)
+                self.remove_observer(obs)
+
+    def add_observer(self, obs: Observer) -> None:
+        self.observers.append(obs)
+        self.observing = True
+
+    def remove_observer(self, obs: Observer) -> None:
+        try:
+            self.observers.remove(obs)
+        except ValueError:
+            pass
+        self.observing = bool(self.observers)
+
+
+class _Retrying:
+    """Placeholder in a batch's results for an item whose retry is pending."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<retrying>"
+
+
+_RETRYING: Any = _Retrying()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+

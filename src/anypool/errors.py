@@ -1,0 +1,176 @@
+"""The errors anypool raises.
+
+Each class extends the exception a user of the standard library would already
+catch for the same situation, so code written for ``concurrent.futures`` keeps
+working::
+
+    AnypoolError(Exception)
+    ├── TaskError                       a task failed; its own exception could not be rebuilt
+    ├── TaskTimeout(TimeoutError)       a task ran past its ``timeout=`` and was stopped
+    ├── WorkerCrashed(BrokenProcessPool) the worker running a task died (signal, exit, segfault)
+    ├── SerializationError(TypeError)   a callable, argument or result could not be pickled
+    ├── CommandFailed(CalledProcessError) a shell command exited non-zero or was killed
+    ├── PoolClosed(RuntimeError)        submit after shutdown, or the task was killed by it
+    ├── BrokenPool(BrokenExecutor)      the pool cannot run anything any more
+    │   └── InitializerFailed           because a worker initializer raised
+    └── BackendUnavailable(LookupError) unknown backend name, or its extra is not installed
+
+A task's *own* exception (``ValueError`` from inside the task, say) is raised
+as itself, not wrapped: ``except ValueError`` keeps working.  The worker's
+traceback text is chained as ``__cause__`` and a note names the task, the
+worker and the attempt.  ``TaskError`` stands in only when the original cannot
+be sent back (an unpicklable exception).
+
+Every class survives pickling, so errors cross process boundaries intact.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+__all__ = [
+    "AnypoolError",
+    "BackendUnavailable",
+    "BrokenPool",
+    "CommandFailed",
+    "InitializerFailed",
+    "PoolClosed",
+    "SerializationError",
+    "TaskError",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "describe_exit",
+]
+
+
+class AnypoolError(Exception):
+    """Base class of every error anypool raises itself."""
+
+
+class TaskError(AnypoolError):
+    """A task failed and its own exception could not be rebuilt in the caller.
+
+    Raised instead of the original when the worker's exception could not be
+    pickled or unpickled.  ``type_name``, ``message`` and ``traceback`` hold
+    what could be saved of it as text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(type_name, message, traceback)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class TaskTimeout(AnypoolError, TimeoutError):
+    """A task ran longer than its ``timeout=`` and was stopped.
+
+    On the process backends the worker running it was killed (and replaced);
+    on ``async`` the coroutine was cancelled; on ``thread`` the future failed
+    on time but the thread runs on until the call returns (a thread cannot be
+    killed).  Not to be confused with the builtin ``TimeoutError`` that
+    ``Future.result(timeout=)`` raises when only the *wait* ran out: that task
+    is still running.
+    """
+
+    def __init__(self, seconds: float, task: str = "") -> None:
+        super().__init__(seconds, task)
+        self.seconds = seconds
+        self.task = task
+
+    def __str__(self) -> str:
+        what = f"task {self.task}" if self.task else "task"
+        return f"{what} ran past its timeout of {self.seconds:g} s and was stopped"
+
+
+class WorkerCrashed(AnypoolError, BrokenProcessPool):
+    """The worker running a task died before the task finished.
+
+    ``exitcode`` is the worker's exit status (negative: killed by that
+    signal), ``pid`` its process id.  Unlike the standard library's
+    ``BrokenProcessPool`` (which this subclasses, so old ``except`` clauses
+    still match), only the task that was running fails: the worker is
+    replaced and the pool goes on.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None, pid: int | None = None) -> None:
+        super().__init__(message, exitcode, pid)
+        self.exitcode = exitcode
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SerializationError(AnypoolError, TypeError):
+    """A callable, an argument or a result could not be pickled for a worker process.
+
+    Raised by ``submit`` in the caller (so no worker is wasted) with a message
+    naming the object that failed; a result that cannot be sent back fails its
+    task with this error.
+    """
+
+
+class CommandFailed(AnypoolError, subprocess.CalledProcessError):
+    """A shell command exited with a non-zero status or was killed by a signal.
+
+    ``returncode``, ``cmd``, ``stdout`` and ``stderr`` are those of
+    ``subprocess.CalledProcessError``; ``result`` is the full
+    :class:`anypool.CommandResult`.
+    """
+
+    def __init__(self, result: Any) -> None:
+        subprocess.CalledProcessError.__init__(
+            self, result.returncode, result.args, result.stdout, result.stderr
+        )
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.result,))
+
+    def __str__(self) -> str:
+        return f"command {self.result.command!r} {describe_exit(self.returncode)}"
+
+
+class PoolClosed(AnypoolError, RuntimeError):
+    """The pool was shut down: it takes no new tasks, or it killed this one."""
+
+
+class BrokenPool(AnypoolError, BrokenExecutor):
+    """The pool can no longer run tasks; pending and new tasks fail with this."""
+
+
+class InitializerFailed(BrokenPool):
+    """A worker ``initializer`` raised, so no worker can be trusted to run tasks.
+
+    The pool does not keep restarting workers that would fail the same way:
+    it reports the failure once, as this error (with the initializer's own
+    exception as ``__cause__``), for every pending and later task.
+    """
+
+
+class BackendUnavailable(AnypoolError, LookupError):
+    """The backend name is unknown, or the package it needs is not installed."""
+
+
+def describe_exit(code: int | None) -> str:
+    """Say in words how a process ended, from a ``returncode``-style status.
+
+    Negative numbers are signals (``-9`` → "was killed by signal SIGKILL (9)").
+    """
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by signal {name} ({-code})"
+    return f"exited with code {code}"

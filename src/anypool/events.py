@@ -1,0 +1,66 @@
+"""Lifecycle events: the one stream that progress, stats, reports and job logs observe.
+
+Every backend reports the same transitions through the dispatcher::
+
+    queued ──> started(worker) ──> finished(ok | error | timeout | crash | cancelled)
+                                        │
+                                        └─> retried ──> started ... (a new attempt)
+
+An *observer* is any callable taking a :class:`TaskEvent`.  Observers run on
+whichever thread the backend reports from, so they must be quick and
+thread-safe, and must not keep ``items`` or ``results`` (that would pin every
+task's data in memory).  An observer that raises is logged and dropped.
+
+Small ``map`` items travel in batches; a batch is one event with ``size`` > 1
+(its items share the batch's worker and times; ``results`` holds each item's
+value, or the exception it failed with).  ``size`` says how many tasks an event covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeAlias
+
+__all__ = ["Observer", "TaskEvent"]
+
+
+class TaskEvent(NamedTuple):
+    """One lifecycle transition of a task (or of a batch of ``count`` map items).
+
+    Attributes:
+        kind: ``"queued"``, ``"started"``, ``"finished"`` or ``"retried"``.
+        task_id: the pool-wide id of the (first) task.
+        seq: the input position of the first item for ``map``; the task id for ``submit``.
+        size: how many tasks this event covers (1 unless batched).
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        time: when the transition happened (``time.time()``).
+        fn: the callable's qualified name (or the command, for shell jobs).
+        worker: the worker that ran it (``finished``/``started``), else None.
+        started: for ``finished``, when the attempt started.
+        outcome: for ``finished``: ``"ok"``, ``"error"``, ``"timeout"``, ``"crash"``
+            or ``"cancelled"`` (the worst outcome among a batch's items).
+        error: for ``finished`` with a failure: the (first) exception.
+        final: for ``finished``: no further attempt will follow.
+        items: the task's arguments (``(args, kwargs)`` for ``submit``), for the
+            duration of the call only.
+        results: for ``finished``: each item's value or exception.
+    """
+
+    kind: str
+    task_id: int
+    seq: int
+    size: int
+    attempt: int
+    time: float
+    fn: str
+    worker: str | None = None
+    started: float | None = None
+    outcome: str | None = None
+    error: BaseException | None = None
+    final: bool = False
+    items: Sequence[Any] = ()
+    results: Sequence[Any] | None = None
+
+
+Observer: TypeAlias = Callable[[TaskEvent], None]
+"""Anything called with each :class:`TaskEvent`."""

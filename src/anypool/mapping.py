@@ -1,0 +1,400 @@
+"""``map``/``imap``/``imap_unordered``: lazy input, a bounded window, batches.
+
+A map run pulls its input in the *consumer's* thread, only when the consumer
+asks for results, and keeps at most a window of batches in flight::
+
+    input ──islice──> Batch ──Task──> backend ──finish──> Batch.deliver ──> consumer
+      ▲                                                                      │
+      └────────── pulled only while fewer than `window` batches are in flight ┘
+
+So memory stays flat over an endless generator, a slow consumer slows the
+input (back-pressure), and the input iterator is only ever touched by one
+thread.  Batch sizes adapt to the measured time per item
+(:class:`BatchSizer`): one item at first, then as many as fit in the
+backend's target batch time, so tiny tasks cost one hand-off per batch and
+slow tasks are spread one per worker.
+
+The result iterator works in sync code (``for``) and in coroutines
+(``async for``, which never blocks the loop).  Closing it, or dropping it,
+cancels the batches that have not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import SerializationError
+from .tasks import ONE, Failure, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .dispatch import Dispatch
+
+__all__ = ["Batch", "BatchSizer", "MapRun"]
+
+
+class BatchSizer:
+    """Chooses how many items go into the next batch, from measured time per item.
+
+    Starts at one item; after each finished batch aims at ``target`` seconds
+    per batch, growing at most 16 times a step (a fast first item may not be
+    typical), never past ``cap``, and for inputs of known length never past
+    a quarter of a fair share per worker, so the last batches do not leave
+    workers idle.
+    """
+
+    def __init__(self, target: float, cap: int, workers: int, length: int | None,
+                 fixed: int | None = None) -> None:
+        self.target = target
+        self.cap = cap
+        if length is not None:
+            self.cap = max(1, min(cap, math.ceil(length / (4 * workers))))
+        self.fixed = fixed
+        self.size = fixed or 1
+        self._per_item: float | None = None
+
+    def next_size(self) -> int:
+        return self.size
+
+    def observe(self, items: int, seconds: float) -> None:
+        if self.fixed or items <= 0:
+            return
+        per_item = max(seconds / items, 1e-9)
+        # a slow outlier should shrink batches at once; a fast one only a bit
+        prev = self._per_item
+        self._per_item = per_item if prev is None or per_item > prev else 0.7 * prev + 0.3 * per_item
+        ideal = int(self.target / self._per_item)
+        self.size = max(1, min(ideal, self.size * 16, self.cap))
+
+
+class Batch:
+    """The result slots of one batch of a map run, filled as items finish."""
+
+    __slots__ = ("done", "failed", "index", "pending", "results", "run", "size")
+
+    def __init__(self, run: MapRun, index: int, size: int) -> None:
+        self.run = run
+        self.index = index
+        self.size = size
+        self.results: list[Any] = [None] * size
+        self.pending = size
+        self.done = False
+        self.failed = False
+
+    def deliver(self, offset: int, results: list[Any], final: int, failed: bool) -> bool:
+        """Store results from ``offset``; ``final`` of them are final.  True when complete."""
+        if failed:
+            self.failed = True
+        if offset == 0 and len(results) == self.size:
+            self.results = results
+        else:
+            self.results[offset:offset + len(results)] = results
+        return self.run._delivered(self, final)
+
+    def discard(self, count: int) -> bool:
+        """Count ``count`` items as dropped (cancelled before running).  True when complete."""
+        return self.run._delivered(self, count)
+
+
+class MapRun:
+    """One ``map``/``imap``/``imap_unordered`` call (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        dispatch: Dispatch,
+        backend: Backend,
+        fn: Callable[..., Any],
+        source: Iterator[Any],
+        style: int,
+        options: TaskOptions,
+        ordered: bool,
+        length: int | None,
+        chunksize: int | None,
+        buffersize: int | None,
+        timeout: float | None,
+        return_exceptions: bool,
+    ) -> None:
+        self._dispatch = dispatch
+        self._fn = fn
+        self._source = source
+        self._style = style
+        self._options = options
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._backend = backend.plan(fn)
+        plan = self._backend
+        workers = max(1, plan.workers)
+        fixed = chunksize if chunksize and chunksize > 0 else plan.fixed_batch()
+        self._sizer = BatchSizer(plan.batch_seconds, plan.max_batch, workers, length, fixed)
+        self._max_batches = plan.window()
+        self._max_items = buffersize if buffersize and buffersize > 0 else None
+        self._backend_for_submit = backend
+        self._cond = threading.Condition(threading.Lock())
+        self._inflight: deque[Batch] = deque()  # submission order
+        self._completed: deque[Batch] = deque()  # completion order (unordered runs)
+        self._inflight_items = 0
+        self._seq = 0
+        self._index = 0
+        self._input_error: BaseException | None = None
+        self._exhausted = False
+        self.closed = False
+        self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._fill()  # start work now, as Executor.map does, not at the first next()
+
+    # -- feeding --------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while (
+            not self._exhausted
+            and len(self._inflight) < self._max_batches
+            and (self._max_items is None or self._inflight_items < self._max_items)
+        ):
+            size = self._sizer.next_size()
+            if self._max_items is not None:
+                size = max(1, min(size, self._max_items - self._inflight_items))
+            try:
+                items = list(itertools.islice(self._source, size))
+            except BaseException as exc:  # the input itself failed: deliver what ran, then raise
+                self._input_error = exc
+                self._exhausted = True
+                return
+            if not items:
+                self._exhausted = True
+                return
+            self._submit(items)
+            if len(items) < size:
+                self._exhausted = True
+
+    def _submit(self, items: list[Any]) -> None:
+        n = len(items)
+        batch = Batch(self, self._index, n)
+        self._index += 1
+        first = self._dispatch.begin(n)
+        task = Task(first, self._fn, items, self._style, self._options, None, batch, 0, self._seq)
+        self._seq += n
+        with self._cond:
+            self._inflight.append(batch)
+            self._inflight_items += n
+        if self._dispatch.observing:
+            self._dispatch.queued(task)
+        try:
+            self._backend_for_submit.submit(task)
+        except SerializationError:
+            self._submit_split(task)
+
+    def _submit_split(self, task: Task) -> None:
+        """A batch did not pickle: send its items one by one, failing only the bad ones."""
+        for i, item in enumerate(task.items):
+            sub = task.subtask(i, [item])
+            try:
+                self._backend_for_submit.submit(sub)
+            except SerializationError as exc:
+                self._dispatch.fail_unrun(sub, exc)
+
+    # -- completion (called from backend threads) ----------------------------
+
+    def _delivered(self, batch: Batch, final: int) -> bool:
+        with self._cond:
+            batch.pending -= final
+            if batch.pending > 0:
+                return False
+            batch.done = True
+            if not self._ordered:
+                self._completed.append(batch)
+            self._cond.notify()
+            waiter = self._async_waiter
+        if waiter is not None:
+            loop, fut = waiter
+            loop.call_soon_threadsafe(_wake, fut)
+        return True
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Feed the batch sizer a measured run time (backends call this via the dispatcher)."""
+        self._sizer.observe(items, seconds)
+
+    # -- consuming ------------------------------------------------------------
+
+    def _next_ready(self) -> Batch | None:
+        """The next batch to hand out if it is done, else None (caller holds the lock)."""
+        if self._ordered:
+            if self._inflight and self._inflight[0].done:
+                return self._inflight.popleft()
+            return None
+        while self._completed:
+            b = self._completed.popleft()
+            self._inflight.remove(b)
+            return b
+        return None
+
+    def _take(self, batch: Batch) -> list[Any]:
+        self._inflight_items -= batch.size
+        results = batch.results
+        batch.results = []
+        return results
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return self._deadline - time.monotonic()
+
+    def _timed_out(self) -> TimeoutError:
+        self.close()
+        return TimeoutError("map() did not finish within its timeout")
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                self._fill()
+                with self._cond:
+                    batch = self._next_ready()
+                    while batch is None:
+                        if not self._inflight:
+                            break
+                        remaining = self._remaining()
+                        if remaining is not None and remaining <= 0:
+                            raise self._timed_out()
+                        self._cond.wait(remaining)
+                        batch = self._next_ready()
+                    if batch is None:
+                        break
+                    results = self._take(batch)
+                if batch.failed:
+                    yield from self._checked(results)
+                else:
+                    yield from results
+            if self._input_error is not None:
+                exc, self._input_error = self._input_error, None
+                raise exc
+        finally:
+            self.close()
+
+    async def _aiter(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._fill()
+                fut: asyncio.Future[None] | None = None
+                with self._cond:
+                    batch = self._next_ready()
+                    if batch is not None:
+                        results = self._take(batch)
+                    elif self._inflight:
+                        fut = loop.create_future()
+                        self._async_waiter = (loop, fut)
+                    else:
+                        break
+                if fut is not None:
+                    try:
+                        await asyncio.wait_for(fut, self._remaining())
+                    except asyncio.TimeoutError:
+                        raise self._timed_out() from None
+                    finally:
+                        self._async_waiter = None
+                    continue
+                assert batch is not None
+                for r in self._checked(results) if batch.failed else results:
+                    yield r
+            if self._input_error is not None:
+                exc, self._input_error = self._input_error, None
+                raise exc
+        finally:
+            self.close()
+
+    def _checked(self, results: list[Any]) -> Iterator[Any]:
+        for r in results:
+            if type(r) is Failure:
+                if self._return_exceptions:
+                    yield r.exc
+                else:
+                    raise r.exc
+            else:
+                yield r
+
+    def close(self) -> None:
+        """Stop: pull no more input; batches not yet started are dropped."""
+        self.closed = True
+        self._exhausted = True
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class MapIterator(Iterator[Any], AsyncIterator[Any]):
+    """What ``map``/``imap``/``imap_unordered`` return: iterate with ``for`` or ``async for``.
+
+    Results are produced lazily; ``close()`` (or leaving the loop early)
+    cancels the work that has not started.
+    """
+
+    def __init__(self, run: MapRun, on_close: Callable[[], None] | None = None) -> None:
+        self._run = run
+        self._gen: Iterator[Any] | None = None
+        self._agen: AsyncIterator[Any] | None = None
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._gen is None:
+            self._gen = self._wrap(iter(self._run))
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(iter(self))
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._agen is None:
+            self._agen = self._awrap(self._run._aiter())
+        return self._agen
+
+    async def __anext__(self) -> Any:
+        return await self.__aiter__().__anext__()
+
+    def _wrap(self, gen: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from gen
+        finally:
+            self.close()
+
+    async def _awrap(self, agen: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for r in agen:
+                yield r
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the run: no more input is read, unstarted batches are cancelled."""
+        self._run.close()
+        cb, self._on_close = self._on_close, None
+        if cb is not None:
+            cb()
+
+    def __del__(self) -> None:
+        self._run.close()
+
+
+def source_of(iterables: tuple[Iterable[Any], ...]) -> tuple[Iterator[Any], int, int | None]:
+    """The item iterator, call style and known length (or None) for ``map``'s iterables."""
+    from .tasks import STAR
+
+    lengths: list[int | None] = []
+    for it in iterables:
+        try:
+            lengths.append(len(it))  # type: ignore[arg-type]
+        except TypeError:
+            lengths.append(None)
+    known = [n for n in lengths if n is not None]
+    length = min(known) if known and len(known) == len(lengths) else None
+    if len(iterables) == 1:
+        return iter(iterables[0]), ONE, length
+    return zip(*iterables), STAR, length  # noqa: B905 - like builtin map(), stop at the shortest

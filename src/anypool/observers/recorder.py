@@ -1,0 +1,99 @@
+"""The timeline recorder: one row per finished attempt, for reports.
+
+Rows hold text and numbers only (never the task's arguments or results), so
+a long run's timeline costs a few hundred bytes a batch and frees every
+task's data as soon as it is done.  Past ``limit`` rows it keeps a uniform
+random sample (reservoir sampling) and counts what it dropped, so memory
+stays bounded on endless runs; a report says when it shows a sample.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ..events import TaskEvent
+
+__all__ = ["Recorder", "Row", "describe_args", "describe_error"]
+
+
+class Row(NamedTuple):
+    """One finished attempt (of one task, or of a batch of ``size`` map items).
+
+    This is also the shape of a job log's rows, so a report can be drawn from
+    a live pool or from a job log written by an earlier run.
+    """
+
+    task_id: int
+    seq: int
+    size: int
+    attempt: int
+    worker: str
+    started: float
+    ended: float
+    outcome: str  # ok | error | timeout | crash | cancelled
+    fn: str
+    args: str  # a short text of the arguments
+    error: str  # "" when outcome is ok
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_args(items: Sequence[Any], limit: int = 120) -> str:
+    """A bounded text of a task's arguments (``submit``: ``(args, kwargs)``)."""
+    if not items:
+        return ""
+    first = items[0]
+    try:
+        text = repr(first) if len(items) == 1 else \
+            f"{_short(repr(first), limit // 2)} … ({len(items)} items)"
+    except Exception:
+        text = f"<{type(first).__name__}>"
+    return _short(text, limit)
+
+
+def describe_error(exc: BaseException | None, limit: int = 300) -> str:
+    """``Type: message``, bounded."""
+    if exc is None:
+        return ""
+    msg = str(exc)
+    return _short(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__, limit)
+
+
+class Recorder:
+    """An observer keeping a bounded timeline of finished attempts."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.seen = 0
+        self._rows: list[Row] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: TaskEvent) -> None:
+        if event.kind != "finished":
+            return
+        row = Row(event.task_id, event.seq, event.size, event.attempt, event.worker or "",
+                  event.started or event.time, event.time, event.outcome or "ok", event.fn,
+                  describe_args(event.items), describe_error(event.error))
+        with self._lock:
+            self.seen += 1
+            if len(self._rows) < self.limit:
+                self._rows.append(row)
+            else:
+                k = random.randrange(self.seen)
+                if k < self.limit:
+                    self._rows[k] = row
+
+    @property
+    def sampled(self) -> bool:
+        """True when more attempts finished than the timeline keeps."""
+        return self.seen > len(self._rows)
+
+    def rows(self) -> list[Row]:
+        """The kept rows, ordered by start time."""
+        with self._lock:
+            return sorted(self._rows, key=lambda r: r.started)

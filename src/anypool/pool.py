@@ -1,0 +1,434 @@
+"""``Pool``: one ``concurrent.futures.Executor`` over every backend, and one-shot helpers.
+
+The pool owns the policy (options, retries, windows, statistics, events) and
+hands the mechanism to a backend.  Code written for ``ThreadPoolExecutor`` or
+``ProcessPoolExecutor`` runs unchanged; ``imap``, ``imap_unordered``,
+``with_options`` and ``stats`` are extras.
+
+Differences from the standard executors, on purpose:
+
+* ``map`` is lazy: it submits a bounded window of work at once and the rest
+  as you consume results, so an endless input uses flat memory.  A ``map``
+  you never iterate runs only its first window.
+* A worker that dies fails only its own task (``WorkerCrashed``); the pool
+  goes on.  ``BrokenProcessPool`` handlers still catch it.
+* ``shutdown(kill=True)`` stops running work now; leaving a ``with`` block
+  on ``KeyboardInterrupt`` or ``SystemExit`` does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures as cf
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .backends import get_backend
+from .backends.base import Backend, BackendConfig
+from .dispatch import Dispatch
+from .events import Observer
+from .futures import Future
+from .mapping import MapIterator, MapRun, source_of
+from .stats import PoolStats, StatsCollector
+from .tasks import CALL, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .observers.recorder import Recorder, Row
+
+__all__ = ["Pool", "PoolView", "imap", "map"]
+
+T = TypeVar("T")
+log = logging.getLogger("anypool")
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_pools() -> None:
+    # Registered after multiprocessing's own exit hook, so it runs first:
+    # workers are gone before multiprocessing tries to join them.
+    for pool in list(_live_pools):
+        try:
+            pool.shutdown(wait=False, cancel_futures=True, kill=True)
+        except Exception:
+            log.exception("anypool: failed to stop a pool at exit")
+
+
+class _Submitter:
+    """What ``Pool`` and ``PoolView`` share: submitting and mapping with a set of options."""
+
+    _pool: Pool
+    _options: TaskOptions
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return its :class:`~anypool.Future`.
+
+        Every keyword goes to ``fn``; per-task options go through
+        :meth:`with_options`.
+
+        Raises:
+            PoolClosed: the pool is shut down.
+            BrokenPool: the pool is broken (a worker initializer failed).
+            SerializationError: on a process-based backend, ``fn`` or an
+                argument cannot be pickled (the message names it).
+        """
+        pool = self._pool
+        dispatch = pool._dispatch
+        fut: Future[T] = Future()
+        tid = dispatch.begin(1)
+        task = Task(tid, fn, [(args, kwargs)], CALL, self._options, fut, seq=tid)
+        try:
+            pool._backend.submit(task)
+        except BaseException:
+            dispatch.abort()
+            raise
+        if dispatch.observing:
+            dispatch.queued(task)
+        return fut
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> MapIterator:
+        """Like ``Executor.map``: results in input order, lazily, with bounded work in flight.
+
+        Args:
+            timeout: seconds from this call until every result must be in;
+                past it, iteration raises ``TimeoutError`` (the stdlib
+                meaning; a per-task limit is ``with_options(timeout=)``).
+            chunksize: items per batch; default: sized from measured task time.
+            buffersize: the most items in flight at once (default: a small
+                multiple of the worker count, in batches).
+
+        Raises (while iterating): the first failed task's exception, at its position.
+        """
+        return self._map(fn, iterables, True, timeout, chunksize, buffersize, False)
+
+    def imap(self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None,
+             buffersize: int | None = None, return_exceptions: bool = False) -> MapIterator:
+        """Lazy ordered map; with ``return_exceptions`` a failed item yields its exception."""
+        return self._map(fn, iterables, True, None, chunksize, buffersize, return_exceptions)
+
+    def imap_unordered(self, fn: Callable[..., T], *iterables: Iterable[Any],
+                       chunksize: int | None = None, buffersize: int | None = None,
+                       return_exceptions: bool = False) -> MapIterator:
+        """Lazy map yielding results as they finish (batch by batch), not in input order."""
+        return self._map(fn, iterables, False, None, chunksize, buffersize, return_exceptions)
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], ordered: bool,
+             timeout: float | None, chunksize: int | None, buffersize: int | None,
+             return_exceptions: bool) -> MapIterator:
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        pool = self._pool
+        source, style, length = source_of(iterables)
+        run = MapRun(
+            dispatch=pool._dispatch, backend=pool._backend, fn=fn, source=source, style=style,
+            options=self._options, ordered=ordered, length=length, chunksize=chunksize,
+            buffersize=buffersize, timeout=timeout, return_exceptions=return_exceptions,
+        )
+        return MapIterator(run)
+
+    def with_options(self, **options: Any) -> PoolView:
+        """A view of the pool whose tasks use these options instead of the pool's.
+
+        ``pool.with_options(timeout=5, retries=2).submit(fn, x)``.  Options:
+        ``timeout``, ``retries``, ``retry_on``, ``backoff``, ``backoff_max``.
+
+        Raises:
+            TypeError: an unknown option name.
+            ValueError: an out-of-range value.
+        """
+        return PoolView(self._pool, self._options.merged(**options))
+
+
+class PoolView(_Submitter):
+    """The pool seen with other task options (from :meth:`Pool.with_options`)."""
+
+    def __init__(self, pool: Pool, options: TaskOptions) -> None:
+        self._pool = pool
+        self._options = options
+
+    @property
+    def options(self) -> TaskOptions:
+        """The task options this view applies."""
+        return self._options
+
+
+class Pool(_Submitter, cf.Executor):
+    """Run callables concurrently on the backend that suits them.
+
+    Args:
+        backend: ``"auto"`` (default: coroutine functions → ``async``,
+            commands → ``subprocess``, sync callables → ``process`` when
+            measured CPU-bound holding the GIL, else ``thread``), or
+            ``"thread"``, ``"process"``, ``"async"``, ``"process+async"``,
+            ``"subprocess"``, ``"dask"``, ``"inline"``.
+        workers: how many tasks run at once (threads, processes,
+            coroutines); default: the CPUs available (10,000 on ``async``).
+            ``max_workers`` is accepted as a synonym.
+        timeout, retries, retry_on, backoff, backoff_max: the default
+            :class:`~anypool.TaskOptions` for every task.
+        initializer, initargs: called once in each worker before its first task.
+        max_tasks_per_worker: replace a worker process after this many tasks.
+        max_memory_per_worker: replace a worker process, between tasks, once
+            its resident memory passes this many bytes.
+        start_method: ``"forkserver"`` (default where available), ``"fork"``
+            or ``"spawn"``, for process backends.
+        concurrency: coroutines per worker process (``process+async``).
+        address: the Dask scheduler (``dask``); default: a local cluster.
+        progress: show a progress bar: True when stderr is a terminal or in a
+            notebook, ``"always"`` even when it is not, False (default) never.
+        observers: callables receiving every :class:`~anypool.TaskEvent`.
+        record: keep a timeline of every attempt, readable as ``pool.timeline()``.
+
+    Raises:
+        BackendUnavailable: unknown backend, or its extra is not installed.
+        ValueError: ``workers`` < 1, or an out-of-range option.
+    """
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        workers: int | None = None,
+        *,
+        max_workers: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: Any = (Exception,),
+        backoff: float = 0.1,
+        backoff_max: float = 30.0,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+        start_method: str | None = None,
+        concurrency: int | None = None,
+        address: str | None = None,
+        progress: bool | str = False,
+        observers: Iterable[Observer] = (),
+        record: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        if max_workers is not None:
+            if workers is not None and workers != max_workers:
+                raise TypeError("give workers= or max_workers=, not both")
+            workers = max_workers
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        for name, value in (("max_tasks_per_worker", max_tasks_per_worker),
+                            ("max_memory_per_worker", max_memory_per_worker),
+                            ("concurrency", concurrency)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, not {value!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {initializer!r}")
+        self._options = TaskOptions(timeout, retries, retry_on, backoff, backoff_max)
+        self._pool = self
+        self._backend_name = backend
+        self._config = BackendConfig(
+            workers=workers, initializer=initializer, initargs=tuple(initargs),
+            max_tasks_per_worker=max_tasks_per_worker, max_memory_per_worker=max_memory_per_worker,
+            start_method=start_method, concurrency=concurrency, address=address,
+            extra=backend_options,
+        )
+        if backend == "auto":
+            from .choose import AutoBackend
+
+            backend_cls: type[Backend] = AutoBackend
+        else:
+            backend_cls = get_backend(backend)
+        self._stats = StatsCollector(backend, workers or 0)
+        self._dispatch = Dispatch(self._stats, list(observers))
+        self._backend = backend_cls(self._config, self._dispatch)
+        self._dispatch.backend = self._backend
+        self._stats.workers = self._backend.workers
+        self._shutdown_lock = threading.Lock()
+        self._shut = False
+        self._recorder: Recorder | None = None
+        self._closers: list[Callable[[], None]] = []
+        if record:
+            from .observers.recorder import Recorder
+
+            self._recorder = Recorder()
+            self._dispatch.add_observer(self._recorder)
+        if progress:
+            from .observers.progress import Progress
+
+            bar = Progress.for_pool(self, force=progress == "always")
+            if bar is not None:
+                self._closers.append(bar.close)
+        _live_pools.add(self)
+        log.debug("anypool: pool started on %s", self._backend.describe())
+
+    # -- introspection --------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The backend name this pool was created with."""
+        return self._backend_name
+
+    @property
+    def workers(self) -> int:
+        """How many tasks run at once at most."""
+        return self._backend.workers
+
+    @property
+    def options(self) -> TaskOptions:
+        """The pool's default task options."""
+        return self._options
+
+    @property
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
+        d = self._dispatch
+        return self._stats.snapshot(d.submitted, d.outstanding)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""
+        self._dispatch.add_observer(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop sending events to ``observer``."""
+        self._dispatch.remove_observer(observer)
+
+    def timeline(self) -> list[Row]:
+        """Every attempt recorded so far, oldest first (needs ``record=True``).
+
+        Raises:
+            RuntimeError: the pool was created without ``record=True``.
+        """
+        if self._recorder is None:
+            raise RuntimeError("pool.timeline() needs record=True when the pool is created")
+        return self._recorder.rows()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False) -> None:
+        """Stop taking tasks and release the workers.
+
+        Args:
+            wait: block until every submitted task is final and the workers
+                are gone; with False, return at once (the work finishes in
+                the background, and then the workers exit).
+            cancel_futures: cancel the tasks that have not started.
+            kill: stop running tasks now (worker processes are killed, their
+                tasks fail with ``PoolClosed``; threads cannot be killed and
+                run their current call to its end).
+        """
+        with self._shutdown_lock:
+            first = not self._shut
+            self._shut = True
+        self._dispatch.close()
+        if cancel_futures or kill:
+            cancel = getattr(self._backend, "cancel_pending", None)
+            if cancel is not None:
+                cancel()
+        if kill:
+            self._backend.shutdown(wait=False, kill=True)
+            self._finish_closing(first)
+            return
+        if wait:
+            self._dispatch.wait_idle()
+            self._backend.shutdown(wait=True)
+            self._finish_closing(first)
+            return
+        threading.Thread(target=self._close_when_idle, args=(first,), name="anypool-shutdown",
+                         daemon=True).start()
+
+    def _close_when_idle(self, first: bool) -> None:
+        self._dispatch.wait_idle()
+        self._backend.shutdown(wait=True)
+        self._finish_closing(first)
+
+    def _finish_closing(self, first: bool) -> None:
+        if not first:
+            return
+        _live_pools.discard(self)
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("anypool: failed to close %r", close)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or SystemExit: stop now rather than wait for running work
+            self.shutdown(wait=False, cancel_futures=True, kill=True)
+        else:
+            self.shutdown(wait=True)
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.shutdown(wait=False, cancel_futures=True, kill=True)
+            return
+        await self.ashutdown()
+
+    async def ashutdown(self, *, cancel_futures: bool = False) -> None:
+        """``shutdown(wait=True)`` for coroutines: waits without blocking the event loop."""
+        self._dispatch.close()
+        if cancel_futures:
+            cancel = getattr(self._backend, "cancel_pending", None)
+            if cancel is not None:
+                cancel()
+        await asyncio.wrap_future(self._dispatch.idle_future())
+        self.shutdown(wait=False)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shut else "running"
+        return f"<anypool.Pool {self._backend.describe()} {state}>"
+
+
+def map(fn: Callable[..., T], *iterables: Iterable[Any], backend: str = "auto",  # noqa: A001
+        workers: int | None = None, chunksize: int | None = None, **options: Any) -> list[T]:
+    """Run ``fn`` over the iterables on a pool built for this call; return results in order.
+
+    Keyword ``options`` are :class:`Pool` arguments (``timeout`` here is the
+    per-task limit, ``progress``, ``retries``, ``initializer``, ...).
+
+    Raises:
+        BaseException: the first failed task's exception (after its retries).
+    """
+    with Pool(backend, workers, **options) as pool:
+        return list(pool.imap(fn, *iterables, chunksize=chunksize))
+
+
+def imap(fn: Callable[..., T], *iterables: Iterable[Any], backend: str = "auto",
+         workers: int | None = None, ordered: bool = True, chunksize: int | None = None,
+         **options: Any) -> Iterator[T]:
+    """Lazily run ``fn`` over the iterables on a pool that closes when iteration ends.
+
+    Input is read as results are consumed, with bounded work in flight, so an
+    endless generator is fine.  ``ordered=False`` yields in completion order.
+    """
+    pool = Pool(backend, workers, **options)
+    finished = False
+    try:
+        if ordered:
+            yield from pool.imap(fn, *iterables, chunksize=chunksize)
+        else:
+            yield from pool.imap_unordered(fn, *iterables, chunksize=chunksize)
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:  # the consumer stopped early or a task failed: the rest is not wanted
+            pool.shutdown(wait=False, cancel_futures=True, kill=True)

@@ -1,0 +1,139 @@
+"""Pickling for worker processes, with errors that name what could not be sent.
+
+Callables go through cloudpickle (lambdas, closures and functions defined in
+``__main__`` travel by value).  Arguments and results try the standard
+pickler first, which is several times faster on plain data, and fall back to
+cloudpickle only when it refuses.  When both refuse, the error says which
+argument (or which part of it) was the problem.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError, TaskError
+
+__all__ = ["dumps", "dumps_callable", "loads", "pack_exception", "unpack_exception"]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``: the fast standard pickler, else cloudpickle.
+
+    Raises:
+        Exception: whatever cloudpickle raises when neither can pickle ``obj``.
+    """
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+
+
+loads = pickle.loads
+
+
+def dumps_callable(fn: Callable[..., Any]) -> bytes:
+    """Pickle a task's callable with cloudpickle.
+
+    Raises:
+        SerializationError: naming the callable, when it cannot be pickled.
+    """
+    try:
+        return cloudpickle.dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise SerializationError(
+            f"the task's callable {_name(fn)} cannot be sent to a worker process: {exc}"
+        ) from exc
+
+
+def _name(obj: Any) -> str:
+    qual = getattr(obj, "__qualname__", None)
+    if qual:
+        return f"{qual!s} ({type(obj).__name__})"
+    return f"{type(obj).__name__} object {_short(obj)}"
+
+
+def _short(obj: Any, limit: int = 60) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def explain_args(args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException) -> SerializationError:
+    """Build the error for arguments that failed to pickle, naming the first bad one."""
+    where = None
+    for i, a in enumerate(args):
+        if not _picklable(a):
+            where = f"argument {i} ({type(a).__name__}: {_short(a)})"
+            break
+    else:
+        for k, v in kwargs.items():
+            if not _picklable(v):
+                where = f"keyword argument {k!r} ({type(v).__name__}: {_short(v)})"
+                break
+    where = where or "the arguments"
+    return SerializationError(f"{where} cannot be sent to a worker process: {exc}")
+
+
+def explain_item(index: int, item: Any, exc: BaseException) -> SerializationError:
+    """Build the error for a map item that failed to pickle."""
+    return SerializationError(
+        f"map item {index} ({type(item).__name__}: {_short(item)}) cannot be sent to a "
+        f"worker process: {exc}"
+    )
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def pack_exception(exc: BaseException, skip_frames: int = 0) -> tuple[Any, ...]:
+    """Turn an exception into something that always pickles: the object if it can travel.
+
+    Returns ``(exc_or_None, type_name, message, traceback_text)``.  The
+    traceback object itself never travels; its text does.
+    """
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    exc.__traceback__ = None
+    obj: BaseException | None = exc
+    try:
+        obj_bytes = dumps(exc)
+        pickle.loads(obj_bytes)
+    except BaseException:
+        obj = None
+    return (obj, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text (chained as ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+def unpack_exception(packed: tuple[Any, ...]) -> BaseException:
+    """Rebuild the exception packed by :func:`pack_exception`, its traceback chained."""
+    obj, type_name, message, text = packed
+    exc: BaseException = obj if obj is not None else TaskError(type_name, message, text)
+    exc.__cause__ = RemoteTraceback(text)
+    return exc

@@ -1,0 +1,258 @@
+"""Pool statistics: counters and timing distributions, read as a frozen snapshot.
+
+The dispatcher feeds these directly rather than through the event stream,
+because they are always on and sit on every task's path.  Each worker (a
+thread, a process's manager slot, the event loop) updates only its own
+``WorkerStats``, so no lock is taken per task; ``PoolStats`` sums them when
+read.  Timings go into log-spaced histograms (2.5 % wide buckets), so memory
+stays flat however many tasks run and medians are within a bucket of exact.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["PoolStats", "StatsCollector", "Summary", "WorkerStats"]
+
+_SCALE = 40.0  # buckets per e-fold: exp(1/40) - 1 = 2.5 % bucket width
+_OFFSET = 25.0  # log(1e-11): the smallest duration kept apart from zero
+
+
+def _bucket(seconds: float) -> int:
+    if seconds <= 1e-11:
+        return 0
+    return int((math.log(seconds) + _OFFSET) * _SCALE) + 1
+
+
+def _bucket_value(b: int) -> float:
+    if b == 0:
+        return 0.0
+    # the geometric middle of the bucket
+    return math.exp((b - 0.5) / _SCALE - _OFFSET)
+
+
+class Histogram:
+    """Counts of durations in log-spaced buckets; add, merge, read quantiles."""
+
+    __slots__ = ("counts", "max", "n", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        b = _bucket(seconds)
+        counts = self.counts
+        counts[b] = counts.get(b, 0) + n
+        self.n += n
+        self.total += seconds * n
+        if seconds > self.max:
+            self.max = seconds
+
+    def merge(self, other: Histogram) -> None:
+        for b, c in list(other.counts.items()):
+            self.counts[b] = self.counts.get(b, 0) + c
+        self.n += other.n
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> float:
+        if not self.n:
+            return 0.0
+        rank = q * (self.n - 1)
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen > rank:
+                return min(_bucket_value(b), self.max)
+        return self.max
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A distribution of durations in seconds."""
+
+    count: int = 0
+    mean: float = 0.0
+    median: float = 0.0
+    p95: float = 0.0
+    max: float = 0.0
+
+    @classmethod
+    def of(cls, h: Histogram) -> Summary:
+        if not h.n:
+            return cls()
+        return cls(h.n, h.total / h.n, h.quantile(0.5), h.quantile(0.95), h.max)
+
+
+class WorkerStats:
+    """The running totals of one worker; only that worker's reporting thread writes them."""
+
+    __slots__ = (
+        "busy",
+        "cancelled",
+        "crashed",
+        "done",
+        "failed",
+        "name",
+        "retried",
+        "run",
+        "timed_out",
+        "wait",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.busy = 0.0
+        self.done = 0
+        self.failed = 0
+        self.retried = 0
+        self.timed_out = 0
+        self.crashed = 0
+        self.cancelled = 0
+        self.run = Histogram()
+        self.wait = Histogram()
+
+    def record(self, started: float, ended: float, submitted: float, n: int) -> None:
+        """Count ``n`` tasks that ran together from ``started`` to ``ended``."""
+        took = ended - started
+        if took < 0:
+            took = 0.0
+        self.busy += took
+        self.run.add(took / n, n)
+        wait = started - submitted
+        self.wait.add(wait if wait > 0 else 0.0, n)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of what a pool has done.  ``str()`` gives a short table.
+
+    Attributes:
+        backend: the backend name (for ``auto``: ``"auto"``).
+        choices: for ``auto``, each callable's chosen backend and the reason.
+        workers: the configured number of workers (or concurrency).
+        submitted: tasks handed to the pool (each map item counts).
+        done: tasks that finished with a value.
+        failed: tasks that failed for good (after their retries).
+        retried: attempts that failed and were tried again.
+        timed_out / crashed / cancelled: attempts that ended that way.
+        running: tasks submitted and not yet final.
+        run_time: per-task run time.  Batched ``map`` items share their
+            batch's average.
+        queue_wait: from submission to the start of the attempt that ran.
+        elapsed: seconds since the pool started.
+        throughput: final tasks per second of ``elapsed``.
+        worker_busy: each worker's busy fraction of ``elapsed``.
+    """
+
+    backend: str
+    choices: dict[str, str]
+    workers: int
+    submitted: int
+    done: int
+    failed: int
+    retried: int
+    timed_out: int
+    crashed: int
+    cancelled: int
+    running: int
+    run_time: Summary
+    queue_wait: Summary
+    elapsed: float
+    throughput: float
+    worker_busy: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        def ms(s: float) -> str:
+            return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+        rows = [
+            ("backend", self.backend),
+            *((f"  {k}", v) for k, v in self.choices.items()),
+            ("workers", str(self.workers)),
+            ("tasks", f"{self.done} done, {self.failed} failed, {self.running} running "
+                      f"(of {self.submitted} submitted)"),
+            ("attempts", f"{self.retried} retried, {self.timed_out} timed out, "
+                         f"{self.crashed} crashed, {self.cancelled} cancelled"),
+            ("run time", f"median {ms(self.run_time.median)}, p95 {ms(self.run_time.p95)}, "
+                         f"max {ms(self.run_time.max)}"),
+            ("queue wait", f"median {ms(self.queue_wait.median)}, p95 {ms(self.queue_wait.p95)}, "
+                           f"max {ms(self.queue_wait.max)}"),
+            ("throughput", f"{self.throughput:,.1f} tasks/s over {self.elapsed:.3g} s"),
+        ]
+        if self.worker_busy:
+            busy = sorted(self.worker_busy.values())
+            rows.append(("worker busy", f"{len(busy)} workers, median {busy[len(busy) // 2]:.0%}, "
+                                        f"min {busy[0]:.0%}, max {busy[-1]:.0%}"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class StatsCollector:
+    """Hands out ``WorkerStats`` and sums them into a ``PoolStats``."""
+
+    def __init__(self, backend: str, workers: int) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.choices: dict[str, str] = {}
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerStats] = {}
+        self._spans: dict[str, tuple[float, float | None]] = {}
+
+    def worker(self, name: str) -> WorkerStats:
+        """The accumulator for ``name``, created on first use (a replaced worker gets a new name)."""
+        ws = self._workers.get(name)
+        if ws is None:
+            with self._lock:
+                ws = self._workers.get(name)
+                if ws is None:
+                    ws = self._workers[name] = WorkerStats(name)
+                    self._spans[name] = (time.time(), None)
+        return ws
+
+    def worker_gone(self, name: str) -> None:
+        """Note that worker ``name`` stopped, so its busy fraction counts only its lifetime."""
+        with self._lock:
+            start, _ = self._spans.get(name, (self.started, None))
+            self._spans[name] = (start, time.time())
+
+    def snapshot(self, submitted: int, running: int) -> PoolStats:
+        """Sum every worker's totals into one frozen ``PoolStats``."""
+        now = time.time()
+        run, wait = Histogram(), Histogram()
+        totals = dict.fromkeys(("done", "failed", "retried", "timed_out", "crashed", "cancelled"), 0)
+        busy: dict[str, float] = {}
+        with self._lock:
+            workers = list(self._workers.values())
+            spans = dict(self._spans)
+        for ws in workers:
+            run.merge(ws.run)
+            wait.merge(ws.wait)
+            for k in totals:
+                totals[k] += getattr(ws, k)
+            start, end = spans.get(ws.name, (self.started, None))
+            life = (end or now) - start
+            if ws.busy or life > 0:
+                busy[ws.name] = min(1.0, ws.busy / life) if life > 0 else 0.0
+        elapsed = now - self.started
+        final = totals["done"] + totals["failed"]
+        return PoolStats(
+            backend=self.backend,
+            choices=dict(self.choices),
+            workers=self.workers,
+            submitted=submitted,
+            running=running,
+            run_time=Summary.of(run),
+            queue_wait=Summary.of(wait),
+            elapsed=elapsed,
+            throughput=final / elapsed if elapsed > 0 else 0.0,
+            worker_busy=busy,
+            **totals,
+        )

@@ -1,0 +1,310 @@
+"""The behaviour every backend shares, run against each of them.
+
+Sync backends run the sync task functions of ``tasks``; coroutine backends
+run their ``a``-prefixed async twins.  A backend that cannot run here is
+skipped with its reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import anypool
+import tasks
+
+
+@dataclass(frozen=True)
+class Flavor:
+    backend: str
+    coroutines: bool
+
+    def fn(self, name: str) -> Callable[..., Any]:
+        return getattr(tasks, ("a" + name) if self.coroutines else name)
+
+    def pool(self, workers: int = 2, **kw: Any) -> anypool.Pool:
+        return anypool.Pool(self.backend, workers, **kw)
+
+
+FLAVORS = [
+    Flavor("inline", False),
+    Flavor("thread", False),
+    Flavor("process", False),
+    Flavor("async", True),
+    Flavor("process+async", True),
+]
+
+
+@pytest.fixture(params=FLAVORS, ids=lambda f: f.backend)
+def flavor(request: pytest.FixtureRequest) -> Flavor:
+    reason = anypool.available_backends().get(request.param.backend)
+    if reason:
+        pytest.skip(reason)
+    return request.param  # type: ignore[no-any-return]
+
+
+CONCURRENT = [f for f in FLAVORS if f.backend != "inline"]
+
+
+@pytest.fixture(params=CONCURRENT, ids=lambda f: f.backend)
+def concurrent(request: pytest.FixtureRequest) -> Flavor:
+    return request.param  # type: ignore[no-any-return]
+
+
+class TestResults:
+    def test_submit_returns_an_anypool_future_with_the_result(self, flavor: Flavor) -> None:
+        """submit() gives an anypool.Future that is also a concurrent.futures.Future."""
+        with flavor.pool() as pool:
+            fut = pool.submit(flavor.fn("square"), 7)
+            assert isinstance(fut, anypool.Future)
+            assert isinstance(fut, cf.Future)
+            assert fut.result(timeout=30) == 49
+
+    def test_keywords_pass_through_to_the_task(self, flavor: Flavor) -> None:
+        """Every keyword reaches the callable; pool options never steal one."""
+        with flavor.pool() as pool:
+            assert pool.submit(flavor.fn("add"), 1, b=2, c=3).result(30) == 6
+
+    def test_map_keeps_input_order(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            assert list(pool.map(flavor.fn("square"), range(500))) == [x * x for x in range(500)]
+
+    def test_map_over_several_iterables_stops_at_the_shortest(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            assert list(pool.map(flavor.fn("add"), [1, 2, 3], [10, 20])) == [11, 22]
+
+    def test_map_over_nothing_yields_nothing(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            assert list(pool.map(flavor.fn("square"), [])) == []
+
+    def test_imap_unordered_yields_every_result(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            got = sorted(pool.imap_unordered(flavor.fn("square"), range(300)))
+        assert got == sorted(x * x for x in range(300))
+
+    def test_a_returned_exception_object_is_a_value(self, flavor: Flavor) -> None:
+        """A task that returns an exception (not raises it) succeeds with it as its result."""
+        if flavor.coroutines:
+            pytest.skip("sync task function")
+        with flavor.pool() as pool:
+            value = pool.submit(tasks.return_exception).result(30)
+        assert isinstance(value, ValueError)
+
+    def test_module_helpers_build_a_pool_for_one_call(self, flavor: Flavor) -> None:
+        assert anypool.map(flavor.fn("square"), range(20), backend=flavor.backend, workers=2) == [
+            x * x for x in range(20)
+        ]
+        it = anypool.imap(flavor.fn("square"), itertools.count(), backend=flavor.backend, workers=2)
+        assert list(itertools.islice(it, 10)) == [x * x for x in range(10)]
+        it.close()  # type: ignore[attr-defined]
+
+
+class TestErrors:
+    def test_a_task_exception_is_raised_as_itself_with_a_note(self, flavor: Flavor) -> None:
+        """except ValueError still works; a note names the task, the worker and the attempt."""
+        with flavor.pool() as pool:
+            fut = pool.submit(flavor.fn("fail_on"), 3)
+            with pytest.raises(ValueError, match="bad item 3") as info:
+                fut.result(30)
+        notes = getattr(info.value, "__notes__", [])
+        assert any("failed on" in n and "attempt 1 of 1" in n for n in notes), notes
+
+    def test_map_raises_at_the_failing_position_after_earlier_results(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            it = iter(pool.map(flavor.fn("fail_on"), range(10)))
+            assert [next(it) for _ in range(3)] == [0, 1, 2]
+            with pytest.raises(ValueError, match="bad item 3"):
+                next(it)
+
+    def test_return_exceptions_yields_them_in_place(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            got = list(pool.imap(flavor.fn("fail_on"), range(6), return_exceptions=True))
+        assert got[:3] == [0, 1, 2]
+        assert got[4:] == [4, 5]
+        assert isinstance(got[3], ValueError)
+
+    def test_a_failed_task_does_not_hurt_its_neighbours(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            futs = [pool.submit(flavor.fn("fail_on"), i) for i in range(8)]
+            done = [f.exception(30) is None for f in futs]
+        assert done == [i != 3 for i in range(8)]
+
+
+class TestAsync:
+    def test_a_future_can_be_awaited_without_blocking_the_loop(self, flavor: Flavor) -> None:
+        async def main() -> tuple[int, int]:
+            with flavor.pool() as pool:
+                fut = pool.submit(flavor.fn("sleep"), 0.3, 5)
+                ticks = 0
+
+                async def ticker() -> None:
+                    nonlocal ticks
+                    while not fut.done():
+                        ticks += 1
+                        await asyncio.sleep(0.01)
+
+                t = asyncio.create_task(ticker())
+                value = await fut
+                await t
+                await pool.ashutdown()
+                return value, ticks
+
+        if flavor.backend == "inline":
+            pytest.skip("inline runs the task inside submit(), in the caller")
+        value, ticks = asyncio.run(main())
+        assert value == 5
+        assert ticks >= 5, "the event loop was blocked while the task ran"
+
+    def test_async_for_over_imap(self, flavor: Flavor) -> None:
+        async def main() -> list[int]:
+            async with flavor.pool() as pool:
+                return [r async for r in pool.imap(flavor.fn("square"), range(50))]
+
+        assert asyncio.run(main()) == [x * x for x in range(50)]
+
+    def test_as_completed_works_on_a_mix_of_futures(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool, cf.ThreadPoolExecutor(1) as tpe:
+            fs: list[cf.Future[Any]] = [pool.submit(flavor.fn("square"), i) for i in range(5)]
+            fs.append(tpe.submit(tasks.square, 10))
+            got = sorted(f.result() for f in anypool.as_completed(fs, timeout=30))
+        assert got == [0, 1, 4, 9, 16, 100]
+
+    def test_as_completed_in_a_coroutine(self, flavor: Flavor) -> None:
+        async def main() -> list[int]:
+            async with flavor.pool() as pool:
+                fs = [pool.submit(flavor.fn("square"), i) for i in range(5)]
+                return sorted([f.result() async for f in anypool.as_completed(fs, timeout=30)])
+
+        assert asyncio.run(main()) == [0, 1, 4, 9, 16]
+
+
+class TestLifecycle:
+    def test_submit_after_shutdown_is_refused(self, flavor: Flavor) -> None:
+        pool = flavor.pool()
+        pool.shutdown()
+        with pytest.raises(anypool.PoolClosed):
+            pool.submit(flavor.fn("square"), 1)
+
+    def test_cancel_before_start_and_cancel_futures(self, concurrent: Flavor) -> None:
+        """Queued tasks can be cancelled; shutdown(cancel_futures=True) cancels the rest."""
+        with concurrent.pool(workers=1, concurrency=1) as pool:
+            first = pool.submit(concurrent.fn("sleep"), 0.5, "first")
+            queued = [pool.submit(concurrent.fn("sleep"), 0, i) for i in range(20)]
+            time.sleep(0.1)
+            assert queued[-1].cancel()
+            pool.shutdown(cancel_futures=True)
+            assert first.result(30) == "first"
+            assert queued[-1].cancelled()
+            assert sum(f.cancelled() for f in queued) >= 10
+
+    def test_shutdown_without_wait_returns_at_once(self, concurrent: Flavor) -> None:
+        pool = concurrent.pool(workers=1)
+        fut = pool.submit(concurrent.fn("sleep"), 1.0, "done")
+        t = time.monotonic()
+        pool.shutdown(wait=False)
+        assert time.monotonic() - t < 0.5
+        assert fut.result(30) == "done"
+
+    def test_initializer_runs_in_each_worker_and_fills_worker_state(self, flavor: Flavor) -> None:
+        with flavor.pool(initializer=tasks.set_state, initargs=("who", "init")) as pool:
+            got = list(pool.map(flavor.fn("get_state"), ["who"] * 20))
+        assert got == ["init"] * 20
+
+    def test_a_failing_initializer_breaks_the_pool_once(self, flavor: Flavor) -> None:
+        """The pool reports the initializer's error; it does not restart workers forever."""
+        pool = flavor.pool(initializer=tasks.init_fails)
+        try:
+            with pytest.raises(anypool.InitializerFailed, match="initializer"):
+                pool.submit(flavor.fn("square"), 2).result(30)
+            with pytest.raises(anypool.BrokenPool):
+                _submit_until_refused(pool, flavor.fn("square"))
+        finally:
+            pool.shutdown(wait=False, kill=True)
+
+    def test_stats_count_what_happened(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            list(pool.imap(flavor.fn("fail_on"), range(10), return_exceptions=True))
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.running) == (10, 9, 1, 0)
+        assert s.backend == flavor.backend
+        assert "9 done, 1 failed" in str(s)
+
+
+class TestOptions:
+    def test_retries_until_success(self, flavor: Flavor, tmp_path: Any) -> None:
+        counter = tmp_path / "attempts"
+        with flavor.pool() as pool:
+            fut = pool.with_options(retries=3, backoff=0).submit(_flaky, str(counter), 2)
+            assert fut.result(30) == "ok after 3"
+        assert len(fut.attempts) == 2
+        assert all(a.outcome == "error" for a in fut.attempts)
+
+    def test_retry_on_limits_what_is_retried(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool:
+            view = pool.with_options(retries=3, backoff=0, retry_on=(KeyError,))
+            fut = view.submit(flavor.fn("fail_on"), 3)
+            with pytest.raises(ValueError):
+                fut.result(30)
+        assert fut.attempts == ()
+
+    def test_a_timeout_fails_the_task_on_time(self, concurrent: Flavor) -> None:
+        with concurrent.pool() as pool:
+            t = time.monotonic()
+            fut = pool.with_options(timeout=0.5).submit(concurrent.fn("sleep"), 20)
+            with pytest.raises(anypool.TaskTimeout):
+                fut.result(30)
+            assert time.monotonic() - t < 3.0
+            assert pool.submit(concurrent.fn("square"), 3).result(30) == 9
+
+    def test_with_options_rejects_unknown_names(self, flavor: Flavor) -> None:
+        with flavor.pool() as pool, pytest.raises(TypeError, match="unknown task option"):
+            pool.with_options(timout=3)
+
+
+class TestBackPressure:
+    def test_imap_over_an_endless_generator_stays_a_bounded_distance_ahead(self, flavor: Flavor) -> None:
+        pulled = 0
+
+        def source() -> Iterator[int]:
+            nonlocal pulled
+            for i in itertools.count():
+                pulled = i + 1
+                yield i
+
+        limit = 20_000 if not flavor.coroutines else 3_000
+        with flavor.pool() as pool:
+            lead = 0
+            for n, r in enumerate(pool.imap(flavor.fn("square"), source())):
+                assert r == n * n
+                lead = max(lead, pulled - n)
+                if n + 1 == limit:
+                    break
+        assert pulled < limit + 100_000
+        assert lead <= 50_000, lead
+
+
+def _flaky(path: str, failures: int) -> str:
+    """Fail the first ``failures`` calls (counted in a file, so across processes)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        n = len(os.read(fd, 1000)) + 1
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    if n <= failures:
+        raise ConnectionError(f"flaky failure {n}")
+    return f"ok after {n}"
+
+
+def _submit_until_refused(pool: anypool.Pool, fn: Callable[..., Any]) -> None:
+    for _ in range(50):
+        pool.submit(fn, 2).result(30)
+        time.sleep(0.05)

@@ -1,0 +1,82 @@
+"""Fixtures every test gets: no process may outlive the test that started it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # `import tasks` from tests and from workers
+
+# Process-wide helpers that live as long as the test session, by design:
+# multiprocessing's fork server (our workers' parent) and resource tracker.
+SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _is_service(p: psutil.Process) -> bool:
+    try:
+        cmd = " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return False
+    return any(s in cmd for s in SERVICES) or os.environ.get("ANYPOOL_TEST_SERVICE", "\0") in cmd
+
+
+def _ours(before: set[int]) -> list[psutil.Process]:
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        if p.pid in before or _is_service(p):
+            continue
+        try:
+            if p.is_running():
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if a process it started is still there 5 s after it ends."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5.0
+    left = _ours(before)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _ours(before)
+    if left:
+        desc = []
+        for p in left:
+            try:
+                desc.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}")
+            except psutil.Error:
+                desc.append(str(p.pid))
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pytest.fail("processes left behind:\n  " + "\n  ".join(desc), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_pool_threads() -> Iterator[None]:
+    """Fail the test if a pool's manager or loop thread outlives the test."""
+    yield
+    deadline = time.monotonic() + 5.0
+    watched = ("anypool-process-manager", "anypool-async-loop")
+    while True:
+        left = [t.name for t in threading.enumerate() if t.name in watched]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"pool threads left running: {left}"
+
+
+def python(code: str) -> list[str]:
+    """argv running ``code`` in a fresh interpreter, with the tests importable."""
+    return [sys.executable, "-c", code]

@@ -1,0 +1,185 @@
+"""Task functions for the tests: importable by reference from worker processes.
+
+Also the deliberately bad objects of the fault matrix: things that crash or
+raise while being pickled or unpickled, in the parent or in a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import anypool
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def asquare(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * x
+
+
+def add(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+async def aadd(a: int, b: int = 0, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+async def afail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def sleep(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+async def asleep(seconds: float, value: Any = None) -> Any:
+    await asyncio.sleep(seconds)
+    return value
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def thread_id(_: Any = None) -> int:
+    return threading.get_ident()
+
+
+def kill_self(sig: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(10)
+
+
+def exit_hard(code: int = 3) -> None:
+    os._exit(code)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def crash_if(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(7)
+    return x
+
+
+def raise_system_exit(code: int = 2) -> None:
+    raise SystemExit(code)
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def set_state(key: str, value: Any) -> None:
+    anypool.worker_state()[key] = value
+
+
+def get_state(key: str) -> Any:
+    return anypool.worker_state().get(key)
+
+
+async def aget_state(key: str) -> Any:
+    return anypool.worker_state().get(key)
+
+
+def init_fails() -> None:
+    raise RuntimeError("initializer refuses")
+
+
+def return_exception(_: Any = None) -> BaseException:
+    return ValueError("I am a value, not an error")
+
+
+def return_lock(_: Any = None) -> Any:
+    return threading.Lock()
+
+
+def big_result(n: int) -> bytes:
+    return b"x" * n
+
+
+def cpu(n: int = 2_000_000) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def leak(mb: int) -> int:
+    """Grow this worker's memory by ``mb`` MiB and keep it (a memory leak)."""
+    hoard = anypool.worker_state().setdefault("hoard", [])
+    hoard.append(bytearray(mb << 20))
+    return os.getpid()
+
+
+class Unpicklable:
+    """Refuses to be pickled (like a lock or an open socket)."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unpicklable objects cannot be pickled")
+
+
+class ExitAtUnpickle:
+    """Pickles fine; unpickling it kills the process that loads it."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (11,))
+
+
+class RaiseAtUnpickle:
+    """Pickles fine; unpickling it raises."""
+
+    def __reduce__(self) -> Any:
+        return (_raise_value_error, ("cannot unpickle me",))
+
+
+def _raise_value_error(msg: str) -> None:
+    raise ValueError(msg)
+
+
+class SegfaultAtUnpickle:
+    """Pickles fine; unpickling it segfaults the process that loads it."""
+
+    def __reduce__(self) -> Any:
+        return (ctypes.string_at, (0,))
+
+
+def return_raise_at_unpickle(_: Any = None) -> Any:
+    return RaiseAtUnpickle()
+
+
+def return_unpicklable(_: Any = None) -> Any:
+    return Unpicklable()
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable(_: Any = None) -> None:
+    raise UnpicklableError("holding a lock")
