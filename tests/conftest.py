@@ -19,11 +19,19 @@ SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
 
 def _is_service(p: psutil.Process) -> bool:
+    """The fork server or resource tracker itself (a direct child), not what it forks.
+
+    Workers forked by the fork server inherit its command line, so the
+    command line alone cannot tell them apart: the parent does.
+    """
     try:
         cmd = " ".join(p.cmdline())
+        parent = p.ppid()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
-    return any(s in cmd for s in SERVICES) or os.environ.get("ANYPOOL_TEST_SERVICE", "\0") in cmd
+    if parent == os.getpid() and any(s in cmd for s in SERVICES):
+        return True
+    return os.environ.get("ANYPOOL_TEST_SERVICE", "\0") in cmd
 
 
 def _ours(before: set[int]) -> list[psutil.Process]:

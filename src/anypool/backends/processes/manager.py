@@ -85,7 +85,7 @@ MAX_COALESCE = 256  # submit() calls packed into one message at most
 class _Wire:
     """One TASK message: a map batch, or several single calls coalesced."""
 
-    __slots__ = ("fn_id", "id", "n", "remaining", "results", "started", "timeout", "units")
+    __slots__ = ("delivered", "fn_id", "id", "n", "remaining", "results", "started", "timeout", "units")
 
     def __init__(self, wire_id: int, units: list[Task], fn_id: int, timeout: float | None) -> None:
         self.id = wire_id
@@ -93,8 +93,9 @@ class _Wire:
         self.n = sum(len(t.items) for t in units)
         self.fn_id = fn_id
         self.timeout = timeout
-        self.results: list[Any] | None = None  # process+async: items as they arrive
+        self.results: list[Any] | None = None  # items reported one by one, as they arrive
         self.remaining = self.n
+        self.delivered = 0  # sync workers report items in order: how many came back
         self.started = time.time()
 
 
@@ -240,6 +241,11 @@ class Manager:
     def _turn(self) -> float | None:
         """Housekeeping between selects; returns how long the next select may sleep."""
         if self.killing:
+            # kill() ran in another thread: a worker started since then escaped it
+            for w in self.workers.values():
+                if w.killed is None:
+                    w.killed = ("kill",)
+                    _kill_group(w.pid)
             self._fail_pending(PoolClosed("the pool was shut down with kill=True"), "cancelled")
         if self.broken is None and not self.killing:
             self._assign()
@@ -353,51 +359,70 @@ class Manager:
                     self._fail_items(task, WorkerCrashed(msg, code, w.pid), "crash", w.ws, wire, now)
             return
         first, rest = wires[0], wires[1:]
-        base = w.slot * SLOT_WIDTH
-        started = self.slots[base] == first.id
-        index = int(self.slots[base + 1]) if started else -1
-        if killed is not None and killed[0] == "timeout" and killed[1] == first.id:
-            index = killed[2]
         for wire in rest:  # never started: hand back untouched
             for task in wire.units:
                 self.dispatch.requeue(task)
-        if not started:
-            for task in first.units:
+        base = w.slot * SLOT_WIDTH
+        if self.slots[base] != first.id:
+            for task in first.units:  # never started either
                 self.dispatch.requeue(task)
             return
-        if index < 0 and first.n > 1:
-            # crashed somewhere in a batch run without per-item marks: re-run the
-            # items one by one, so the one that crashes does so alone and is blamed
+        culprit: int | None = int(self.slots[base + 1])
+        if killed is not None and killed[0] == "timeout" and killed[1] == first.id:
+            culprit = killed[2]
+        if culprit is None or culprit < 0:
+            # died somewhere in a batch run without per-item marks: if one item
+            # is left it was that one; else re-run them one by one, so the one
+            # that crashes does so alone and is blamed
+            culprit = first.delivered if first.n - first.delivered == 1 else None
+        if culprit is None:
             log.warning("anypool: worker %s (pid %s) %s during a batch of %d tasks; "
                         "re-running them one at a time", w.name, w.pid, describe_exit(code), first.n)
-            for task in first.units:
-                for i, item in enumerate(task.items):
-                    self.dispatch.requeue(task.subtask(i, [item]) if task.future is None else task)
-            return
-        index = max(index, 0)
-        # locate the item across the wire's units
+
+        def failure(task: Task) -> Failure:
+            if killed is not None and killed[0] == "timeout":
+                return Failure(TaskTimeout(first.timeout or 0.0, task.label()), "timeout")
+            return Failure(WorkerCrashed(_crash_message(w, code, fault, task.label()), code, w.pid), "crash")
+
+        start = self.slots[base + 2] or first.started
+        self._settle_started(w, first, culprit, failure, start, now)
+
+    def _settle_started(self, w: _Worker, wire: _Wire, culprit: int | None,
+                        failure: Any, start: float, now: float) -> None:
+        """Split a started wire of a dead sync worker: what came back, the culprit, the rest.
+
+        Items report in order, so ``wire.delivered`` items (a prefix) are done.
+        Between them and the culprit, items finished but their results died
+        with the worker: they run again.  After the culprit, nothing started.
+        """
+        d = wire.delivered
         pos = 0
-        for task in first.units:
+        for task in wire.units:
             n = len(task.items)
-            if pos + n <= index or pos > index:
-                # before the culprit: finished, but the result died with the worker;
-                # after it: never started
-                self.dispatch.requeue(task)
-            else:
-                i = index - pos
-                if i > 0:
-                    self.dispatch.requeue(task.subtask(0, task.items[:i]))
-                culprit = task if n == 1 else task.subtask(i, [task.items[i]])
-                if killed is not None and killed[0] == "timeout":
-                    lost: Failure = Failure(TaskTimeout(first.timeout or 0.0, culprit.label()), "timeout")
-                else:
-                    lost = Failure(WorkerCrashed(_crash_message(w, code, fault, culprit.label()), code,
-                                                 w.pid), "crash")
-                start = self.slots[base + 2] or first.started
-                self.dispatch.finish(culprit, [lost], start, now, w.ws, [0])
-                if i + 1 < n:
-                    self.dispatch.requeue(task.subtask(i + 1, task.items[i + 1:]))
+            lo = pos
             pos += n
+            if pos <= d:
+                continue  # a single call already finished and settled
+            a = max(d - lo, 0)  # first item of this unit not yet reported
+            if a > 0:  # a map batch reported in part: settle that part now
+                assert wire.results is not None
+                res = wire.results[lo:lo + a]
+                failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
+                self.dispatch.finish(task.subtask(0, task.items[:a]), res, wire.started, now, w.ws, failed)
+            if culprit is None:
+                for i in range(a, n):
+                    self.dispatch.requeue(task if n == 1 else task.subtask(i, [task.items[i]]))
+                continue
+            c = culprit - lo
+            if not a <= c < n:
+                self.dispatch.requeue(task if a == 0 else task.subtask(a, task.items[a:]))
+                continue
+            if c > a:
+                self.dispatch.requeue(task.subtask(a, task.items[a:c]))
+            blamed = task if n == 1 else task.subtask(c, [task.items[c]])
+            self.dispatch.finish(blamed, [failure(blamed)], start, now, w.ws, [0])
+            if c + 1 < n:
+                self.dispatch.requeue(task.subtask(c + 1, task.items[c + 1:]))
 
     def _fail_items(self, task: Task, exc: BaseException, kind: str, ws: WorkerStats,
                     wire: _Wire, now: float) -> None:
@@ -520,7 +545,7 @@ class Manager:
         if len(wire.units) > 1:
             payload = [t.payload[3][0] for t in wire.units]
         per_item = first.style == CALL or wire.timeout is not None
-        if self.mode == "async":
+        if self.mode == "async" or per_item:
             wire.results = [_MISSING] * wire.n
         msg = (TASK, wire.id, fn_id, fn_bytes, first.style, wire.timeout, per_item, blobs, wire.n, payload)
         w.inflight.append(wire)
@@ -577,7 +602,7 @@ class Manager:
                                  list(range(n)))
 
     def _on_result(self, w: _Worker, msg: tuple[Any, ...]) -> None:
-        _, wire_id, results, failed, t0, t1, times, rss = msg
+        _, wire_id, results, failed, t0, t1, rss = msg
         wire = w.inflight.popleft()
         assert wire.id == wire_id, (wire.id, wire_id)
         w.inflight_items -= wire.n
@@ -593,10 +618,9 @@ class Manager:
         units = wire.units
         if len(units) == 1:
             self.dispatch.finish(units[0], results, t0, t1, w.ws, failed)
-        else:
+        else:  # single calls whose callable failed to load: all fail alike
             for k, task in enumerate(units):
-                s, e = (times[2 * k], times[2 * k + 1]) if times else (t0, t1)
-                self.dispatch.finish_one(task, results[k], s, e, w.ws)
+                self.dispatch.finish_one(task, results[k], t0, t1, w.ws)
         self._maybe_retire(w)
 
     def _on_partial(self, w: _Worker, msg: tuple[Any, ...]) -> None:
@@ -612,6 +636,10 @@ class Manager:
             w.inflight_items -= 1
             w.tasks_done += 1
             wire.remaining -= 1
+            wire.delivered += 1
+            if self.mode != "async":
+                prev = self.cost.get(wire.fn_id)
+                self.cost[wire.fn_id] = (e - s) if prev is None else 0.8 * prev + 0.2 * (e - s)
             if len(wire.units) > 1 or wire.units[0].future is not None:
                 # single calls: each finishes on its own
                 self.dispatch.finish_one(wire.units[index], result, s, e, w.ws)

@@ -19,11 +19,13 @@ Worker → parent::
 
     (READY, pid)
     (INIT_FAILED, packed_exception)
-    (RESULT, wire_id, results, failed, t0, t1, times, rss)
-        results[i] for i in failed is a Failure whose exc is a packed exception;
-        times: per-item (start, end) pairs or None
+    (RESULT, wire_id, results, failed, t0, t1, rss)
+        a whole map batch run in one go; results[i] for i in failed is a
+        Failure whose exc is a packed exception
     (PARTIAL, [(wire_id, index, result, failed, t0, t1), ...], rss)
-        process+async workers report items one by one as they finish
+        items reported one by one as they finish: by sync workers for
+        ``submit`` calls and for anything with a timeout (so a crash loses
+        only the item that was running), by process+async workers always
 
 A shared array of doubles, one slot per worker, says what each worker is
 running right now: ``[wire_id, item_index, item_start]``.  It is how the

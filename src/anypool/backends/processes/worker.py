@@ -197,25 +197,28 @@ class _Worker:
             slots[base] = msg[1]
             wire_id, fn, style, _timeout, per_item, items, bad = self.load(msg)
             t0 = time.time()
-            times: list[float] | None = None
             if type(fn) is Failure:
                 results: list[Any] = [fn] * len(items)
                 failed: list[int] | None = list(range(len(items)))
             elif per_item or bad:
-                results, failed, times = self.run_marked(fn, style, items, bad)  # type: ignore[arg-type]
+                self.run_marked(wire_id, fn, style, items, bad)  # type: ignore[arg-type]
+                slots[base] = IDLE
+                continue
             else:
                 results, failed = call_items(fn, items, style, _packed)  # type: ignore[arg-type]
             t1 = time.time()
             slots[base] = IDLE
-            self.send_result(wire_id, results, failed, t0, t1, times)
+            self.send_result(wire_id, results, failed, t0, t1)
 
-    def run_marked(self, fn: Callable[..., Any], style: int, items: list[Any],
-                   bad: list[int] | None) -> tuple[list[Any], list[int] | None, list[float]]:
-        """Run items one by one, marking each in the slot (timeouts, crash blame, times)."""
+    def run_marked(self, wire_id: int, fn: Callable[..., Any], style: int, items: list[Any],
+                   bad: list[int] | None) -> None:
+        """Run items one by one, marking each in the slot and reporting each as it ends.
+
+        Used for ``submit`` calls and for anything with a timeout: the slot
+        lets the pool time out or blame the exact item, and reporting each
+        result at once means a later crash cannot take finished work with it.
+        """
         slots, base = self.slots, self.base
-        out: list[Any] = []
-        failed: list[int] | None = None
-        times: list[float] = []
         skip = set(bad or ())
         for i, item in enumerate(items):
             t = time.time()
@@ -234,23 +237,32 @@ class _Worker:
                         r = fn(*item)
                 except BaseException as exc:
                     r = _packed(exc)
-            if type(r) is Failure:
-                failed = failed or []
-                failed.append(i)
-            out.append(r)
-            times.append(t)
-            times.append(time.time())
-        return out, failed, times
+            self.send_partial([(wire_id, i, r, type(r) is Failure, t, time.time())])
+
+    def send_partial(self, batch: list[tuple[Any, ...]]) -> None:
+        send_frame(self.sock, self.partial_bytes(batch))
+
+    def partial_bytes(self, batch: list[tuple[Any, ...]]) -> bytes:
+        """A PARTIAL message for finished items; results that cannot be pickled fail alone."""
+        rss = _rss() if self.report_rss else 0
+        try:
+            return dumps((PARTIAL, batch, rss))
+        except BaseException:
+            for k, (wid, i, r, is_bad, s, e) in enumerate(batch):
+                if not is_bad:
+                    res = [r]
+                    if self.replace_unpicklable(res, None):
+                        batch[k] = (wid, i, res[0], True, s, e)
+            return dumps((PARTIAL, batch, rss))
 
     def send_result(self, wire_id: int, results: list[Any], failed: list[int] | None,
-                    t0: float, t1: float, times: list[float] | None) -> None:
+                    t0: float, t1: float) -> None:
         rss = _rss() if self.report_rss else 0
-        msg = (RESULT, wire_id, results, failed, t0, t1, times, rss)
         try:
-            data = dumps(msg)
+            data = dumps((RESULT, wire_id, results, failed, t0, t1, rss))
         except BaseException:
             failed = self.replace_unpicklable(results, failed)
-            data = dumps((RESULT, wire_id, results, failed, t0, t1, times, rss))
+            data = dumps((RESULT, wire_id, results, failed, t0, t1, rss))
         send_frame(self.sock, data)
 
     @staticmethod
@@ -289,17 +301,7 @@ class _Worker:
                 return
             batch = outbox[:]
             outbox.clear()
-            rss = _rss() if self.report_rss else 0
-            try:
-                data = dumps((PARTIAL, batch, rss))
-            except BaseException:
-                for k, (wid, i, r, bad, s, e) in enumerate(batch):
-                    if not bad:
-                        res = [r]
-                        if self.replace_unpicklable(res, None):
-                            batch[k] = (wid, i, res[0], True, s, e)
-                data = dumps((PARTIAL, batch, rss))
-            writer.put(data)
+            writer.put(self.partial_bytes(batch))
             pump()
 
         def pump() -> None:

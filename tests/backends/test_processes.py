@@ -1,0 +1,409 @@
+"""Fault injection on the process backend: real crashes, real kills, real hangs.
+
+Every test here really kills a worker (SIGKILL, ``os._exit``, a segfault), really
+hangs one, or really fails to (un)pickle something, then checks that only the
+task concerned failed, with a message that says what happened, and that the
+pool goes on.  The autouse fixture in conftest.py fails any test that leaves a
+process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+import anypool
+import tasks
+from anypool.serialize import RemoteTraceback
+
+
+@pytest.fixture
+def pool() -> Any:
+    p = anypool.Pool("process", 2)
+    yield p
+    p.shutdown(wait=False, kill=True)
+
+
+def _crash_random(x: int, seed: int) -> int:
+    """Kill this worker with probability 0.1 (a fresh draw on every attempt)."""
+    if random.Random(f"{seed}-{x}-{os.getpid()}-{time.perf_counter_ns()}").random() < 0.1:
+        os._exit(9)
+    return x
+
+
+class TestCrashes:
+    @pytest.mark.parametrize(
+        ("fn", "args", "expected"),
+        [
+            (tasks.kill_self, (signal.SIGKILL,), r"killed by signal SIGKILL \(9\)"),
+            (tasks.exit_hard, (3,), r"exited with code 3"),
+            (tasks.segfault, (), r"killed by signal SIGSEGV \(11\)"),
+        ],
+        ids=["sigkill", "os._exit", "segfault"],
+    )
+    def test_a_dying_worker_fails_only_its_task(self, pool: anypool.Pool, fn: Any, args: Any,
+                                                expected: str) -> None:
+        others = [pool.submit(tasks.sleep, 0.2, i) for i in range(6)]
+        doomed = pool.submit(fn, *args)
+        with pytest.raises(anypool.WorkerCrashed, match=expected) as info:
+            doomed.result(30)
+        assert info.value.pid is not None
+        assert [f.result(30) for f in others] == list(range(6))
+        assert pool.submit(tasks.square, 5).result(30) == 25  # the pool goes on
+        assert pool.stats.crashed == 1
+
+    def test_a_segfault_message_carries_the_workers_last_words(self, pool: anypool.Pool) -> None:
+        """faulthandler's traceback of the dying worker is part of the error."""
+        with pytest.raises(anypool.WorkerCrashed) as info:
+            pool.submit(tasks.segfault).result(30)
+        assert "segfault" in str(info.value)  # the frame of the task that crashed
+        assert "Fatal Python error" in str(info.value)
+
+    def test_a_worker_killed_from_outside_mid_task(self, pool: anypool.Pool) -> None:
+        """Like the OOM killer: SIGKILL from another process while a task runs."""
+        victim = pool.submit(tasks.sleep, 30)
+        idle_worker = pool.submit(tasks.pid).result(30)
+        busy = [p for p in _workers() if p.pid != idle_worker]
+        assert busy, "no busy worker found"
+        for p in busy:
+            p.send_signal(signal.SIGKILL)
+        with pytest.raises(anypool.WorkerCrashed, match=r"SIGKILL.*OOM killer"):
+            victim.result(30)
+        assert pool.submit(tasks.square, 4).result(30) == 16
+
+    def test_a_crash_inside_a_map_batch_fails_only_the_crashing_item(self, pool: anypool.Pool) -> None:
+        """Items batched with the crashing one are re-run one by one; only it fails."""
+        got = list(pool.imap(tasks.crash_if, range(2000), [777] * 2000, return_exceptions=True))
+        crashed = [i for i, r in enumerate(got) if isinstance(r, anypool.WorkerCrashed)]
+        assert crashed == [777]
+        assert all(got[i] == i for i in range(2000) if i != 777)
+
+    @pytest.mark.timeout(120)
+    def test_a_thousand_tasks_with_ten_percent_crashes_are_all_accounted_for(self) -> None:
+        seed = random.randrange(1 << 30)
+        with anypool.Pool("process", 2, retries=2, backoff=0) as pool:
+            futs = [pool.submit(_crash_random, i, seed) for i in range(1000)]
+            ok = crashed = 0
+            for i, f in enumerate(futs):
+                try:
+                    assert f.result(60) == i
+                    ok += 1
+                except anypool.WorkerCrashed:
+                    crashed += 1
+                    assert len(f.attempts) == 2
+                    assert all(a.outcome == "crash" for a in f.attempts)
+        assert ok + crashed == 1000
+        assert ok >= 980  # 0.1 ** 3 of them may fail all three attempts
+        s = pool.stats
+        assert s.done == ok
+        assert s.failed == crashed
+        assert s.crashed >= 50  # about 110 expected
+
+    def test_large_arguments_in_flight_while_a_worker_segfaults(self, pool: anypool.Pool) -> None:
+        """No queue shared by workers, so a dying worker cannot wedge the others' big messages."""
+        blob = b"y" * (8 << 20)
+        futs = [pool.submit(len, blob) for _ in range(10)]
+        bad = pool.submit(tasks.segfault)
+        futs += [pool.submit(len, blob) for _ in range(10)]
+        assert [f.result(60) for f in futs] == [len(blob)] * 20
+        with pytest.raises(anypool.WorkerCrashed):
+            bad.result(30)
+
+    def test_workers_that_die_during_start_up_break_the_pool_instead_of_spinning(self) -> None:
+        pool = anypool.Pool("process", 1, initializer=tasks.exit_hard, initargs=(5,))
+        try:
+            with pytest.raises(anypool.BrokenPool, match="start-up"):
+                pool.submit(tasks.square, 2).result(30)
+            with pytest.raises(anypool.BrokenPool):
+                pool.submit(tasks.square, 2)
+        finally:
+            pool.shutdown(wait=False, kill=True)
+
+
+class TestTimeouts:
+    def test_a_hung_task_is_killed_within_half_a_second_of_its_limit(self, pool: anypool.Pool) -> None:
+        worker = pool.submit(tasks.pid).result(30)
+        assert pool.submit(tasks.pid).result(30)
+        fut = pool.with_options(timeout=1.0).submit(tasks.sleep, 3600)
+        while not fut.running():
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(anypool.TaskTimeout, match="timeout of 1 s"):
+            fut.result(30)
+        late = time.monotonic() - t0 - 1.0
+        assert late < 0.5, f"timed out {late:.2f} s after the limit"
+        assert worker not in {p.pid for p in _workers()} or pool.stats.timed_out == 1
+        assert pool.stats.timed_out == 1
+        assert pool.submit(tasks.square, 3).result(30) == 9  # a replacement took its place
+
+    def test_a_timeout_kills_the_processes_the_task_started(self, pool: anypool.Pool,
+                                                             tmp_path: Any) -> None:
+        pidfile = tmp_path / "grandchild"
+        fut = pool.with_options(timeout=1).submit(_spawn_and_wait, str(pidfile))
+        with pytest.raises(anypool.TaskTimeout):
+            fut.result(30)
+        grandchild = int(pidfile.read_text())
+        deadline = time.monotonic() + 5
+        while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
+            try:
+                if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+        alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+        assert not alive, "the task's child survived its timeout"
+
+    def test_a_timeout_in_a_batch_fails_that_item_and_runs_the_rest(self, pool: anypool.Pool) -> None:
+        view = pool.with_options(timeout=0.5)
+        got = list(view.imap(tasks.sleep, [0.0] * 50 + [30] + [0.0] * 50, range(101),
+                             return_exceptions=True))
+        assert isinstance(got[50], anypool.TaskTimeout)
+        assert [g for i, g in enumerate(got) if i != 50] == [i for i in range(101) if i != 50]
+
+    def test_a_task_that_ignores_sigterm_still_times_out(self, pool: anypool.Pool) -> None:
+        fut = pool.with_options(timeout=0.5).submit(_ignore_sigterm_and_sleep)
+        with pytest.raises(anypool.TaskTimeout):
+            fut.result(30)
+
+
+class TestSerialization:
+    def test_an_unpicklable_argument_fails_at_submit_naming_it(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.SerializationError, match=r"argument 1 \(Unpicklable"):
+            pool.submit(tasks.add, 1, tasks.Unpicklable())
+        with pytest.raises(anypool.SerializationError, match=r"keyword argument 'c'"):
+            pool.submit(tasks.add, 1, c=tasks.Unpicklable())
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_an_unpicklable_callable_fails_at_submit_naming_it(self, pool: anypool.Pool) -> None:
+        import threading
+
+        lock = threading.Lock()
+
+        def uses_lock() -> bool:
+            return lock.locked()
+
+        with pytest.raises(anypool.SerializationError, match="uses_lock"):
+            pool.submit(uses_lock)
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_lambdas_and_closures_travel_by_value(self, pool: anypool.Pool) -> None:
+        k = 10
+        assert pool.submit(lambda x: x + k, 5).result(30) == 15
+        assert list(pool.map(lambda x: x * k, range(3))) == [0, 10, 20]
+
+    def test_an_unpicklable_map_item_fails_only_its_position(self, pool: anypool.Pool) -> None:
+        items: list[Any] = [1, 2, tasks.Unpicklable(), 4]
+        got = list(pool.imap(str, items, return_exceptions=True))
+        assert got[:2] == ["1", "2"]
+        assert got[3] == "4"
+        assert isinstance(got[2], anypool.SerializationError)
+        assert "map item 2" in str(got[2])
+
+    def test_an_argument_that_raises_when_unpickled_in_the_worker(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.SerializationError, match="could not be loaded in the worker"):
+            pool.submit(tasks.add, tasks.RaiseAtUnpickle()).result(30)
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_an_argument_that_kills_the_worker_when_unpickled(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.WorkerCrashed, match="exited with code 11"):
+            pool.submit(tasks.add, tasks.ExitAtUnpickle()).result(30)
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_an_unpicklable_result_fails_that_task_only(self, pool: anypool.Pool) -> None:
+        futs = [pool.submit(tasks.return_lock if i == 2 else tasks.square, i) for i in range(5)]
+        with pytest.raises(anypool.SerializationError, match=r"result .*cannot be sent back"):
+            futs[2].result(30)
+        assert [f.result(30) for i, f in enumerate(futs) if i != 2] == [0, 1, 9, 16]
+
+    def test_a_result_that_cannot_be_loaded_in_the_pool(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.TaskError, match="could not be loaded in the pool"):
+            pool.submit(tasks.return_raise_at_unpickle).result(30)
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_an_unpicklable_exception_becomes_a_task_error_with_its_text(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.TaskError) as info:
+            pool.submit(tasks.raise_unpicklable).result(30)
+        err = info.value
+        assert err.type_name.endswith("UnpicklableError")
+        assert err.message == "holding a lock"
+        assert "raise_unpicklable" in err.traceback
+
+    def test_the_workers_traceback_is_chained_as_the_cause(self, pool: anypool.Pool) -> None:
+        with pytest.raises(ValueError, match="bad item 3") as info:
+            pool.submit(tasks.fail_on, 3).result(30)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "fail_on" in cause.text
+        assert "raise ValueError" in cause.text
+
+    @pytest.mark.parametrize("fn", [tasks.raise_system_exit, tasks.raise_keyboard_interrupt])
+    def test_base_exceptions_in_a_task_stay_in_the_task(self, pool: anypool.Pool, fn: Any) -> None:
+        with pytest.raises(BaseException) as info:
+            pool.submit(fn).result(30)
+        assert isinstance(info.value, (SystemExit, KeyboardInterrupt))
+        assert pool.submit(tasks.square, 3).result(30) == 9
+
+    def test_a_result_bigger_than_any_pipe_buffer(self, pool: anypool.Pool) -> None:
+        assert len(pool.submit(tasks.big_result, 200 << 20).result(60)) == 200 << 20
+
+
+class TestRecycling:
+    def test_max_tasks_per_worker_recycles_without_losing_tasks(self) -> None:
+        with anypool.Pool("process", 2, max_tasks_per_worker=3) as pool:
+            futs = [pool.submit(tasks.sleep, 0.01, i) for i in range(40)]  # a backlog queued
+            pids = [pool.submit(tasks.pid).result(30) for _ in range(12)]
+            assert [f.result(30) for f in futs] == list(range(40))
+        assert len(set(pids)) >= 4
+
+    def test_max_memory_per_worker_recycles_a_leaking_worker(self) -> None:
+        ceiling = 120 << 20
+        with anypool.Pool("process", 1, max_memory_per_worker=ceiling) as pool:
+            pids = [pool.submit(tasks.leak, 40).result(30) for _ in range(12)]
+        # each worker holds at most ceiling + one task's leak before it is replaced
+        assert len(set(pids)) >= 3, pids
+        runs = [len(list(g)) for _, g in __import__("itertools").groupby(pids)]
+        assert max(runs) <= 4, runs
+
+
+class TestStartMethods:
+    @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+    def test_each_start_method_runs_tasks_and_survives_a_crash(self, method: str) -> None:
+        with anypool.Pool("process", 2, start_method=method) as pool:
+            assert list(pool.map(tasks.square, range(10))) == [x * x for x in range(10)]
+            with pytest.raises(anypool.WorkerCrashed):
+                pool.submit(tasks.exit_hard, 4).result(30)
+            assert pool.submit(tasks.square, 9).result(30) == 81
+
+    def test_an_unknown_start_method_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="start_method must be one of"):
+            anypool.Pool("process", 1, start_method="teleport").submit(tasks.square, 1)
+
+
+class TestShutdown:
+    def test_kill_stops_running_tasks_at_once(self) -> None:
+        pool = anypool.Pool("process", 2)
+        futs = [pool.submit(tasks.sleep, 60) for _ in range(2)]
+        while not all(f.running() for f in futs):
+            time.sleep(0.01)
+        time.sleep(0.2)
+        t = time.monotonic()
+        pool.shutdown(kill=True)
+        assert time.monotonic() - t < 2
+        for f in futs:
+            with pytest.raises(anypool.PoolClosed):
+                f.result(5)
+
+
+# -- signals to a whole program running a pool -------------------------------------
+
+SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+import anypool, tasks
+pool = anypool.Pool("process", 2)
+with pool:
+    futs = [pool.submit(tasks.sleep, 60) for _ in range(2)]
+    while not all(f.running() for f in futs):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    print("ready", flush=True)
+    for f in futs:
+        f.result()
+"""
+
+
+def _start_script() -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=tests_dir)],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    workers = [p for p in tree if p.ppid() != proc.pid]  # the fork server's children
+    assert len(workers) == 2, [" ".join(p.cmdline()) for p in tree]
+    return proc, tree
+
+
+def _wait_gone(procs: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    alive = procs
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.05)
+    return alive
+
+
+@pytest.mark.parametrize(("sig", "code"),
+                         [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, -signal.SIGTERM)])
+def test_a_signal_stops_the_program_and_every_worker_promptly(sig: int, code: int) -> None:
+    proc, tree = _start_script()
+    try:
+        t = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=5) == code
+        assert time.monotonic() - t < 2.0
+        assert _wait_gone(tree, 5) == []
+    finally:
+        _kill_session(proc)
+
+
+def test_workers_exit_by_themselves_when_their_program_is_sigkilled() -> None:
+    proc, tree = _start_script()
+    try:
+        proc.kill()
+        proc.wait(timeout=5)
+        left = _wait_gone(tree, 5)
+        assert left == [], [p.pid for p in left]
+    finally:
+        _kill_session(proc)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _spawn_and_wait(pidfile: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    child.wait()
+
+
+def _ignore_sigterm_and_sleep() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(3600)
+
+
+def _workers() -> list[psutil.Process]:
+    """This test process's pool workers: the children of its fork server."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "forkserver" in " ".join(p.cmdline()) and p.ppid() == os.getpid():
+                out.extend(p.children())
+        except psutil.Error:
+            pass
+    return out
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_session(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
