@@ -14,8 +14,15 @@
 
 The probe runs tasks for at most ``PROBE_SECONDS`` (a long first task is
 judged mid-run from its thread's CPU clock); later tasks of that callable
-wait, then go to the chosen backend.  Each choice and its reason are in
+wait, then go to the chosen backend.  Time the probe thread spent *ready to
+run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
+time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
+
+The probe measures; it cannot be sure.  On a machine far past saturation
+(several times more runnable threads than CPUs, or a throttled container)
+CPU-bound work can look like waiting.  Where the choice matters, name the
+backend.
 """
 
 from __future__ import annotations
@@ -46,11 +53,28 @@ __all__ = ["AutoBackend", "Decision", "decide"]
 log = logging.getLogger("anypool")
 
 PROBE_SECONDS = 0.1
+PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
+MIN_SAMPLES = 12  # GIL sampler wake-ups needed to judge the GIL
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
-IO_BOUND = 0.5  # CPU / wall under this: the task mostly waits
-GIL_HELD = 0.5  # share of sampler wake-ups delayed by the GIL above this: it holds the GIL
+IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
+                 # on a saturated, throttled machine was seen as low as 30 %)
+# sampler wake-ups delayed by the GIL, per unit of probe CPU time, above which it holds
+# the GIL (seen on a loaded machine: GIL-bound code 0.3-1.0, hashlib 0-0.1)
+GIL_HELD = 0.25
 _SAMPLE_SLEEP = 0.0002
+
+
+def _run_delay(tid: int | None) -> float:
+    """Seconds thread ``tid`` has spent runnable but waiting for a CPU (0 if unknown)."""
+    if tid is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
+_UNEXPLAINED = 0.0003
 
 
 def is_command(fn: Any) -> bool:
@@ -126,10 +150,17 @@ class _GilSampler:
 
     def _run(self) -> None:
         perf, sleep = time.perf_counter, time.sleep
+        tid = threading.get_native_id()
         while not self._stop.is_set():
+            d = _run_delay(tid)
             t = perf()
             sleep(_SAMPLE_SLEEP)
-            if perf() - t - _SAMPLE_SLEEP > _SAMPLE_LATE:
+            late = perf() - t - _SAMPLE_SLEEP
+            # Late for the GIL, not just for a CPU: on a busy machine a wake-up
+            # can be late by the scheduler's delay alone (measured here: all but
+            # ~0.1 ms of it is run-queue time), while a GIL wait leaves more
+            # (>= 0.6 ms seen) that the run queue does not explain.
+            if late > _SAMPLE_LATE and late - (_run_delay(tid) - d) > _UNEXPLAINED:
                 self.late += 1
             self.samples += 1
 
@@ -152,12 +183,15 @@ class _Probe:
         self.lock = threading.Lock()
         self.decided = False
         self.cpu = 0.0
-        self.wall = 0.0
+        self.wall = 0.0  # wall time less the time spent waiting for a CPU
+        self.raw_wall = 0.0
         self.items = 0
         self.current_start: float | None = None
         self.current_cpu0 = 0.0
+        self.current_delay0 = 0.0
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
         self.sampler = _GilSampler()
+        self.began = time.perf_counter()
         self.thread.start()
         clock.call_later(PROBE_SECONDS, self._deadline)
 
@@ -190,31 +224,49 @@ class _Probe:
                     if self.decided or not self.held:
                         break
                     task = self.held.popleft()
+                    self.current_delay0 = _run_delay(self.thread.native_id)
                     self.current_start = time.perf_counter()
                     self.current_cpu0 = time.thread_time()
                 if not task.claim():
                     dispatch.discard(task)
                     continue
-                w0, c0 = self.current_start, self.current_cpu0
+                w0, c0, d0 = self.current_start, self.current_cpu0, self.current_delay0
                 t0 = time.time()
                 results, failed = call_items(task.fn, task.items, task.style, Failure)
                 t1 = time.time()
                 with self.lock:
                     self.current_start = None
                     if not self.decided:
-                        self.wall += time.perf_counter() - w0
+                        delay = _run_delay(self.thread.native_id) - d0
+                        raw = time.perf_counter() - w0
+                        self.raw_wall += raw
+                        self.wall += max(raw - delay, 1e-9)
                         self.cpu += time.thread_time() - c0
                         self.items += len(task.items)
+                    last = self.decided or not self.held or (
+                        self.wall >= PROBE_SECONDS and self._enough())
+                if last:
+                    # decide before handing back this result: whoever waits for it
+                    # then finds the choice already in pool.stats
+                    self._decide_now()
                 dispatch.finish(task, results, t0, t1, ws, failed)
-                if self.wall >= PROBE_SECONDS:
+                if last:
                     break
         finally:
             bind_thread(None)
             dispatch.stats.worker_gone("probe")
             self._decide_now()
 
+    def _enough(self) -> bool:
+        return self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX
+
     def _deadline(self) -> None:
         """Clock callback: a first task still running after PROBE_SECONDS is judged mid-run."""
+        if self.decided:
+            return
+        if not self._enough():
+            clock.call_later(PROBE_SECONDS / 2, self._deadline)
+            return
         with self.lock:
             if self.decided or self.current_start is None:
                 return
@@ -223,10 +275,12 @@ class _Probe:
                 cpu_now = time.clock_gettime(clk)
             except (AttributeError, OSError):
                 return  # judged when the task ends instead
-            wall = time.perf_counter() - self.current_start
+            delay = _run_delay(self.thread.native_id) - self.current_delay0
+            raw = time.perf_counter() - self.current_start
             # thread_time() and the pthread CPU clock are the same clock on Linux
             self.cpu += cpu_now - self.current_cpu0
-            self.wall += wall
+            self.raw_wall += raw
+            self.wall += max(raw - delay, 1e-9)
             self.items += 1
         self._decide_now()
 
@@ -234,16 +288,33 @@ class _Probe:
         with self.lock:
             if self.decided:
                 return
+            cpu, wall, raw_wall, items = self.cpu, self.wall, self.raw_wall, self.items
+        self.sampler.stop()
+        # While the probe thread waits for a CPU it holds no GIL, so on a busy
+        # machine the sampler is rarely late even for GIL-bound code: judge its
+        # lateness against the share of time the probe thread was on a CPU.
+        on_cpu = min(1.0, cpu / raw_wall) if raw_wall > 0 else 1.0
+        gil_held = min(1.0, self.sampler.held / max(on_cpu, 0.05))
+        if force is not None:
+            decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
+        else:
+            decision = decide(cpu, wall, items, gil_held, self.router.cpus, self._pickle_problem)
+        held = self._record(decision)
+        if held is not None:
+            self.router._decided(self.fn, decision, held)
+
+    def _record(self, decision: Decision) -> list[Task] | None:
+        """Make ``decision`` the router's choice; the held tasks, or None if another thread won."""
+        # the router's lock first, then ours: the order submit() takes them in
+        with self.router._lock, self.lock:
+            if self.decided:
+                return None
             self.decided = True
+            self.router._choices[self.key] = decision.backend
+            self.router._probes.pop(self.key, None)
             held = list(self.held)
             self.held.clear()
-        self.sampler.stop()
-        if force is not None:
-            decision = Decision(force[0], force[1], self.cpu, self.wall, self.items, 0.0)
-        else:
-            decision = decide(self.cpu, self.wall, self.items, self.sampler.held,
-                              self.router.cpus, self._pickle_problem)
-        self.router._decided(self.key, self.fn, decision, held)
+        return held
 
     def _pickle_problem(self) -> str | None:
         try:
@@ -321,13 +392,11 @@ class AutoBackend(Backend):
                         return
                     if probe.hold(task):
                         return
-                    name = self._choices[key]
+                    name = self._choices[key]  # decided and recorded under this lock
         self._sub(name).submit(task)
 
-    def _decided(self, key: Any, fn: Any, decision: Decision, held: list[Task]) -> None:
-        with self._lock:
-            self._choices[key] = decision.backend
-            self._probes.pop(key, None)
+    def _decided(self, fn: Any, decision: Decision, held: list[Task]) -> None:
+        """Record and log a probe's decision; send on the tasks it held."""
         label = fn_name(fn)
         self.dispatch.stats.choices[label] = f"{decision.backend}: {decision.reason}"
         log.debug("anypool: auto chose %s for %s: %s", decision.backend, label, decision.reason)

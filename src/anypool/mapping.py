@@ -251,6 +251,12 @@ class MapRun:
         return TimeoutError("map() did not finish within its timeout")
 
     def __iter__(self) -> Iterator[Any]:
+        if getattr(self._backend, "loop_thread", None) == threading.get_ident():
+            self.close()
+            raise RuntimeError(
+                "this map runs its coroutines on the event loop of the current thread, so a "
+                "plain `for` would block that loop forever; use `async for` instead"
+            )
         try:
             while True:
                 self._fill()

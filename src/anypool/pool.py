@@ -325,6 +325,12 @@ class Pool(_Submitter, cf.Executor):
                 tasks fail with ``PoolClosed``; threads cannot be killed and
                 run their current call to its end).
         """
+        if wait and not kill and self._dispatch.outstanding and \
+                getattr(self._backend, "loop_thread", None) == threading.get_ident():
+            raise RuntimeError(
+                "shutdown(wait=True) would block the event loop that runs this pool's tasks; "
+                "use `await pool.ashutdown()` or `async with Pool(...)`"
+            )
         with self._shutdown_lock:
             first = not self._shut
             self._shut = True

@@ -198,7 +198,9 @@ class TestLifecycle:
         with concurrent.pool(workers=1, concurrency=1) as pool:
             first = pool.submit(concurrent.fn("sleep"), 0.5, "first")
             queued = [pool.submit(concurrent.fn("sleep"), 0, i) for i in range(20)]
-            time.sleep(0.1)
+            deadline = time.monotonic() + 20
+            while not first.running() and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert queued[-1].cancel()
             pool.shutdown(cancel_futures=True)
             assert first.result(30) == "first"

@@ -105,40 +105,46 @@ class ThreadBackend(Backend):
             if self.config.initializer is not None and not self._initialize():
                 return
             q = self._queue
-            finish_one = dispatch.finish_one
             while True:
                 task = q.get()
                 if task is None:
                     break
-                if self._broken is not None:
-                    dispatch.fail_unrun(task, self._broken)
-                    continue
-                if not task.claim():
-                    dispatch.discard(task)
-                    continue
-                if dispatch.observing:
-                    dispatch.started(task, ws)
-                if task.options.timeout is not None:
-                    self._run_timed(task, rec, ws)
-                    if rec.abandoned:
-                        return  # a replacement thread has taken this one's place
-                    continue
-                t0 = time.time()
-                if task.future is not None:
-                    args, kwargs = task.items[0]
-                    try:
-                        r = task.fn(*args, **kwargs)
-                    except BaseException as exc:
-                        r = Failure(exc)
-                    finish_one(task, r, t0, time.time(), ws)
-                else:
-                    results, failed = call_items(task.fn, task.items, task.style, Failure)
-                    dispatch.finish(task, results, t0, time.time(), ws, failed)
+                self._execute(task, rec, ws)
+                # drop the task before blocking for the next one: a finished
+                # task's arguments must not stay alive while the pool idles
+                del task
+                if rec.abandoned:
+                    return  # timed out: a replacement thread has taken this one's place
         finally:
             bind_thread(None)
             dispatch.stats.worker_gone(name)
             with self._lock:
                 self._threads.pop(threading.current_thread(), None)
+
+    def _execute(self, task: Task, rec: _Running, ws: WorkerStats) -> None:
+        dispatch = self.dispatch
+        if self._broken is not None:
+            dispatch.fail_unrun(task, self._broken)
+            return
+        if not task.claim():
+            dispatch.discard(task)
+            return
+        if dispatch.observing:
+            dispatch.started(task, ws)
+        if task.options.timeout is not None:
+            self._run_timed(task, rec, ws)
+            return
+        t0 = time.time()
+        if task.future is not None:
+            args, kwargs = task.items[0]
+            try:
+                r = task.fn(*args, **kwargs)
+            except BaseException as exc:
+                r = Failure(exc)
+            dispatch.finish_one(task, r, t0, time.time(), ws)
+        else:
+            results, failed = call_items(task.fn, task.items, task.style, Failure)
+            dispatch.finish(task, results, t0, time.time(), ws, failed)
 
     def _initialize(self) -> bool:
         assert self.config.initializer is not None
@@ -205,7 +211,7 @@ class ThreadBackend(Backend):
                     failed.append(i)
                 out.append(r)
         with lock:
-            rec.task = None
+            rec.task, rec.out, rec.failed = None, [], []
             rec.token += 1
         self.dispatch.finish(task, out, started, time.time(), ws, failed or None)
 

@@ -1,0 +1,172 @@
+"""The async and process+async backends: many coroutines, the caller's loop, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import types
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+import anypool
+import tasks
+
+
+def test_ten_thousand_concurrent_sleeps_finish_in_about_a_second() -> None:
+    with anypool.Pool("async") as pool:
+        t = time.monotonic()
+        futs = [pool.submit(tasks.asleep, 1.0, i) for i in range(10_000)]
+        assert [f.result(30) for f in futs] == list(range(10_000))
+        took = time.monotonic() - t
+    assert took < 4.0, f"10,000 one-second sleeps took {took:.1f} s"
+
+
+def test_map_runs_a_sleep_per_item_concurrently() -> None:
+    t = time.monotonic()
+    assert anypool.map(tasks.asleep, [0.5] * 2000, range(2000), backend="async") == list(range(2000))
+    assert time.monotonic() - t < 3.0
+
+
+def test_workers_caps_how_many_coroutines_run_at_once() -> None:
+    running = peak = 0
+
+    async def tracked(_: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    with anypool.Pool("async", 7) as pool:
+        list(pool.map(tracked, range(100)))
+        for f in [pool.submit(tracked, i) for i in range(50)]:
+            f.result(10)
+    assert peak <= 7
+
+
+class TestAttachedToTheCallersLoop:
+    def test_tasks_run_on_the_callers_loop_and_await_never_blocks(self) -> None:
+        async def which_loop() -> asyncio.AbstractEventLoop:
+            return asyncio.get_running_loop()
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                assert await pool.submit(which_loop) is asyncio.get_running_loop()
+                assert [r async for r in pool.imap(tasks.asquare, range(5))] == [0, 1, 4, 9, 16]
+
+        asyncio.run(main())
+
+    def test_blocking_calls_on_the_loop_thread_raise_instead_of_deadlocking(self) -> None:
+        async def main() -> None:
+            pool = anypool.Pool("async")
+            fut = pool.submit(tasks.asleep, 0.2, "x")
+            with pytest.raises(RuntimeError, match="await future"):
+                fut.result()
+            with pytest.raises(RuntimeError, match="async for"):
+                list(pool.map(tasks.asquare, range(3)))
+            with pytest.raises(RuntimeError, match="ashutdown"):
+                pool.shutdown()
+            assert await fut == "x"
+            await pool.ashutdown()
+
+        asyncio.run(main())
+
+
+def test_cancel_stops_a_running_coroutine() -> None:
+    seen: list[str] = []
+
+    async def long_job() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    with anypool.Pool("async") as pool:
+        fut = pool.submit(long_job)
+        time.sleep(0.1)
+        assert fut.cancel()
+        assert fut.cancelled()
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == ["cancelled"]
+
+
+def test_a_timeout_cancels_the_coroutine_and_runs_its_cleanup() -> None:
+    cleaned: list[bool] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(True)
+
+    with anypool.Pool("async") as pool:
+        with pytest.raises(anypool.TaskTimeout):
+            pool.with_options(timeout=0.2).submit(slow).result(10)
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
+    assert cleaned == [True]
+
+
+def test_a_blocked_loop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    async def blocks() -> None:
+        time.sleep(1.5)  # the mistake the warning is for
+
+    with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool("async") as pool:
+        pool.submit(blocks).result(10)
+    assert any("blocked the event loop" in r.getMessage() for r in caplog.records)
+
+
+@types.coroutine
+def _generator_based(n: int) -> Generator[Any, None, int]:
+    """A pre-async-def coroutine: a generator that yields to the event loop."""
+    yield from asyncio.sleep(0.01).__await__()
+    return n * 2
+
+
+def test_generator_based_coroutines_run_on_the_async_backend() -> None:
+    with anypool.Pool("async") as pool:
+        assert pool.submit(_generator_based, 21).result(10) == 42
+
+
+class TestProcessAsync:
+    def test_coroutines_spread_over_processes_run_concurrently(self) -> None:
+        with anypool.Pool("process+async", 2, concurrency=100) as pool:
+            t = time.monotonic()
+            got = list(pool.map(tasks.asleep, [0.3] * 400, range(400)))
+            took = time.monotonic() - t
+            pids = set(pool.map(_apid, range(200)))
+        assert got == list(range(400))
+        assert took < 3.0, f"400 sleeps of 0.3 s at 2 x 100 took {took:.1f} s"
+        assert len(pids) == 2
+
+    def test_a_dead_process_fails_only_the_coroutines_it_held(self) -> None:
+        with anypool.Pool("process+async", 2, concurrency=10) as pool:
+            victims = [pool.submit(_sleep_then_die, 0.3) for _ in range(1)]
+            others = [pool.submit(tasks.asleep, 0.05, i) for i in range(40)]
+            with pytest.raises(anypool.WorkerCrashed, match="exited with code 13"):
+                victims[0].result(30)
+            survived = [f.result(30) for f in others if f.exception(30) is None]
+            assert len(survived) >= 20  # those on the other process, at least
+            assert pool.submit(tasks.asquare, 5).result(30) == 25
+
+    def test_a_timeout_cancels_the_coroutine_inside_its_process(self) -> None:
+        with anypool.Pool("process+async", 1) as pool:
+            with pytest.raises(anypool.TaskTimeout):
+                pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
+            assert pool.submit(tasks.asquare, 4).result(10) == 16
+
+
+async def _apid(_: int) -> int:
+    await asyncio.sleep(0.01)
+    return os.getpid()
+
+
+async def _sleep_then_die(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    os._exit(13)

@@ -1,0 +1,111 @@
+"""The thread backend: what it can and cannot do about a stuck thread."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+import anypool
+import tasks
+from conftest import python
+
+
+def test_a_timed_out_thread_is_abandoned_and_its_capacity_replaced() -> None:
+    """The future fails on time; a new thread takes the stuck one's place."""
+    with anypool.Pool("thread", 2) as pool:
+        stuck = pool.with_options(timeout=0.3).submit(tasks.sleep, 3)
+        with pytest.raises(anypool.TaskTimeout):
+            stuck.result(10)
+        t = time.monotonic()
+        both = [pool.submit(tasks.sleep, 0.5, i) for i in range(2)]
+        assert [f.result(10) for f in both] == [0, 1]
+        assert time.monotonic() - t < 0.9, "the two tasks did not run side by side"
+        assert pool.stats.timed_out == 1
+
+
+def test_a_timeout_inside_a_thread_batch_fails_that_item_only() -> None:
+    with anypool.Pool("thread", 2) as pool:
+        got = list(pool.with_options(timeout=0.3).imap(
+            tasks.sleep, [0.0] * 30 + [2.0] + [0.0] * 30, range(61), return_exceptions=True))
+    assert isinstance(got[30], anypool.TaskTimeout)
+    assert [g for i, g in enumerate(got) if i != 30] == [i for i in range(61) if i != 30]
+
+
+def test_an_abandoned_thread_does_not_hold_up_interpreter_exit() -> None:
+    code = (
+        "import sys, time; sys.path.insert(0, 'tests'); import anypool, tasks\n"
+        "pool = anypool.Pool('thread', 1)\n"
+        "f = pool.with_options(timeout=0.2).submit(tasks.sleep, 60)\n"
+        "try:\n    f.result()\nexcept anypool.TaskTimeout:\n    print('timed out', flush=True)\n"
+    )
+    t = time.monotonic()
+    out = subprocess.run(python(code), capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "timed out", out.stderr
+    assert time.monotonic() - t < 10
+
+
+def test_each_thread_has_its_own_worker_state() -> None:
+    barrier = threading.Barrier(2)
+
+    def who(_: int) -> int:
+        barrier.wait(5)  # both threads are busy at once: two different workers
+        state = anypool.worker_state()
+        state.setdefault("me", threading.get_ident())
+        return int(state["me"])
+
+    with anypool.Pool("thread", 2) as pool:
+        got = list(pool.map(who, range(2), chunksize=1))
+    assert len(set(got)) == 2
+
+
+def test_kill_cannot_stop_a_thread_but_returns_at_once() -> None:
+    pool = anypool.Pool("thread", 1)
+    running = pool.submit(tasks.sleep, 0.5, "finished anyway")
+    queued = pool.submit(tasks.sleep, 0, "never")
+    time.sleep(0.1)
+    t = time.monotonic()
+    pool.shutdown(kill=True)
+    assert time.monotonic() - t < 0.2
+    assert queued.cancelled()
+    assert running.result(5) == "finished anyway"
+
+
+def test_stdlib_executor_code_runs_unchanged() -> None:
+    """Code written for ThreadPoolExecutor: max_workers=, submit, map, wait, as_completed."""
+    import concurrent.futures as cf
+
+    with anypool.Pool("thread", max_workers=3) as ex:
+        futs = [ex.submit(pow, 2, i) for i in range(5)]
+        done, _ = cf.wait(futs, timeout=10)
+        assert len(done) == 5
+        assert sorted(f.result() for f in cf.as_completed(futs)) == [1, 2, 4, 8, 16]
+        assert list(ex.map(pow, [2, 3], [3, 2])) == [8, 9]
+        assert ex.submit(tasks.add, 1, b=2).result() == 3
+    with pytest.raises(RuntimeError):
+        ex.submit(pow, 2, 2)
+
+
+def test_finished_tasks_free_their_arguments() -> None:
+    """The pool keeps no reference to a finished task's arguments (CPython's test_free_reference)."""
+    import gc
+    import weakref
+
+    class Arg:
+        pass
+
+    with anypool.Pool("thread", 1) as pool:
+        arg = Arg()
+        ref = weakref.ref(arg)
+        assert pool.submit(id, arg).result(5) == id(arg)
+        del arg
+        for _ in range(20):
+            gc.collect()
+            if ref() is None:
+                break
+            time.sleep(0.05)
+        assert ref() is None
+
+

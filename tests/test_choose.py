@@ -1,0 +1,107 @@
+"""backend="auto" on real workloads: it must pick what a person would, and say why."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+import anypool
+import tasks
+from anypool.choose import decide
+
+
+def _choice(pool: anypool.Pool, fn: Any) -> str:
+    return pool.stats.choices[fn.__qualname__]
+
+
+def sha(buf: bytes) -> str:
+    return hashlib.sha256(buf).hexdigest()
+
+
+def test_pure_python_cpu_work_goes_to_processes() -> None:
+    with anypool.Pool() as pool:
+        assert list(pool.map(tasks.cpu, [3_000_000] * 4)) == [tasks.cpu(3_000_000)] * 4
+        assert _choice(pool, tasks.cpu).startswith("process: CPU-bound Python holding the GIL")
+
+
+def test_sleeping_goes_to_threads() -> None:
+    with anypool.Pool() as pool:
+        assert list(pool.map(tasks.sleep, [0.05] * 6, range(6))) == list(range(6))
+        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
+
+
+def test_hashing_big_buffers_releases_the_gil_and_goes_to_threads() -> None:
+    bufs = [bytes([i]) * (8 << 20) for i in range(4)]
+    with anypool.Pool() as pool:
+        assert list(pool.map(sha, bufs)) == [sha(b) for b in bufs]
+        assert _choice(pool, sha).startswith("thread: CPU-bound but releases the GIL")
+
+
+def test_coroutine_functions_go_to_async() -> None:
+    with anypool.Pool() as pool:
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
+        assert pool._backend.plan(tasks.asquare).name == "async"  # type: ignore[attr-defined]
+
+
+def test_tiny_tasks_stay_on_threads() -> None:
+    with anypool.Pool() as pool:
+        assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]
+        assert _choice(pool, tasks.square).startswith("thread: ")
+
+
+def test_the_choice_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="anypool"), anypool.Pool() as pool:
+        pool.submit(tasks.sleep, 0.05).result(10)
+    assert any("auto chose thread for sleep" in r.getMessage() for r in caplog.records)
+
+
+def test_each_callable_gets_its_own_choice_in_one_pool() -> None:
+    with anypool.Pool() as pool:
+        pool.submit(tasks.sleep, 0.05).result(10)
+        pool.submit(tasks.cpu, 3_000_000).result(30)
+        choices = pool.stats.choices
+    assert choices["sleep"].startswith("thread")
+    assert choices["cpu"].startswith("process")
+    assert "sleep" in str(pool.stats)
+
+
+class TestDecide:
+    """The rule itself, on measurements given directly."""
+
+    def ok(self) -> None:
+        return None
+
+    def test_io_bound(self) -> None:
+        assert decide(0.01, 1.0, 1, 0.0, 8, self.ok).backend == "thread"
+
+    def test_cpu_bound_holding_the_gil(self) -> None:
+        d = decide(0.99, 1.0, 10, 0.9, 8, self.ok)
+        assert d.backend == "process"
+
+    def test_cpu_bound_releasing_the_gil(self) -> None:
+        assert decide(0.99, 1.0, 10, 0.05, 8, self.ok).backend == "thread"
+
+    def test_one_cpu_means_threads(self) -> None:
+        assert "only one CPU" in decide(0.99, 1.0, 10, 0.9, 1, self.ok).reason
+
+    def test_an_unpicklable_callable_stays_on_threads_and_says_why(self) -> None:
+        d = decide(0.99, 1.0, 10, 0.9, 8, lambda: "the lock cannot be pickled")
+        assert d.backend == "thread"
+        assert "cannot go to processes: the lock cannot be pickled" in d.reason
+
+
+def test_an_unpicklable_cpu_bound_closure_still_runs() -> None:
+    lock = threading.Lock()
+
+    def busy(n: int) -> int:
+        with lock:
+            return tasks.cpu(n)
+
+    with anypool.Pool() as pool:
+        assert pool.submit(busy, 3_000_000).result(30) == tasks.cpu(3_000_000)
+        (reason,) = pool.stats.choices.values()
+        assert "cannot go to processes" in reason
