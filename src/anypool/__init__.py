@@ -13,8 +13,6 @@ One ``concurrent.futures.Executor`` over every execution model::
 This module holds the public names and nothing else.
 """
 
-from __future__ import annotations
-
 from .backends import available_backends
 from .errors import (
     AnypoolError,

@@ -18,8 +18,8 @@ value, or the exception it failed with).  ``size`` says how many tasks an event 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Observer", "TaskEvent"]
 
@@ -62,5 +62,11 @@ class TaskEvent(NamedTuple):
     results: Sequence[Any] | None = None
 
 
-Observer: TypeAlias = Callable[[TaskEvent], None]
-"""Anything called with each :class:`TaskEvent`."""
+class Observer(Protocol):
+    """Anything called with each :class:`TaskEvent`: a function, a bound method, an object.
+
+    Called on the thread that reports the event; keep it quick, thread-safe,
+    and do not keep ``items`` or ``results``.
+    """
+
+    def __call__(self, event: TaskEvent, /) -> None: ...

@@ -1,0 +1,236 @@
+"""Small pieces on their own: options, errors, futures, batch sizing, statistics, map semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import pickle
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import anypool
+import tasks
+from anypool.errors import describe_exit
+from anypool.mapping import BatchSizer
+from anypool.stats import Histogram
+from anypool.tasks import POOL_DEFAULT, TaskOptions
+
+
+class TestTaskOptions:
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"timeout": 0}, "timeout must be a positive number"),
+            ({"timeout": -1}, "timeout must be a positive number"),
+            ({"retries": -1}, "retries must be an int >= 0"),
+            ({"retries": 1.5}, "retries must be an int >= 0"),
+            ({"backoff": -1}, "backoff and backoff_max must be >= 0"),
+        ],
+    )
+    def test_bad_values_are_refused_with_a_clear_message(self, kwargs: dict, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            TaskOptions(**kwargs)
+
+    def test_retry_on_must_be_exception_types_or_a_predicate(self) -> None:
+        with pytest.raises(TypeError, match="retry_on must be"):
+            TaskOptions(retry_on=(ValueError, "nope"))  # type: ignore[arg-type]
+        assert TaskOptions(retry_on=lambda e: "flaky" in str(e)).should_retry(OSError("flaky disk"))
+
+    def test_pool_default_keeps_the_pools_value_and_none_clears_it(self) -> None:
+        base = TaskOptions(timeout=5, retries=2)
+        assert base.merged(timeout=POOL_DEFAULT).timeout == 5
+        assert base.merged(timeout=None).timeout is None
+        assert base.merged(retries=POOL_DEFAULT, timeout=POOL_DEFAULT) is base
+
+    def test_backoff_is_jittered_under_an_exponential_cap(self) -> None:
+        opts = TaskOptions(retries=5, backoff=0.1, backoff_max=1.0)
+        for attempt, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (6, 1.0)]:
+            delays = [opts.delay(attempt) for _ in range(200)]
+            assert min(delays) >= 0
+            assert max(delays) <= cap
+            assert max(delays) > cap / 2
+        assert TaskOptions(backoff=0).delay(3) == 0
+
+
+class TestPoolArguments:
+    def test_workers_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+            anypool.Pool("thread", 0)
+
+    def test_unknown_backend_lists_the_known_ones(self) -> None:
+        with pytest.raises(anypool.BackendUnavailable, match=r"unknown backend 'threads'.*thread"):
+            anypool.Pool("threads")
+
+    def test_max_workers_is_a_synonym_and_cannot_contradict(self) -> None:
+        assert anypool.Pool("thread", max_workers=3).workers == 3
+        with pytest.raises(TypeError, match="not both"):
+            anypool.Pool("thread", 2, max_workers=3)
+
+    def test_submit_passes_fn_and_self_keywords_through(self) -> None:
+        """CPython's test_submit_keyword: submit's own parameters are positional-only."""
+        with anypool.Pool("thread", 1) as pool:
+            assert pool.submit(lambda **kw: kw, fn=1, self=2).result(5) == {"fn": 1, "self": 2}
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "err",
+        [
+            anypool.TaskError("ValueError", "boom", "Traceback ..."),
+            anypool.TaskTimeout(2.5, "#3 f"),
+            anypool.WorkerCrashed("worker died", -11, 42),
+            anypool.SerializationError("argument 0 cannot be sent"),
+            anypool.PoolClosed("closed"),
+            anypool.InitializerFailed("init raised"),
+            anypool.BackendUnavailable("no such backend"),
+        ],
+        ids=lambda e: type(e).__name__,
+    )
+    def test_every_error_survives_pickling(self, err: BaseException) -> None:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert str(back) == str(err)
+
+    def test_errors_extend_what_stdlib_users_already_catch(self) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        assert issubclass(anypool.TaskTimeout, TimeoutError)
+        assert issubclass(anypool.WorkerCrashed, BrokenProcessPool)
+        assert issubclass(anypool.SerializationError, TypeError)
+        assert issubclass(anypool.PoolClosed, RuntimeError)
+        assert issubclass(anypool.BrokenPool, cf.BrokenExecutor)
+        assert issubclass(anypool.BackendUnavailable, LookupError)
+
+    @pytest.mark.parametrize(("code", "text"), [
+        (0, "exited with code 0"), (3, "exited with code 3"),
+        (-9, "was killed by signal SIGKILL (9)"), (-11, "was killed by signal SIGSEGV (11)"),
+        (None, "is still running"),
+    ])
+    def test_exit_statuses_read_as_words(self, code: int | None, text: str) -> None:
+        assert describe_exit(code) == text
+
+
+class TestBatchSizer:
+    def test_starts_at_one_and_grows_toward_the_target_time(self) -> None:
+        s = BatchSizer(target=0.02, cap=4096, workers=2, length=None)
+        assert s.next_size() == 1
+        s.observe(1, 1e-5)
+        assert s.next_size() == 16  # at most 16 times a step
+        for _ in range(5):
+            s.observe(s.next_size(), s.next_size() * 1e-5)
+        assert s.next_size() == 2000  # 20 ms of 10 µs items
+
+    def test_a_slow_batch_shrinks_batches_at_once(self) -> None:
+        s = BatchSizer(target=0.02, cap=4096, workers=2, length=None)
+        for _ in range(4):
+            s.observe(s.next_size(), s.next_size() * 1e-6)
+        s.observe(10, 10 * 0.01)
+        assert s.next_size() == 2
+
+    def test_a_known_length_caps_batches_at_a_fair_share(self) -> None:
+        s = BatchSizer(target=1.0, cap=4096, workers=4, length=1000)
+        for _ in range(4):
+            s.observe(s.next_size(), 1e-9)
+        assert s.next_size() == 63  # ceil(1000 / 16)
+
+    def test_a_given_chunksize_is_kept(self) -> None:
+        s = BatchSizer(target=0.02, cap=4096, workers=2, length=None, fixed=7)
+        s.observe(7, 1.0)
+        assert s.next_size() == 7
+
+
+class TestHistogram:
+    def test_quantiles_are_within_a_bucket(self) -> None:
+        h = Histogram()
+        values = [0.001 * (i + 1) for i in range(1000)]
+        for v in values:
+            h.add(v)
+        assert h.quantile(0.5) == pytest.approx(0.5, rel=0.03)
+        assert h.quantile(0.95) == pytest.approx(0.95, rel=0.03)
+        assert h.max == 1.0
+        assert h.total == pytest.approx(sum(values))
+
+
+class TestMapSemantics:
+    def test_the_stdlib_timeout_bounds_the_whole_iteration(self) -> None:
+        with anypool.Pool("thread", 2) as pool:
+            it = iter(pool.map(tasks.sleep, [0.0, 5.0, 5.0], timeout=0.5))
+            assert next(it) is None
+            t = time.monotonic()
+            with pytest.raises(TimeoutError):
+                next(it)
+            assert time.monotonic() - t < 2
+
+    def test_an_input_that_fails_delivers_what_ran_first(self) -> None:
+        def source() -> Iterator[int]:
+            yield from range(5)
+            raise OSError("the input broke")
+
+        with anypool.Pool("thread", 2) as pool:
+            it = iter(pool.imap(tasks.square, source()))
+            got = [next(it) for _ in range(5)]
+            with pytest.raises(OSError, match="the input broke"):
+                next(it)
+        assert got == [0, 1, 4, 9, 16]
+
+    def test_leaving_the_loop_early_cancels_what_has_not_started(self) -> None:
+        ran = itertools.count()
+
+        def count(x: int) -> int:
+            next(ran)
+            time.sleep(0.01)
+            return x
+
+        with anypool.Pool("thread", 2) as pool:
+            it = pool.imap(count, range(10_000), chunksize=1)
+            assert next(it) == 0
+            it.close()
+        assert next(ran) < 100
+
+    def test_buffersize_bounds_the_items_in_flight(self) -> None:
+        pulled = 0
+
+        def source() -> Iterator[int]:
+            nonlocal pulled
+            for i in range(1000):
+                pulled = i + 1
+                yield i
+
+        with anypool.Pool("thread", 2) as pool:
+            lead = 0
+            for n, _ in enumerate(pool.map(tasks.square, source(), buffersize=10)):
+                lead = max(lead, pulled - n)
+        assert lead <= 11
+
+    def test_imap_unordered_yields_in_completion_order(self) -> None:
+        with anypool.Pool("thread", 4) as pool:
+            got = list(pool.imap_unordered(tasks.sleep, [0.4, 0.0, 0.2, 0.1], "abcd", chunksize=1))
+        assert got == ["b", "d", "c", "a"]
+
+
+class TestFutures:
+    def test_as_completed_times_out(self) -> None:
+        with anypool.Pool("thread", 1) as pool:
+            fut = pool.submit(tasks.sleep, 1)
+            with pytest.raises(TimeoutError):
+                list(anypool.as_completed([fut], timeout=0.1))
+
+    def test_as_completed_times_out_in_a_coroutine(self) -> None:
+        async def main(fut: anypool.Future[object]) -> None:
+            async for _ in anypool.as_completed([fut], timeout=0.1):
+                pass
+
+        with anypool.Pool("thread", 1) as pool:
+            fut = pool.submit(tasks.sleep, 1)
+            with pytest.raises(TimeoutError, match="1 \\(of 1\\) futures unfinished"):
+                asyncio.run(main(fut))
+
+    def test_a_future_used_by_stdlib_wait(self) -> None:
+        with anypool.Pool("thread", 2) as pool:
+            futs = [pool.submit(tasks.square, i) for i in range(4)]
+            done, not_done = cf.wait(futs, timeout=10)
+        assert len(done) == 4
+        assert not not_done
