@@ -165,8 +165,9 @@ class AsyncBackend(Backend):
         stuck = time.monotonic() - self._beat
         if stuck > BLOCKED_WARNING and self._beat != warned_at:
             log.warning(
-                "anypool: a task has blocked the event loop for %.1f s; coroutines must not call "
-                "blocking functions (use backend='thread', or asyncio.to_thread inside the task)", stuck)
+                "anypool: the event loop has not turned for %.1f s: a coroutine is calling something "
+                "blocking (use backend='thread' or asyncio.to_thread for it), or CPU work leaves it no "
+                "time (backend='process+async' spreads coroutines over processes)", stuck)
             warned_at = self._beat
         clock.call_later(BLOCKED_WARNING, self._watch, warned_at)
 
