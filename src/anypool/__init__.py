@@ -16,6 +16,7 @@ This module holds the public names and nothing else.
 from __future__ import annotations
 
 from .backends import available_backends
+from .commands import CommandResult
 from .errors import (
     AnypoolError,
     BackendUnavailable,
@@ -43,6 +44,7 @@ __all__ = [
     "BackendUnavailable",
     "BrokenPool",
     "CommandFailed",
+    "CommandResult",
     "Future",
     "InitializerFailed",
     "MapIterator",
