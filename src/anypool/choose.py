@@ -151,6 +151,7 @@ class _Probe:
         self.held: deque[Task] = deque([first])
         self.lock = threading.Lock()
         self.decided = False
+        self.published = threading.Event()  # set once the router knows the choice
         self.cpu = 0.0
         self.wall = 0.0
         self.items = 0
@@ -243,7 +244,10 @@ class _Probe:
         else:
             decision = decide(self.cpu, self.wall, self.items, self.sampler.held,
                               self.router.cpus, self._pickle_problem)
-        self.router._decided(self.key, self.fn, decision, held)
+        try:
+            self.router._decided(self.key, self.fn, decision, held)
+        finally:
+            self.published.set()
 
     def _pickle_problem(self) -> str | None:
         try:
@@ -321,7 +325,13 @@ class AutoBackend(Backend):
                         return
                     if probe.hold(task):
                         return
-                    name = self._choices[key]
+                    name = self._choices.get(key)
+            if name is None:
+                # the probe decided a moment ago and is publishing its choice
+                # (which needs self._lock): wait for it outside the lock
+                assert probe is not None
+                probe.published.wait()
+                name = self._choices[key]
         self._sub(name).submit(task)
 
     def _decided(self, key: Any, fn: Any, decision: Decision, held: list[Task]) -> None:
