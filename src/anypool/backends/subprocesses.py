@@ -57,7 +57,6 @@ import queue
 import select
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -125,6 +124,8 @@ def _capture_fd() -> int:
             return int(memfd("anypool-job", os.MFD_CLOEXEC))
         except OSError:
             pass
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="anypool-job-")
     os.unlink(path)
     os.set_inheritable(fd, False)

@@ -33,21 +33,23 @@ cannot run SQL functions with side effects either (``trusted_schema=OFF``).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
-import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Set
-from typing import Any, NamedTuple
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..commands import CommandResult
 from ..errors import AnypoolError, CommandFailed, PoolClosed, TaskTimeout, WorkerCrashed
 from ..events import TaskEvent
 from .recorder import Row, describe_error
+
+if TYPE_CHECKING:
+    import sqlite3
+
+# sqlite3, hashlib, socket and urllib are imported where used: the command
+# line imports this module for its helpers on every run, job log or not.
 
 __all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "outcome_of"]
 
@@ -163,6 +165,8 @@ class SeqSet(Set[int]):
 
 def fingerprint(description: Any) -> str:
     """The SHA-256 of a run's input description (canonical JSON)."""
+    import hashlib
+
     text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -191,6 +195,9 @@ class JobLog:
         self.run_id: int | None = None
         self._lock = threading.Lock()
         self._closed = False
+        import sqlite3
+        from urllib.parse import quote
+
         try:
             if self.readonly:
                 if not os.path.exists(self.path):
@@ -261,6 +268,8 @@ class JobLog:
                         f"  this run:   {_describe(text)}\n"
                         f"Use another job log, or run without --resume to start this one afresh."
                     )
+            import socket
+
             from .. import __version__
 
             cur = self._db.execute(
