@@ -4,24 +4,29 @@ What a command is, how arguments are passed and when no shell is started is
 in :mod:`anypool.commands`.  This module starts, watches and stops them::
 
     submit ──> SimpleQueue ──> slot thread (one per worker, numbered 1..N):
-                                 prepare → posix_spawn (new session) → waitid
+                                 prepare → Popen (vfork, new session) → waitid
                                  │             stdout, stderr → two memfds
                                  │ timeout:    clock ─> SIGTERM to the group,
                                  │             GRACE later SIGKILL
                                  └─ read the memfds → CommandResult → dispatch
 
-**Launch path.**  Each job is started with ``os.posix_spawn`` (glibc runs it
-as ``clone(CLONE_VM|CLONE_VFORK)``: nothing of the parent is copied) with
-``setsid``, so the job leads its own process group and session: a timeout or
-a kill reaches every process it started, and a Ctrl-C typed at the terminal
-reaches the parent alone (the parent then stops the jobs).  Measured here
-(1,000 x ``true`` on 2 threads, 2 loaded cores), in parent CPU per job:
-``posix_spawn`` 140-240 µs, ``subprocess.Popen`` (vfork) 200-250 µs, with
-the same child cost; asyncio's subprocesses took 3-4x the wall time of
-either (``../shared/PEER-BASELINES.md`` found the same), so they are not
-used.  Slot threads wait with ``waitid(WNOWAIT)``, which leaves the child
-unreaped until its thread has marked it finished: a timeout or shutdown can
-therefore never signal a process group whose number was reused.
+**Launch path.**  Each job is started by ``subprocess.Popen`` with
+``start_new_session`` (so the job leads its own process group and session: a
+timeout or a kill reaches every process it started, and a Ctrl-C typed at the
+terminal reaches the parent alone, which then stops the jobs).  Popen is used
+only to launch: on Linux it uses ``vfork`` (nothing of the parent is copied)
+and releases the GIL meanwhile; the job is waited for and reaped here.
+Measured on this project's 2-core machine (1,000 x ``true``, 2 slots, under
+load): ``os.posix_spawn`` costs the same parent CPU per job (~0.2 ms) but
+holds the GIL through the whole vfork-and-exec, so the other slot and the
+caller stall: another thread's 0.2 ms sleeps woke late by 1.8 ms at p90
+during posix_spawn calls and by 0.1 ms during Popen calls, and ``anypool
+run`` took 3.0 s with posix_spawn against 2.1 s with Popen (median of 5).
+asyncio's subprocesses took 3-4x the wall time of either (the project's
+peer baselines found the same), so they are not used.  Slot threads
+wait with ``waitid(WNOWAIT)``, which leaves the child unreaped until its
+thread has marked it finished: a timeout or shutdown can therefore never
+signal a process group whose number was reused.
 
 **Output.**  Each job's stdout and stderr go to two anonymous in-memory
 files (``memfd_create``; a temporary file elsewhere), read once the job
@@ -57,6 +62,7 @@ import queue
 import select
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -79,9 +85,6 @@ _SWEEP_POLL = 0.01
 
 OutputCallback = Callable[[tuple[Any, ...], int, bytes], None]
 
-_SIGDEF = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ") if hasattr(signal, name)
-)  # Python ignores these; a child must start with the defaults, as a shell would give it
 _lock = threading.Lock()  # guards every _Proc's pid/reaped/stop against the clock and shutdown
 _devnull: int | None = None
 _paths: dict[tuple[str, str], str] = {}
@@ -149,18 +152,15 @@ def _resolve(name: str) -> str | None:
     return found
 
 
-def _spawn(argv: list[str], path: str, fds: tuple[int, int, int]) -> int:
-    actions = [
-        (os.POSIX_SPAWN_DUP2, fds[0], 0),
-        (os.POSIX_SPAWN_DUP2, fds[1], 1),
-        (os.POSIX_SPAWN_DUP2, fds[2], 2),
-    ]
-    return os.posix_spawn(path, argv, os.environ, file_actions=actions, setsid=True,
-                          setsigdef=_SIGDEF, setsigmask=())
+def _spawn(argv: list[str], path: str, fds: tuple[int, int, int]) -> subprocess.Popen[bytes]:
+    # Popen only for its launch (vfork, GIL released, signals reset, other fds
+    # closed); the job is waited for and reaped by _execute, not by Popen
+    return subprocess.Popen(argv, executable=path, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                            start_new_session=True)
 
 
-def _start(spec: Spec, fds: tuple[int, int, int]) -> tuple[int, list[str]]:
-    """Start ``spec``; return its pid and the argv really executed.
+def _start(spec: Spec, fds: tuple[int, int, int]) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Start ``spec``; return its process and the argv really executed.
 
     Raises:
         _NotRunnable: the program does not exist or cannot be executed.
@@ -364,9 +364,11 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
     t0 = time.perf_counter()
     handle = None
     pid = 0
+    popen = None
     try:
         try:
-            pid, argv = _start(spec, child_fds)
+            popen, argv = _start(spec, child_fds)
+            pid = popen.pid
         except _NotRunnable as exc:
             return CommandResult(spec.text, tuple(spec.argv), exc.code, b"",
                                  (exc.message + "\n").encode(), started,
@@ -388,6 +390,7 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
             proc.reaped = True
         _, status = os.waitpid(pid, 0)
         duration = time.perf_counter() - t0
+        popen.returncode = code = os.waitstatus_to_exitcode(status)
         if handle is not None:
             handle.cancel()
         if proc.stop is not None:
@@ -396,8 +399,7 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
             stdout, stderr = _read_all(out_fd), _read_all(err_fd)
         else:
             stdout, stderr = b"".join(captured[1]), b"".join(captured[2])
-        return CommandResult(spec.text, tuple(argv), os.waitstatus_to_exitcode(status),
-                             stdout, stderr, started, duration, pid)
+        return CommandResult(spec.text, tuple(argv), code, stdout, stderr, started, duration, pid)
     except BaseException:
         # interrupted while waiting (Ctrl-C in the caller's thread): stop the job too
         if pid and not proc.reaped:
@@ -405,7 +407,9 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
                 proc.reaped = True
                 _signal_group(pid, signal.SIGKILL)
             try:
-                os.waitpid(pid, 0)
+                _, status = os.waitpid(pid, 0)
+                if popen is not None:
+                    popen.returncode = os.waitstatus_to_exitcode(status)
             except ChildProcessError:
                 pass
         raise
