@@ -96,6 +96,13 @@ class TestOutput:
         r = cli("run", "--tag", "--line-buffer", "echo hi", ":::", "t")
         assert out_lines(r) == ["t\thi t"]
 
+    def test_bar_draws_progress_on_stderr_only(self, cli: Cli) -> None:
+        r = cli("run", "--bar", "-k", "echo", ":::", "a", "b", "c")
+        assert r.stdout == b"a\nb\nc\n"
+        assert b"anypool:" in r.stderr
+        assert b"3/3" in r.stderr
+        assert cli("run", "echo", ":::", "a").stderr == b""  # not a terminal: no bar by default
+
     def test_stderr_of_jobs_goes_to_stderr(self, cli: Cli) -> None:
         r = cli("run", "echo out {}; echo err {} >&2", ":::", "1")
         assert r.stdout == b"out 1\n"
@@ -160,6 +167,12 @@ class TestHalt:
     def test_success_halt_exits_zero(self, cli: Cli) -> None:
         r = cli("run", "-j", "1", "--halt", "now,success=1", "exit {}", ":::", "1", "0", "1", "1")
         assert r.returncode == 0
+
+    def test_gnu_parallels_old_spellings(self, cli: Cli) -> None:
+        r = cli("run", "-j", "1", "--halt=-1", "echo {}; exit {}", ":::", "1", "0", "1")
+        assert (r.returncode, r.stdout) == (0, b"1\n0\n")
+        r = cli("run", "-j", "1", "--halt", "2", "echo {}; exit {}", ":::", "0", "4", "1")
+        assert (r.returncode, r.stdout) == (4, b"0\n4\n")
 
 
 class TestUsage:

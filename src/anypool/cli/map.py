@@ -29,6 +29,8 @@ result, or for a failed call an object {"error": TYPE, "message": TEXT,
 "input": [ARGS]}.  Results are printed in input order (--unordered: as they
 finish).
 
+Options go before FUNCTION: every word after it is an input.
+
 FUNCTION is MODULE:NAME (NAME may be dotted: MODULE:Class.method); MODULE is
 imported with the current directory on sys.path.  Inputs come as for anypool
 run: words after FUNCTION, ::: groups (several groups give each call one
@@ -36,7 +38,9 @@ argument from each), :::: files, or lines of stdin.  Each argument is a
 string; --json-args parses each one as JSON first.  Coroutine functions run
 on the async backend under --backend auto.
 
-Values JSON cannot hold are printed as their repr() string.
+Values JSON cannot hold are printed as their repr() string.  With --joblog
+every call is recorded as it ends (with --results, its JSON result too);
+anypool map has no --resume.
 """
 
 EPILOG = """\
@@ -45,7 +49,7 @@ examples:
   anypool map --json-args math:factorial ::: 10 20 30
   anypool map --json-args operator:add ::: 1 2 ::: 10 20        add(1, 10), add(1, 20), ...
   anypool map --backend process -j 4 mymodule:crunch :::: numbers.txt
-  seq 100 | anypool map --json-args --backend thread mymodule:fetch --timeout 5 --retries 2
+  seq 100 | anypool map --json-args --backend thread --timeout 5 --retries 2 mymodule:fetch
   anypool map --backend dask --address tcp://10.0.0.5:8786 mymodule:crunch :::: inputs.txt
 
 exit status:
@@ -62,7 +66,7 @@ def configure(sub: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    add_common(p, default_backend="auto")
+    add_common(p, default_backend="auto", resume=False)
     m = p.add_argument_group("results")
     m.add_argument("--json-args", action="store_true", help="parse every argument as JSON")
     m.add_argument("--unordered", action="store_true", help="print results as they finish")
@@ -155,8 +159,6 @@ def main(opts: argparse.Namespace) -> int:
     """Run ``anypool map`` with parsed options; return the exit status."""
     parser: argparse.ArgumentParser = opts.parser
     check_common(parser, opts)
-    if opts.resume or opts.resume_failed:
-        parser.error("anypool map does not resume (its job log records results as they are computed)")
     try:
         fn = load_function(opts.function)
     except ValueError as exc:

@@ -60,8 +60,8 @@ def halt_policy(text: str) -> Halt:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_common(p: argparse.ArgumentParser, *, default_backend: str) -> None:
-    """The options both subcommands take."""
+def add_common(p: argparse.ArgumentParser, *, default_backend: str, resume: bool = True) -> None:
+    """The options both subcommands take (``resume``: with ``--resume`` and ``--resume-failed``)."""
     g = p.add_argument_group("running")
     g.add_argument("-j", "--jobs", type=jobs_count, metavar="N", default=None,
                    help="run N jobs at a time, or N%% of the CPUs (200%%); default: one per CPU")
@@ -73,8 +73,6 @@ def add_common(p: argparse.ArgumentParser, *, default_backend: str) -> None:
     g.add_argument("--halt", type=halt_policy, default=Halt("never"), metavar="WHEN,WHY=N",
                    help="stop early: now|soon,fail|success|done=N or =N%% (now kills running "
                         "jobs; soon lets them finish); default: never")
-    g.add_argument("-k", "--keep-order", action="store_true",
-                   help="print results in input order (default: in the order jobs finish)")
     g.add_argument("--backend", default=default_backend, metavar="NAME",
                    help=f"where jobs run: subprocess, thread, process, async, process+async, dask "
                         f"or auto (default: {default_backend})")
@@ -90,10 +88,13 @@ def add_common(p: argparse.ArgumentParser, *, default_backend: str) -> None:
                    help="record every attempt in the SQLite job log FILE (see anypool joblog)")
     o.add_argument("--results", action="store_true",
                    help="also keep each job's output in the job log")
-    o.add_argument("--resume", action="store_true",
-                   help="skip the jobs the job log records as done (succeeded or failed)")
-    o.add_argument("--resume-failed", action="store_true",
-                   help="skip the jobs the job log records as succeeded; run the others again")
+    if resume:
+        o.add_argument("--resume", action="store_true",
+                       help="skip the jobs the job log records as done (succeeded or failed)")
+        o.add_argument("--resume-failed", action="store_true",
+                       help="skip the jobs the job log records as succeeded; run the others again")
+    else:
+        p.set_defaults(resume=False, resume_failed=False)
     bar = o.add_mutually_exclusive_group()
     bar.add_argument("--bar", action="store_true", default=None,
                      help="show a progress bar with ETA on stderr (default: only when stderr is a terminal)")

@@ -82,6 +82,8 @@ def configure(sub: Any) -> argparse.ArgumentParser:
     )
     add_common(p, default_backend="subprocess")
     r = p.add_argument_group("commands")
+    r.add_argument("-k", "--keep-order", action="store_true",
+                   help="print output in input order (default: in the order jobs finish)")
     r.add_argument("--no-shell", action="store_true",
                    help="run COMMAND as an argv, without any shell (each word is one argument)")
     r.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
