@@ -108,13 +108,18 @@ class TestOutput:
         assert r.stdout == b"out 1\n"
         assert r.stderr == b"err 1\n"
 
-    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("mode", ["-j2", "--dry-run"])
+    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, mode: str) -> None:
         args = " ".join(str(i) for i in range(2000))
-        r = subprocess.run(f"{' '.join(cli_argv())} run -j 2 echo ::: {args} | head -1", shell=True,
-                           capture_output=True, timeout=60, cwd=tmp_path, env=cli_env())
-        assert r.stdout.strip().isdigit()
+        pipeline = f"{' '.join(cli_argv())} run {mode} echo ::: {args} | head -1; " \
+                   "echo status ${PIPESTATUS[0]}"
+        r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
+                           env=cli_env())
+        first, status = r.stdout.decode().splitlines()
+        assert first.removeprefix("echo ").isdigit()
+        assert status == "status 141"
         assert b"Traceback" not in r.stderr
-        assert b"BrokenPipe" not in r.stderr
+        assert b"Broken pipe" not in r.stderr
 
 
 class TestExitStatus:

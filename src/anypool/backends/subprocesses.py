@@ -437,8 +437,8 @@ def _failure(result: CommandResult, proc: _Proc, timeout: float | None, label: s
         return Failure(exc, "cancelled")
     if result.returncode != 0:
         exc = CommandFailed(result)
-        if not result.pid:
-            exc.add_note(result.stderr.decode(errors="replace").strip())
+        if not result.pid:  # it never started: say why where a traceback shows it
+            exc.__notes__ = [result.stderr.decode(errors="replace").strip()]  # add_note() is 3.11+
         return Failure(exc)
     return result
 

@@ -10,6 +10,7 @@ change.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -61,4 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if extra:
         opts.parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return int(opts.handler(opts))
+    try:
+        return int(opts.handler(opts))
+    except KeyboardInterrupt:  # outside a run (reading input, --dry-run): nothing to stop
+        return 130
+    except BrokenPipeError:  # stdout closed early (| head)
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

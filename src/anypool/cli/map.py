@@ -200,6 +200,8 @@ def main(opts: argparse.Namespace) -> int:
             finally:
                 if progress is not None:
                     progress.close()
+    except BrokenPipeError:
+        raise  # stdout closed: main() ends quietly
     except (InputError, JobLogError, AnypoolError, OSError) as exc:
         print(f"anypool map: {exc}", file=sys.stderr)
         return 255

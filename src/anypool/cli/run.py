@@ -170,6 +170,8 @@ def main(opts: argparse.Namespace) -> int:
         if opts.dry_run:
             return _dry_run(template, stream, resumer, workers)
         return _execute(opts, template, stream, sources, joblog, resumer, workers)
+    except BrokenPipeError:
+        raise  # stdout closed: main() ends quietly
     except (InputError, JobLogError, AnypoolError, OSError) as exc:
         print(f"anypool run: {exc}", file=sys.stderr)
         return 255
