@@ -186,8 +186,14 @@ class Engine:
         for job in jobs:
             if self._stopping:
                 break
-            if skip is not None and skip(job):
-                continue
+            try:
+                if skip is not None and skip(job):
+                    continue
+            except ValueError:
+                # the input no longer matches the job log: finish what runs, then stop
+                self._stopping = True
+                self._drain(None)
+                raise
             if not self._room():
                 break
             fut = self.submit(job)
