@@ -19,7 +19,7 @@ demo: install
 	$(PY) examples/demo.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check src tests $(wildcard examples benchmarks)
 
 typecheck: install
 	$(VENV)/bin/mypy

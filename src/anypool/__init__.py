@@ -14,6 +14,7 @@ This module holds the public names and nothing else.
 """
 
 from .backends import available_backends
+from .commands import CommandResult
 from .errors import (
     AnypoolError,
     BackendUnavailable,
@@ -41,6 +42,7 @@ __all__ = [
     "BackendUnavailable",
     "BrokenPool",
     "CommandFailed",
+    "CommandResult",
     "Future",
     "InitializerFailed",
     "MapIterator",

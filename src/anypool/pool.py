@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import concurrent.futures as cf
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -190,10 +191,14 @@ class Pool(_Submitter, cf.Executor):
             notebook, ``"always"`` even when it is not, False (default) never.
         observers: callables receiving every :class:`~anypool.TaskEvent`.
         record: keep a timeline of every attempt, readable as ``pool.timeline()``.
+        joblog: a path: record every finished attempt of every task in this
+            SQLite job log (created if missing, appended to otherwise); see
+            :mod:`anypool.observers.joblog`.
 
     Raises:
         BackendUnavailable: unknown backend, or its extra is not installed.
         ValueError: ``workers`` < 1, or an out-of-range option.
+        JobLogError: ``joblog`` names a file that is not a job log.
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class Pool(_Submitter, cf.Executor):
         progress: bool | str = False,
         observers: Iterable[Observer] = (),
         record: bool = False,
+        joblog: str | os.PathLike[str] | None = None,
         **backend_options: Any,
     ) -> None:
         if max_workers is not None:
@@ -261,6 +267,14 @@ class Pool(_Submitter, cf.Executor):
 
             self._recorder = Recorder()
             self._dispatch.add_observer(self._recorder)
+        if joblog is not None:
+            # an observer like the recorder; the log is closed with the pool
+            from .observers.joblog import JobLog, JobLogObserver
+
+            log_ = JobLog(joblog)
+            log_.begin_run({"pool": backend})
+            self._dispatch.add_observer(JobLogObserver(log_))
+            self._closers.append(log_.close)
         if progress:
             from .observers.progress import Progress
 

@@ -1,0 +1,5 @@
+"""``python -m anypool``: the ``anypool`` command line."""
+
+from anypool.cli import main
+
+raise SystemExit(main())

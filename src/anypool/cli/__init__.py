@@ -1,0 +1,75 @@
+"""The ``anypool`` command line: ``run`` (shell commands), ``map`` (Python functions), ``joblog``.
+
+A thin layer over the public library: each subcommand builds a
+:class:`anypool.Pool` and feeds it (``engine.py``); inputs, templates,
+``--halt`` and output live in their own modules.  ``main`` returns the exit
+status; usage errors exit 2 through argparse with a message saying what to
+change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+Run work concurrently: shell commands over many inputs (a faster, safer GNU
+parallel with a job log that survives kill -9), or a Python function over
+many inputs on threads, processes, coroutines or a Dask cluster.
+"""
+
+EPILOG = """\
+examples:
+  anypool run gzip -9 ::: *.log
+  find . -name '*.jpg' | anypool run -j 200% 'convert {} {.}.png'
+  anypool run --joblog jobs.db --resume ./step.sh :::: inputs.txt
+  anypool map json:loads ::: '[1, 2]' '{"a": 1}'
+  anypool map --backend process mymodule:crunch :::: numbers.txt
+  anypool joblog jobs.db
+
+Each subcommand has its own help: anypool run --help, anypool map --help,
+anypool joblog --help.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with its three subcommands."""
+    from .. import __version__
+    from . import joblog, run
+    from . import map as map_command
+
+    parser = argparse.ArgumentParser(
+        prog="anypool", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"anypool {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="subcommand")
+    run.configure(sub)
+    map_command.configure(sub)
+    joblog.configure(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    opts, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if opts.subcommand is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if extra:
+        opts.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(opts.handler(opts))
+    except KeyboardInterrupt:  # outside a run (reading input, --dry-run): nothing to stop
+        return 130
+    except BrokenPipeError:  # stdout closed early (| head)
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141

@@ -1,0 +1,380 @@
+"""The job loop both subcommands share: feed a pool, print, record, halt, stop on signals.
+
+::
+
+    jobs (lazy) ──skip done (--resume)──> pool.submit ──> future ──done callback──┐
+         ▲                                                                         ▼
+         └── pulled only while fewer than `window` jobs are open ◄── main thread: print the
+                                                                     output, then record it,
+                                                                     count, check --halt
+
+Only the main thread reads the input, prints and records final attempts, so
+output is never interleaved and ``-k`` is a reorder buffer of at most
+``window`` jobs.  The window keeps a few jobs queued ahead of the slots, so a
+slot never waits for this thread; with ``--halt`` it is the slot count.  A
+job's final attempt is recorded *after* its output is printed and flushed:
+if anypool is killed in between, the job is not recorded and ``--resume``
+runs it again (its output may then appear twice:
+at-least-once, never lost).  Attempts that are retried are recorded by an
+observer as they end.
+
+Ctrl-C, SIGTERM and SIGHUP stop the run: the pool kills every running job's
+process group (SIGTERM, then SIGKILL), the jobs that had finished are
+printed and recorded as usual, the killed ones are recorded as ``killed``
+(not final: ``--resume`` runs them again), and the exit status is 128 plus
+the signal number (130 for Ctrl-C).  A closed stdout (``| head``) stops the
+run the same way, with status 141.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
+from .halt import Halt, exit_status
+from .inputs import Job
+from .output import Printer
+
+if TYPE_CHECKING:
+    from ..events import TaskEvent
+    from ..futures import Future
+    from ..pool import Pool
+
+__all__ = ["Engine", "Interrupted", "Resumer"]
+
+DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be reported
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (SIGINT arrives as KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Resumer:
+    """Walks the job log's final attempts alongside the input, for ``--resume``.
+
+    Both go in job-number order, so memory stays flat.  A job found in the
+    log must have the same arguments now as then: otherwise the input has
+    changed and resuming would skip the wrong jobs.
+    """
+
+    def __init__(self, log: JobLog, rerun_failed: bool) -> None:
+        self.log = log
+        self.rerun_failed = rerun_failed
+        self._finals = log.finals()
+        self._next = next(self._finals, None)
+        self.skipped = 0
+        self.bases: dict[int, int] = {}  # job -> attempts already recorded, for jobs run again
+
+    def skip(self, job: Job) -> bool:
+        """Whether ``job`` is already done.
+
+        Raises:
+            ValueError: the log holds other arguments for this job number.
+        """
+        nxt = self._next
+        while nxt is not None and nxt[0] < job.seq:
+            nxt = self._next = next(self._finals, None)
+        if nxt is None or nxt[0] != job.seq:
+            return False
+        seq, args, outcome = nxt
+        if args != job.args_json:
+            raise ValueError(
+                f"the job log {self.log.path} has job {seq} with arguments {args}, but the input now "
+                f"gives {job.args_json}: the input has changed, so --resume would skip the wrong jobs"
+            )
+        if self.rerun_failed and outcome != "ok":
+            self.bases[seq] = self.log.last_attempt(seq)
+            return False
+        self.skipped += 1
+        return True
+
+
+class _Entry:
+    __slots__ = ("done", "fut", "job")
+
+    def __init__(self, job: Job, fut: Future[Any]) -> None:
+        self.job = job
+        self.fut = fut
+        self.done = False
+
+
+class Engine:
+    """Runs jobs through a pool (see the module docstring); subclasses say how to submit and show."""
+
+    def __init__(self, pool: Pool, printer: Printer, *, joblog: JobLog | None, halt: Halt,
+                 keep_order: bool, window: int, total: int | None,
+                 record_finals_in_observer: bool = False) -> None:
+        self.pool = pool
+        self.printer = printer
+        self.joblog = joblog
+        self.halt = halt
+        self.keep_order = keep_order
+        # with --halt, a job is handed to the pool only when a slot is free, so
+        # none can start after the outcome that meets the condition
+        self.window = window if halt.when == "never" else max(1, pool.workers)
+        self.total = total
+        self.record_finals_in_observer = record_finals_in_observer
+        self.failed = 0
+        self.succeeded = 0
+        self.killed = 0
+        self.started = 0  # jobs read from the input and submitted
+        self.halted_by: Halt | None = None
+        self.failing_code: int | None = None
+        self.attempt_base: dict[int, int] = {}
+        self._done: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
+        self._order: deque[_Entry] = deque()
+        self._open = 0
+        self._stopping = False
+        if joblog is not None:
+            pool.add_observer(self._observe)
+
+    # -- what subclasses provide ----------------------------------------------
+
+    def submit(self, job: Job) -> Future[Any]:
+        raise NotImplementedError
+
+    def show(self, job: Job, value: Any, exc: BaseException | None) -> None:
+        """Print a finished job's output (not called for killed jobs)."""
+        raise NotImplementedError
+
+    def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
+        raise NotImplementedError
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None = None) -> int:
+        """Run every job; return the exit status."""
+        handlers = {}
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                handlers[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        try:
+            try:
+                self._feed(jobs, skip)
+                self._drain(None)
+                self.pool.shutdown(wait=True)
+            finally:
+                for sig, h in handlers.items():
+                    signal.signal(sig, h)
+        except KeyboardInterrupt:
+            return self._stop(signal.SIGINT)
+        except Interrupted as exc:
+            return self._stop(exc.signum)
+        except BrokenPipeError:
+            return self._stop(signal.SIGPIPE)
+        return exit_status(self.failed, self.halted_by, self._halt_total(), self.failing_code)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    def _feed(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None) -> None:
+        for job in jobs:
+            if self._stopping:
+                break
+            try:
+                if skip is not None and skip(job):
+                    continue
+            except ValueError:
+                # the input no longer matches the job log: finish what runs, then stop
+                self._stopping = True
+                self._drain(None)
+                raise
+            if not self._room():
+                break
+            fut = self.submit(job)
+            self.started += 1
+            entry = _Entry(job, fut)
+            self._open += 1
+            if self.keep_order:
+                self._order.append(entry)
+            fut.add_done_callback(functools.partial(self._on_done, entry))
+
+    def _room(self) -> bool:
+        """Wait until fewer than ``window`` jobs are open; False if the run is stopping."""
+        while self._open >= self.window:
+            self._handle(self._next_done(None))
+        return not self._stopping
+
+    def _next_done(self, timeout: float | None) -> _Entry:
+        """The next finished job; output is flushed before any wait, so it shows promptly."""
+        try:
+            return self._done.get_nowait()
+        except queue.Empty:
+            self.printer.flush()
+        return self._done.get(timeout=timeout)
+
+    def _on_done(self, entry: _Entry, fut: Any) -> None:
+        self._done.put(entry)
+
+    def _drain(self, deadline: float | None) -> None:
+        while self._open > 0:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return
+            try:
+                entry = self._next_done(timeout)
+            except queue.Empty:
+                return
+            self._handle(entry)
+        self.printer.flush()
+
+    def _handle(self, entry: _Entry) -> None:
+        if not self.keep_order:
+            self._open -= 1
+            self._finish(entry)
+            return
+        entry.done = True
+        order = self._order
+        while order and order[0].done:
+            self._open -= 1
+            self._finish(order.popleft())
+
+    def _finish(self, entry: _Entry) -> None:
+        job, fut = entry.job, entry.fut
+        if fut.cancelled():
+            return  # never started (--halt now, or stopping): --resume runs it
+        exc = fut.exception()
+        value = None if exc is not None else fut.result()
+        ok = exc is None
+        outcome = outcome_of(exc, ok)
+        if outcome != "killed":
+            self.show(job, value, exc)
+        if self.joblog is not None and not self.record_finals_in_observer:
+            self.printer.flush()  # the log must never call done a job whose output is not out
+            self.joblog.record(self._record(job, value, exc, ok, outcome, len(fut.attempts) + 1))
+        if outcome == "killed":
+            self.killed += 1
+            return
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+            cr = command_of(exc)
+            self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
+        if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
+            self._halt(job)
+
+    def _halt_total(self) -> int:
+        return self.total if self.total is not None else self.started
+
+    def _halt(self, job: Job) -> None:
+        h = self.halt
+        self.halted_by = h
+        self._stopping = True
+        what = {"fail": "failed", "success": "succeeded", "done": "finished"}[h.why]
+        count = f"{h.threshold:g}%" if h.percent else f"{h.threshold:g}"
+        action = "killing the running jobs" if h.when == "now" else "waiting for the running jobs"
+        self.printer.message(f"anypool: halting (--halt {h.when},{h.why}={count}): job {job.seq} {what}; "
+                             f"{action}")
+        # jobs queued in the pool have not started: they are cancelled either way
+        self.pool.shutdown(wait=False, cancel_futures=True, kill=h.when == "now")
+
+    def _stop(self, signum: int) -> int:
+        """Kill everything after a signal (or a closed stdout); report what ended; exit status."""
+        ignore = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        saved = {}
+        for sig in ignore:  # a second Ctrl-C must not cut the cleanup short
+            try:
+                saved[sig] = signal.signal(sig, signal.SIG_IGN)
+            except (ValueError, OSError):
+                pass
+        try:
+            self._stopping = True
+            self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
+            if signum == signal.SIGPIPE:
+                _silence_stdout()
+                self.printer.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
+            try:
+                self._drain(time.monotonic() + DRAIN_SECONDS)
+            except BrokenPipeError:
+                _silence_stdout()
+        finally:
+            for sig, h in saved.items():
+                signal.signal(sig, h)
+        if signum == signal.SIGINT:
+            self.printer.message(f"anypool: interrupted; {self.killed} running job(s) killed")
+        return 128 + signum
+
+    # -- the job log ------------------------------------------------------------
+
+    def _record(self, job: Job, value: Any, exc: BaseException | None, ok: bool, outcome: str,
+                attempt: int) -> JobRecord:
+        thing = value if ok else exc
+        cr = command_of(thing)
+        exitcode, sig = exit_fields(thing, ok)
+        stdout: bytes | None
+        stderr: bytes | None
+        if cr is not None:
+            started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
+        else:
+            started, runtime = time.time(), 0.0
+            stdout = json.dumps(value, default=repr).encode() if ok else None
+            stderr = None
+        error = "" if ok else _describe(exc)
+        return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
+                         self.command_text(job, value, exc), started, runtime, exitcode, sig, outcome,
+                         outcome != "killed", error, f"slot-{job.slot}" if job.slot else "", stdout, stderr)
+
+    def _observe(self, event: TaskEvent) -> None:
+        """Observer: record attempts that will be retried (and, for map, every attempt)."""
+        if event.kind != "finished" or (event.final and not self.record_finals_in_observer):
+            return
+        job = _job_in(event)
+        if job is None or self.joblog is None:
+            return
+        results = event.results or ()
+        value = results[0] if results else None
+        if type(value).__name__ == "_Retrying":
+            value = event.error
+        ok = event.outcome == "ok"
+        outcome = outcome_of(value, ok)
+        if outcome == "killed" and event.worker in (None, "-"):
+            return
+        started = event.started or event.time
+        rec = record_for(event, value, ok, outcome, started, event.time - started)
+        self.joblog.record(rec._replace(
+            seq=job.seq, args=job.args_json, attempt=event.attempt + self.attempt_base.get(job.seq, 0),
+            command=self.command_text(job, value if ok else None, None if ok else value)))
+
+
+def _job_in(event: TaskEvent) -> Job | None:
+    if not event.items:
+        return None
+    item = event.items[0]
+    args = item[0] if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], tuple) else ()
+    for a in args:
+        if isinstance(a, Job):
+            return a
+    return None
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's last flush cannot fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,102 @@
+"""Printing jobs' output: whole per job (``--group``) or line by line (``--line-buffer``).
+
+With ``--group`` (the default) a job's stdout, then its stderr, are written
+whole when the job ends, from one thread, so two jobs' output never mix.
+With ``--line-buffer`` lines are written as the jobs produce them, from the
+slot threads, each line whole (under one lock).  ``--tag`` starts every
+line with the job's arguments and a tab.  Whole-job output is flushed
+whenever the run waits for a job and before a job is recorded in the job log
+(so what the log calls done was really printed); lines are flushed each.
+
+While a progress bar is shown, writes go around it (tqdm clears and
+redraws it), so output lines never land inside the bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from typing import IO, Any
+
+from .inputs import Job
+
+__all__ = ["Printer", "tagged"]
+
+
+def tagged(data: bytes, prefix: bytes) -> bytes:
+    """``data`` with ``prefix`` before each of its lines."""
+    if not prefix or not data:
+        return data
+    lines = data.split(b"\n")
+    last = lines.pop()
+    out = b"".join(prefix + line + b"\n" for line in lines)
+    return out + prefix + last if last else out
+
+
+class Printer:
+    """Writes jobs' output to this process's stdout and stderr."""
+
+    def __init__(self, tag: bool = False, bar: bool = False,
+                 stdout: IO[bytes] | None = None, stderr: IO[bytes] | None = None) -> None:
+        self.tag = tag
+        self.bar = bar
+        self.out = stdout or sys.stdout.buffer
+        self.err = stderr or sys.stderr.buffer
+        self._lock = threading.Lock()
+
+    def prefix(self, job: Job) -> bytes:
+        """The ``--tag`` prefix for ``job`` (empty without ``--tag``)."""
+        if not self.tag:
+            return b""
+        return os.fsencode("\t".join(job.values)) + b"\t"
+
+    @contextlib.contextmanager
+    def _around_bar(self) -> Iterator[None]:
+        if not self.bar:
+            yield
+            return
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            yield
+
+    def job(self, job: Job, stdout: bytes, stderr: bytes) -> None:
+        """Print one finished job's output (``--group``)."""
+        if not stdout and not stderr:
+            return
+        prefix = self.prefix(job)
+        with self._lock, self._around_bar():
+            if stdout:
+                self.out.write(tagged(stdout, prefix))
+            if stderr:
+                self.out.flush()  # what a job printed to stdout shows before its stderr
+                self.err.write(tagged(stderr, prefix))
+                self.err.flush()
+
+    def write(self, data: bytes) -> None:
+        """Write bytes of anypool's own results to stdout (flushed by :meth:`flush`)."""
+        with self._lock, self._around_bar():
+            self.out.write(data)
+
+    def flush(self) -> None:
+        """Push out everything written so far."""
+        with self._lock:
+            self.out.flush()
+
+    def line(self, args: tuple[Any, ...], stream: int, data: bytes) -> None:
+        """Print one line as it comes (``--line-buffer``; called from slot threads)."""
+        job = args[-1] if args and isinstance(args[-1], Job) else None
+        prefix = self.prefix(job) if job is not None else b""
+        target = self.out if stream == 1 else self.err
+        with self._lock, self._around_bar():
+            target.write(prefix + data)
+            target.flush()
+
+    def message(self, text: str) -> None:
+        """A message of anypool's own, on stderr."""
+        with self._lock, self._around_bar():
+            self.err.write(os.fsencode(text.rstrip("\n") + "\n"))
+            self.err.flush()

@@ -1,0 +1,115 @@
+"""``anypool map``: a Python function over inputs, one JSON value a line."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import Cli
+
+MODULE = '''
+import asyncio, os, time
+
+def shout(s):
+    return s.upper() + "!"
+
+def pid_of(_):
+    time.sleep(0.05)
+    return os.getpid()
+
+def picky(x):
+    if x == "bad":
+        raise ValueError(f"cannot take {x!r}")
+    return len(x)
+
+async def later(s):
+    await asyncio.sleep(0.01)
+    return [s, s]
+
+NOT_A_FUNCTION = 3
+'''
+
+
+@pytest.fixture
+def module(tmp_path: Path) -> str:
+    (tmp_path / "userjobs.py").write_text(MODULE)
+    return "userjobs"
+
+
+def values(stdout: bytes) -> list[object]:
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+class TestMap:
+    def test_results_print_as_json_lines_in_input_order(self, cli: Cli) -> None:
+        r = cli("map", "json:loads", ":::", "[1, 2]", '{"a": 1}', "null", '"é"')
+        assert r.returncode == 0
+        assert values(r.stdout) == [[1, 2], {"a": 1}, None, "é"]
+        assert "é".encode() in r.stdout
+
+    def test_words_after_the_function_are_the_inputs(self, cli: Cli, module: str) -> None:
+        assert values(cli("map", f"{module}:shout", "a", "b").stdout) == ["A!", "B!"]
+
+    def test_json_args_and_several_groups(self, cli: Cli) -> None:
+        r = cli("map", "--json-args", "operator:add", ":::", "1", "2", ":::", "10", "20")
+        assert values(r.stdout) == [11, 21, 12, 22]
+
+    def test_inputs_from_stdin(self, cli: Cli, module: str) -> None:
+        r = cli("map", f"{module}:shout", stdin=b"x\ny\n")
+        assert values(r.stdout) == ["X!", "Y!"]
+
+    def test_errors_are_json_objects_and_counted_in_the_exit_status(self, cli: Cli, module: str) -> None:
+        r = cli("map", f"{module}:picky", ":::", "ok", "bad", "fine", "bad")
+        assert r.returncode == 2
+        assert values(r.stdout) == [
+            2, {"error": "ValueError", "message": "cannot take 'bad'", "input": ["bad"]},
+            4, {"error": "ValueError", "message": "cannot take 'bad'", "input": ["bad"]},
+        ]
+
+    def test_tag_prints_inputs_with_results(self, cli: Cli, module: str) -> None:
+        r = cli("map", "--tag", f"{module}:shout", ":::", "q")
+        assert values(r.stdout) == [{"input": ["q"], "result": "Q!"}]
+
+    def test_process_backend_runs_the_users_module_in_worker_processes(self, cli: Cli, module: str) -> None:
+        r = cli("map", "--backend", "process", "-j", "2", f"{module}:pid_of", ":::", *"abcdefgh")
+        assert r.returncode == 0, r.stderr
+        pids = values(r.stdout)
+        assert len(pids) == 8
+        assert len(set(pids)) >= 1
+        assert all(isinstance(p, int) for p in pids)
+
+    def test_coroutine_functions_run_under_auto(self, cli: Cli, module: str) -> None:
+        r = cli("map", f"{module}:later", ":::", "a", "b")
+        assert values(r.stdout) == [["a", "a"], ["b", "b"]]
+
+    def test_joblog_records_each_call_with_job_numbers_from_1(self, cli: Cli, tmp_path: Path,
+                                                               module: str) -> None:
+        r = cli("map", "--joblog", "log.db", "--results", f"{module}:picky", ":::", "ab", "bad")
+        assert r.returncode == 1
+        con = sqlite3.connect(tmp_path / "log.db")
+        rows = con.execute("SELECT seq, args, outcome, command, stdout, error FROM attempt "
+                           "ORDER BY seq").fetchall()
+        con.close()
+        assert rows[0] == (1, '["ab"]', "ok", f"{module}:picky", b"2", "")
+        assert rows[1][:4] == (2, '["bad"]', "error", f"{module}:picky")
+        assert rows[1][5] == "ValueError: cannot take 'bad'"
+
+    @pytest.mark.parametrize(("spec", "message"), [
+        ("nomodule_xyz:f", b"cannot import module 'nomodule_xyz'"),
+        ("json:nothing", b"module 'json' has no attribute 'nothing'"),
+        ("json", b"'json' is not MODULE:FUNCTION"),
+        ("userjobs:NOT_A_FUNCTION", b"userjobs:NOT_A_FUNCTION is a int, not a function"),
+    ])
+    def test_a_function_that_cannot_be_loaded_is_a_usage_error(self, cli: Cli, module: str, spec: str,
+                                                               message: bytes) -> None:
+        r = cli("map", spec, ":::", "x")
+        assert r.returncode == 2
+        assert message in r.stderr
+
+    def test_bad_json_input_is_reported(self, cli: Cli) -> None:
+        r = cli("map", "--json-args", "json:dumps", ":::", "{oops")
+        assert r.returncode == 255
+        assert b"input 1 is not JSON" in r.stderr

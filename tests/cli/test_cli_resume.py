@@ -1,0 +1,194 @@
+"""The job log from the command line: kill -9 and --resume, signals, anypool joblog."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cli_helpers import Cli, cli_argv, cli_env
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return []  # not created yet
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []  # no tables yet
+    finally:
+        con.close()
+
+
+def wait_for(cond: object, seconds: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def gone(pids: list[int], seconds: float = 5.0) -> bool:
+    def check() -> bool:
+        for p in pids:
+            try:
+                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+JOB = "sleep 0.05; echo {} >> marks; echo out-{}"
+
+
+class TestKillAndResume:
+    @pytest.mark.timeout(120)
+    def test_kill_9_then_resume_runs_everything_records_once_and_loses_nothing(self, tmp_path: Path) -> None:
+        args = [str(i) for i in range(1, 61)]
+        db = tmp_path / "log.db"
+        with open(tmp_path / "run1.out", "wb") as out1:
+            proc = subprocess.Popen(cli_argv("run", "-j", "4", "--joblog", "log.db", JOB, ":::", *args),
+                                    stdout=out1, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+            try:
+                wait_for(lambda: len(query(db, "SELECT 1 FROM attempt")) >= 15, what="15 recorded jobs")
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        first = {s for (s,) in query(db, "SELECT seq FROM attempt WHERE final = 1 AND outcome = 'ok'")}
+        assert 15 <= len(first) < 60, "the kill came too late to test anything"
+        time.sleep(0.5)  # jobs orphaned by the kill run to their end (at-least-once), as in GNU parallel
+
+        r = subprocess.run(cli_argv("run", "-j", "4", "--joblog", "log.db", "--resume", JOB, ":::", *args),
+                           capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+
+        # every job is recorded done exactly once
+        done = query(db, "SELECT seq, count(*) FROM attempt WHERE final = 1 AND outcome = 'ok' GROUP BY seq")
+        assert sorted(done) == [(i, 1) for i in range(1, 61)]
+        # jobs recorded by the killed run were not run again
+        rerun = {s for (s,) in query(db, "SELECT seq FROM attempt WHERE run = 2")}
+        assert not rerun & first
+        assert rerun | first == set(range(1, 61))
+        # every job ran; only jobs the killed run had not recorded may have run twice
+        marks = (tmp_path / "marks").read_text().split()
+        assert set(marks) == set(args)
+        twice = {int(m) for m in marks if marks.count(m) > 1}
+        assert not twice & first
+        # no finished job's output is lost: what run 1 recorded, it had printed
+        out1_lines = set((tmp_path / "run1.out").read_text().split())
+        assert {f"out-{s}" for s in first} <= out1_lines
+        assert out1_lines | set(r.stdout.decode().split()) == {f"out-{i}" for i in range(1, 61)}
+
+    def test_resume_failed_runs_only_the_failed_jobs_again(self, cli: Cli, tmp_path: Path) -> None:
+        cmd = "test -e fixed || exit $(( {} % 2 )); echo {}"
+        six = [str(i) for i in range(1, 7)]
+        r = cli("run", "--joblog", "log.db", cmd, ":::", *six)
+        assert r.returncode == 3
+        assert cli("run", "--joblog", "log.db", "--resume", "-k", cmd, ":::", *six).stdout == b""
+        (tmp_path / "fixed").touch()
+        r = cli("run", "--joblog", "log.db", "--resume-failed", "-k", cmd, ":::", *six)
+        assert (r.returncode, r.stdout) == (0, b"1\n3\n5\n")
+        rows = query(tmp_path / "log.db",
+                     "SELECT seq, attempt, outcome FROM attempt WHERE run = 3 ORDER BY seq")
+        assert rows == [(1, 2, "ok"), (3, 2, "ok"), (5, 2, "ok")]
+
+    def test_resume_runs_new_input_and_refuses_changed_input(self, cli: Cli) -> None:
+        assert cli("run", "--joblog", "log.db", "echo", ":::", "a", "b", "c").returncode == 0
+        r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", "a", "b", "c", "d")
+        assert (r.returncode, r.stdout) == (0, b"d\n")
+        r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", "a", "X", "c", "d")
+        assert r.returncode == 255
+        assert b'has job 2 with arguments ["b"], but the input now gives ["X"]' in r.stderr
+        assert r.stdout == b""
+
+    def test_resume_refuses_a_log_of_another_command(self, cli: Cli) -> None:
+        assert cli("run", "--joblog", "log.db", "echo", ":::", "a").returncode == 0
+        r = cli("run", "--joblog", "log.db", "--resume", "rm", ":::", "a")
+        assert r.returncode == 255
+        assert b"log.db was written for other input, so --resume cannot use it" in r.stderr
+        assert b'command: "echo"' in r.stderr
+        assert b'command: "rm"' in r.stderr
+
+    def test_a_file_that_is_not_a_job_log_is_refused(self, cli: Cli, tmp_path: Path) -> None:
+        (tmp_path / "notes.txt").write_text("keep me\n")
+        r = cli("run", "--joblog", "notes.txt", "echo", ":::", "a")
+        assert r.returncode == 255
+        assert b"not an anypool job log" in r.stderr
+        assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+class TestSignals:
+    @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+    def test_a_signal_kills_every_job_group_records_them_and_exits_128_plus_n(
+            self, tmp_path: Path, sig: int, status: int) -> None:
+        pids = tmp_path / "pids"
+        job = "sleep 60 & echo $! >> pids; echo $$ >> pids; wait; echo {}"
+        proc = subprocess.Popen(cli_argv("run", "-j", "3", "--joblog", "log.db", job, ":::", *"abcdef"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 6, what="3 running jobs")
+            t0 = time.monotonic()
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+            assert time.monotonic() - t0 < 10
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == status
+        assert gone([int(p) for p in pids.read_text().split()]), "a job or its child outlived the run"
+        rows = query(tmp_path / "log.db", "SELECT outcome, final, signal FROM attempt")
+        assert sorted(rows) == [("killed", 0, signal.SIGTERM)] * 3
+        if sig == signal.SIGINT:
+            assert b"interrupted; 3 running job(s) killed" in err
+        # killed jobs are not done: --resume runs them all again
+        r = subprocess.run(cli_argv("run", "--joblog", "log.db", "--resume", "--dry-run", "-k", job, ":::",
+                                    *"abcdef"), capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
+        assert len(r.stdout.splitlines()) == 6
+
+
+class TestJoblogCommand:
+    def test_table_and_tsv(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("run", "-k", "--joblog", "log.db", "--results", "--timeout", "0.3", "sleep {}; echo {}",
+                ":::", "0", "30")
+        assert r.returncode == 1
+        table = cli("joblog", "log.db")
+        assert table.returncode == 0
+        lines = table.stdout.decode().splitlines()
+        assert lines[0].split() == ["SEQ", "TRY", "STARTED", "RUNTIME", "EXIT", "SIGNAL", "OUTCOME", "WORKER",
+                                    "COMMAND"]
+        assert lines[1].split()[:2] == ["1", "1"]
+        assert lines[1].endswith("sleep 0; echo 0")
+        assert " timeout " in lines[2]
+        tsv = cli("joblog", "--tsv", "log.db").stdout.decode().splitlines()
+        assert tsv[0] == "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+        ok, timeout = (line.split("\t") for line in tsv[1:])
+        assert (ok[0], ok[1], ok[5], ok[6], ok[7], ok[8]) == ("1", ":", "2", "0", "0", "sleep 0; echo 0")
+        assert (timeout[0], timeout[6], timeout[7]) == ("2", "-1", "15")
+        failed = cli("joblog", "--failed", "log.db").stdout.decode().splitlines()
+        assert len(failed) == 2
+        assert "sleep 30" in failed[1]
+
+    def test_missing_or_foreign_files_exit_255(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("joblog", "nothere.db")
+        assert (r.returncode, r.stderr) == (255, b"anypool joblog: nothere.db: no such job log\n")
+        assert not (tmp_path / "nothere.db").exists()
+        (tmp_path / "x.txt").write_text("hello")
+        r = cli("joblog", "x.txt")
+        assert r.returncode == 255
+        assert b"not an anypool job log" in r.stderr

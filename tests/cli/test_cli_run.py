@@ -1,0 +1,222 @@
+"""``anypool run``: inputs, placeholders, output modes, --halt, exit statuses, usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import Cli, cli_argv, cli_env
+
+
+def out_lines(r: subprocess.CompletedProcess[bytes]) -> list[str]:
+    return r.stdout.decode().splitlines()
+
+
+class TestInputs:
+    def test_several_groups_give_every_combination_first_slowest(self, cli: Cli) -> None:
+        r = cli("run", "-k", "echo {1}-{2}", ":::", "a", "b", ":::", "1", "2", "3")
+        assert out_lines(r) == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
+
+    def test_arguments_come_from_files_and_stdin(self, cli: Cli, tmp_path: Path) -> None:
+        (tmp_path / "f").write_text("x\ny\n")
+        assert out_lines(cli("run", "-k", "echo", "::::", "f")) == ["x", "y"]
+        assert out_lines(cli("run", "-k", "-a", "f", "echo")) == ["x", "y"]
+        r = cli("run", "-k", "echo {1}{2}", "::::", "f", ":::", "1", "2")
+        assert out_lines(r) == ["x1", "x2", "y1", "y2"]
+        assert out_lines(cli("run", "-k", "echo", stdin=b"s1\ns2")) == ["s1", "s2"]
+        r = cli("run", "-k", "echo {2}{1}", "::::", "-", ":::", "z", stdin=b"p\nq\n")
+        assert out_lines(r) == ["zp", "zq"]
+
+    def test_an_unreadable_input_file_exits_255_before_any_job(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("run", "touch ran", "::::", "nope.txt")
+        assert r.returncode == 255
+        assert b"cannot read input file 'nope.txt'" in r.stderr
+        assert not (tmp_path / "ran").exists()
+
+
+class TestPlaceholders:
+    def test_every_replacement_string(self, cli: Cli) -> None:
+        r = cli("run", "-k", "-j", "1", "echo {} {.} {/} {//} {/.} {#} {%}",
+                ":::", "dir/sub/file.tar.gz", "plain")
+        assert out_lines(r) == [
+            "dir/sub/file.tar.gz dir/sub/file.tar file.tar.gz dir/sub file.tar 1 1",
+            "plain plain plain . plain 2 1",
+        ]
+
+    def test_numbered_forms_pick_one_group(self, cli: Cli) -> None:
+        r = cli("run", "echo {2/.} {1//} {1.}", ":::", "a/b.c", ":::", "x/y.z")
+        assert out_lines(r) == ["y a a/b"]
+
+    def test_without_placeholders_arguments_are_appended(self, cli: Cli) -> None:
+        assert out_lines(cli("run", "-k", "echo x", ":::", "a b", ":::", "c")) == ["x a b c"]
+
+    def test_slots_stay_within_the_job_count(self, cli: Cli) -> None:
+        r = cli("run", "-j", "3", "echo {%}", ":::", *map(str, range(30)))
+        assert set(out_lines(r)) <= {"1", "2", "3"}
+        assert len(out_lines(r)) == 30
+
+    def test_dry_run_prints_and_runs_nothing(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("run", "--dry-run", "-k", "touch {}", ":::", "a", "b")
+        assert out_lines(r) == ["touch a", "touch b"]
+        assert not list(tmp_path.iterdir())
+
+    def test_percent_jobs_is_accepted(self, cli: Cli) -> None:
+        r = cli("run", "-j", "200%", "-k", "echo", ":::", "1", "2")
+        assert (r.returncode, out_lines(r)) == (0, ["1", "2"])
+
+
+class TestOutput:
+    def test_group_prints_each_jobs_output_whole(self, cli: Cli) -> None:
+        script = "for i in 1 2 3 4 5; do echo {}$i; sleep 0.02; done"
+        r = cli("run", "-j", "4", script, ":::", "a", "b", "c", "d")
+        lines = out_lines(r)
+        assert sorted(lines) == sorted(f"{c}{i}" for c in "abcd" for i in range(1, 6))
+        for k in range(0, 20, 5):  # each job's five lines together, in its own order
+            block = lines[k:k + 5]
+            assert block == [f"{block[0][0]}{i}" for i in range(1, 6)]
+
+    def test_line_buffer_prints_lines_as_they_come(self, cli: Cli) -> None:
+        r = cli("run", "--line-buffer", "-j", "2", "sh -c {}", ":::", "echo a1; sleep 0.8; echo a2",
+                "sleep 0.4; echo b1")
+        assert out_lines(r) == ["a1", "b1", "a2"]
+        r = cli("run", "--group", "-j", "2", "sh -c {}", ":::", "echo a1; sleep 0.8; echo a2",
+                "sleep 0.4; echo b1")
+        assert out_lines(r) == ["b1", "a1", "a2"]
+
+    def test_keep_order_prints_in_input_order(self, cli: Cli) -> None:
+        r = cli("run", "-k", "-j", "4", "sleep 0.{}; echo {}", ":::", "3", "2", "1", "0")
+        assert out_lines(r) == ["3", "2", "1", "0"]
+
+    def test_tag_prefixes_every_line_in_both_modes(self, cli: Cli) -> None:
+        r = cli("run", "-k", "--tag", "printf 'x\\ny\\n'; echo", ":::", "a", ":::", "b")
+        assert out_lines(r) == ["a\tb\tx", "a\tb\ty", "a\tb\ta b"]
+        r = cli("run", "--tag", "--line-buffer", "echo hi", ":::", "t")
+        assert out_lines(r) == ["t\thi t"]
+
+    def test_bar_draws_progress_on_stderr_only(self, cli: Cli) -> None:
+        r = cli("run", "--bar", "-k", "echo", ":::", "a", "b", "c")
+        assert r.stdout == b"a\nb\nc\n"
+        assert b"anypool:" in r.stderr
+        assert b"3/3" in r.stderr
+        assert cli("run", "echo", ":::", "a").stderr == b""  # not a terminal: no bar by default
+
+    def test_stderr_of_jobs_goes_to_stderr(self, cli: Cli) -> None:
+        r = cli("run", "echo out {}; echo err {} >&2", ":::", "1")
+        assert r.stdout == b"out 1\n"
+        assert r.stderr == b"err 1\n"
+
+    @pytest.mark.parametrize("mode", ["-j2", "--dry-run"])
+    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, mode: str) -> None:
+        args = " ".join(str(i) for i in range(2000))
+        pipeline = f"{' '.join(cli_argv())} run {mode} echo ::: {args} | head -1; " \
+                   "echo status ${PIPESTATUS[0]}"
+        r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
+                           env=cli_env())
+        first, status = r.stdout.decode().splitlines()
+        assert first.removeprefix("echo ").isdigit()
+        assert status == "status 141"
+        assert b"Traceback" not in r.stderr
+        assert b"Broken pipe" not in r.stderr
+
+
+class TestExitStatus:
+    def test_zero_when_all_succeed(self, cli: Cli) -> None:
+        assert cli("run", "true", ":::", "1", "2").returncode == 0
+
+    def test_the_number_of_failed_jobs(self, cli: Cli) -> None:
+        assert cli("run", "exit {}", ":::", "0", "1", "2", "3").returncode == 3
+
+    def test_101_when_more_than_100_failed(self, cli: Cli) -> None:
+        assert cli("run", "-j", "8", "false", ":::", *map(str, range(101))).returncode == 101
+
+    def test_a_missing_program_is_reported_and_counted(self, cli: Cli) -> None:
+        r = cli("run", "no-such-program-xyz {}", ":::", "a")
+        assert r.returncode == 1
+        assert r.stderr == b"anypool: no-such-program-xyz: command not found\n"
+
+    def test_timeout_kills_and_fails_the_job(self, cli: Cli) -> None:
+        t0 = time.monotonic()
+        r = cli("run", "--timeout", "0.3", "sleep {}; echo done {}", ":::", "30", "0")
+        assert r.returncode == 1
+        assert out_lines(r) == ["done 0"]
+        assert time.monotonic() - t0 < 15
+
+    def test_retries_rerun_a_failing_job(self, cli: Cli, tmp_path: Path) -> None:
+        cmd = "echo x >> n{}; test $(wc -l < n{}) -ge 3 && echo ok {}"
+        assert cli("run", "--retries", "1", cmd, ":::", "a").returncode == 1
+        r = cli("run", "--retries", "2", cmd, ":::", "b")
+        assert (r.returncode, out_lines(r)) == (0, ["ok b"])
+
+
+class TestHalt:
+    def test_now_fail_1_kills_the_others_and_returns_the_jobs_status(self, cli: Cli) -> None:
+        t0 = time.monotonic()
+        r = cli("run", "-j", "3", "--halt", "now,fail=1", "sleep {}; exit 7", ":::", "0.1", "30", "30", "30")
+        assert r.returncode == 7
+        assert time.monotonic() - t0 < 10
+        assert b"halting (--halt now,fail=1): job 1 failed" in r.stderr
+
+    def test_soon_waits_for_running_jobs_and_starts_no_new_one(self, cli: Cli) -> None:
+        r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep {}; echo {}; test {} != 0.1",
+                ":::", "0.1", "0.5", "0.01", "0.01")
+        assert sorted(out_lines(r)) == ["0.1", "0.5"]
+        assert r.returncode == 1
+
+    def test_percentage_of_failures(self, cli: Cli) -> None:
+        r = cli("run", "-j", "1", "--halt", "now,fail=50%", "exit {}", ":::", "0", "3", "4", "5", "0", "0")
+        assert r.returncode == 50
+
+    def test_success_halt_exits_zero(self, cli: Cli) -> None:
+        r = cli("run", "-j", "1", "--halt", "now,success=1", "exit {}", ":::", "1", "0", "1", "1")
+        assert r.returncode == 0
+
+    def test_gnu_parallels_old_spellings(self, cli: Cli) -> None:
+        r = cli("run", "-j", "1", "--halt=-1", "echo {}; exit {}", ":::", "1", "0", "1")
+        assert (r.returncode, r.stdout) == (0, b"1\n0\n")
+        r = cli("run", "-j", "1", "--halt", "2", "echo {}; exit {}", ":::", "0", "4", "1")
+        assert (r.returncode, r.stdout) == (4, b"0\n4\n")
+
+
+class TestUsage:
+    @pytest.mark.parametrize(("args", "message"), [
+        (["run", "--bogus", "x"], b"unrecognized arguments: --bogus"),
+        (["run"], b"no command given"),
+        (["run", ":::", "a"], b"no command given"),
+        (["run", "echo {3}", ":::", "a", ":::", "b"],
+         b"{3} refers to input source 3, but there are 2 input sources"),
+        (["run", "-j", "0", "x"], b"at least 1 job"),
+        (["run", "-j", "lots", "x"], b"invalid -j value 'lots'"),
+        (["run", "--halt", "sometimes", "x"], b"invalid --halt value 'sometimes'"),
+        (["run", "--timeout", "0", "x"], b"it must be above 0"),
+        (["run", "--resume", "x"], b"need --joblog FILE"),
+        (["run", "--results", "x"], b"needs --joblog FILE"),
+        (["run", "echo", ":::+", "a"], b"not supported"),
+        (["run", "echo", "::::"], b":::: needs at least one file name"),
+        (["run", "--backend", "thread", "echo {%}", ":::", "a"],
+         b"{%} (the job slot) needs --backend subprocess"),
+        (["frobnicate"], b"invalid choice: 'frobnicate'"),
+    ])
+    def test_usage_errors_exit_2_with_a_message(self, cli: Cli, args: list[str], message: bytes) -> None:
+        r = cli(*args)
+        assert r.returncode == 2
+        assert message in r.stderr
+        assert b"usage: anypool" in r.stderr
+        assert b"Traceback" not in r.stderr
+
+    def test_no_subcommand_prints_help_and_exits_2(self, cli: Cli) -> None:
+        r = cli()
+        assert r.returncode == 2
+        assert b"anypool run" in r.stderr
+
+    @pytest.mark.parametrize("sub", [[], ["run"], ["map"], ["joblog"]])
+    def test_help_reads_like_a_man_page_with_examples(self, cli: Cli, sub: list[str]) -> None:
+        r = cli(*sub, "--help")
+        assert r.returncode == 0
+        assert b"examples:" in r.stdout
+
+    def test_another_backend_runs_commands_too(self, cli: Cli) -> None:
+        r = cli("run", "--backend", "thread", "-k", "--timeout", "5", "echo {}", ":::", "a", "b")
+        assert (r.returncode, out_lines(r)) == (0, ["a", "b"])

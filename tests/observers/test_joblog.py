@@ -1,0 +1,228 @@
+"""The SQLite job log: rows per attempt, committed at once, readable without running code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import anypool
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet
+from anypool.observers.recorder import Row
+
+
+def rec(seq: int, attempt: int = 1, outcome: str = "ok", final: bool = True, **kw: object) -> JobRecord:
+    base = {"args": json.dumps([str(seq)]), "command": f"cmd {seq}", "started": 1000.0 + seq,
+            "runtime": 0.5, "exitcode": 0 if outcome == "ok" else 1, "signal": None, "error": "",
+            "worker": "slot-1", "stdout": b"out", "stderr": b""}
+    base.update(kw)
+    return JobRecord(seq, attempt, outcome=outcome, final=final, **base)  # type: ignore[arg-type]
+
+
+class TestStorage:
+    def test_the_log_is_sqlite_in_wal_mode_with_one_row_per_attempt(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.begin_run({"command": "x"})
+            log.record(rec(1, 1, "error", final=False))
+            log.record(rec(1, 2))
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = db.execute("SELECT seq, attempt, outcome, final, command FROM attempt ORDER BY id").fetchall()
+        assert rows == [(1, 1, "error", 0, "cmd 1"), (1, 2, "ok", 1, "cmd 1")]
+        db.close()
+
+    def test_each_record_is_visible_to_another_reader_at_once(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.begin_run({})
+            log.record(rec(7))
+            with JobLog(path, "read") as reader:
+                assert [r.seq for r in reader.records()] == [7]
+
+    def test_records_survive_a_kill_9_of_the_writer(self, tmp_path: Path) -> None:
+        """A process records 50 attempts then SIGKILLs itself: all 50 are in the log."""
+        path = tmp_path / "log.db"
+        code = textwrap.dedent(f"""
+            import os, signal, json
+            from anypool.observers.joblog import JobLog, JobRecord
+            log = JobLog({str(path)!r})
+            log.begin_run({{}})
+            for i in range(1, 51):
+                log.record(JobRecord(i, 1, json.dumps([str(i)]), "c", 0.0, 0.1, 0, None, "ok", True, "", "w"))
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+        assert proc.returncode == -9
+        with JobLog(path, "read") as log:
+            assert sorted(log.done_seqs()) == list(range(1, 51))
+
+    def test_output_is_kept_only_when_asked(self, tmp_path: Path) -> None:
+        with JobLog(tmp_path / "a.db") as log:
+            log.record(rec(1))
+            assert next(log.records()).stdout is None
+        with JobLog(tmp_path / "b.db", results=True) as log:
+            log.record(rec(1, stdout=b"\xff\x00raw"))
+            assert next(log.records()).stdout == b"\xff\x00raw"
+
+    def test_new_mode_starts_an_existing_log_afresh(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.record(rec(1))
+        with JobLog(path, "new") as log:
+            assert list(log.records()) == []
+
+    def test_text_that_is_not_utf8_is_stored_readably(self, tmp_path: Path) -> None:
+        """Arguments decoded from odd file-name bytes (surrogates) still store."""
+        odd = os.fsdecode(b"file-\xff")
+        with JobLog(tmp_path / "log.db") as log:
+            log.record(rec(1, command=f"cat {odd}", args=json.dumps([odd])))
+            r = next(log.records())
+        assert r.command == "cat file-\\xff"
+        assert json.loads(r.args) == [odd]
+
+
+class TestReading:
+    def test_done_failed_and_succeeded_follow_the_latest_final_attempt(self, tmp_path: Path) -> None:
+        with JobLog(tmp_path / "log.db") as log:
+            log.record_many([
+                rec(1),                                    # ok
+                rec(2, 1, "error", final=False), rec(2, 2, "error"),  # failed after a retry
+                rec(3, 1, "timeout"),                      # failed
+                rec(4, 1, "killed", final=False),          # interrupted: not done
+                rec(5, 1, "error"), rec(5, 2, "ok"),      # failed, then succeeded on --resume-failed
+                rec(6, 1, "error", final=False),           # retry pending when the run died
+            ])
+            assert list(log.done_seqs()) == [1, 2, 3, 5]
+            assert list(log.failed_seqs()) == [2, 3]
+            assert list(log.succeeded_seqs()) == [1, 5]
+            assert log.last_attempt(5) == 2
+            assert log.last_attempt(99) == 0
+
+    def test_finals_and_records_page_through_long_logs(self, tmp_path: Path) -> None:
+        with JobLog(tmp_path / "log.db") as log:
+            log.record_many(rec(i) for i in range(5000, 0, -1))
+            assert [s for s, _, _ in log.finals()] == list(range(1, 5001))
+            assert [r.seq for r in log.records(by_seq=True)] == list(range(1, 5001))
+            assert [r.seq for r in log.records()] == list(range(5000, 0, -1))
+
+    def test_rows_are_the_shared_report_rows(self, tmp_path: Path) -> None:
+        with JobLog(tmp_path / "log.db") as log:
+            log.record(rec(2, 1, "error", error="CommandFailed: boom"))
+            log.record(rec(1))
+            rows = log.rows()
+        assert all(isinstance(r, Row) for r in rows)
+        assert [(r.seq, r.outcome, r.error, r.ended - r.started) for r in rows] == [
+            (1, "ok", "", 0.5), (2, "error", "CommandFailed: boom", 0.5)]
+
+    def test_read_mode_never_creates_a_file(self, tmp_path: Path) -> None:
+        with pytest.raises(JobLogError, match="no such job log"):
+            JobLog(tmp_path / "missing.db", "read")
+        assert not (tmp_path / "missing.db").exists()
+
+
+class TestRefusals:
+    def test_a_file_that_is_not_a_database_is_refused(self, tmp_path: Path) -> None:
+        f = tmp_path / "notes.txt"
+        f.write_text("my precious notes\n" * 100)
+        with pytest.raises(JobLogError, match="not an anypool job log"):
+            JobLog(f)
+        assert f.read_text() == "my precious notes\n" * 100
+
+    def test_another_sqlite_database_is_refused_untouched(self, tmp_path: Path) -> None:
+        f = tmp_path / "app.db"
+        db = sqlite3.connect(f)
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.commit()
+        db.close()
+        with pytest.raises(JobLogError, match="is not an anypool job log"):
+            JobLog(f, "new")
+        db = sqlite3.connect(f)
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
+        db.close()
+
+    def test_a_newer_format_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        JobLog(path).close()
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+        with pytest.raises(JobLogError, match="newer anypool"):
+            JobLog(path)
+
+    def test_resume_refuses_a_log_written_for_other_input(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.begin_run({"command": "gzip {}"})
+        with JobLog(path) as log:
+            log.begin_run({"command": "gzip {}"}, resume=True)  # same input: fine
+            with pytest.raises(JobLogError) as info:
+                log.begin_run({"command": "rm {}"}, resume=True)
+        msg = str(info.value)
+        assert "written for other input" in msg
+        assert '"gzip {}"' in msg
+        assert '"rm {}"' in msg
+
+
+class TestSeqSet:
+    @settings(max_examples=60, deadline=None)
+    @given(st.sets(st.integers(0, 300)), st.integers(-5, 305))
+    def test_it_behaves_like_a_set_of_ints(self, values: set[int], probe: int) -> None:
+        s = SeqSet(values)
+        assert (probe in s) == (probe in values)
+        assert len(s) == len(values)
+        assert list(s) == sorted(values)
+        assert set(SeqSet.from_ascending(sorted(values))) == values
+
+    def test_it_keeps_ranges_not_numbers(self) -> None:
+        s = SeqSet.from_ascending(range(1, 1_000_001))
+        assert s.ranges == [(1, 1_000_000)]
+        assert len(s) == 1_000_000
+        assert 500_000 in s
+        assert 0 not in s
+
+
+class TestPoolJoblog:
+    def test_pool_joblog_records_every_attempt_of_commands(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        counter = tmp_path / "n"
+        with anypool.Pool("subprocess", 2, joblog=path, retries=1, backoff=0) as pool:
+            ok = pool.submit("echo fine")
+            flaky = pool.submit(f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2")
+            dead = pool.submit("kill -9 $$")
+            ok.result(30)
+            flaky.result(30)
+            dead.exception(30)
+        with JobLog(path, "read") as log:
+            recs = sorted(log.records(), key=lambda r: (r.command, r.attempt))
+        by_cmd = {(r.command, r.attempt): r for r in recs}
+        assert by_cmd[("echo fine", 1)].outcome == "ok"
+        assert by_cmd[("echo fine", 1)].exitcode == 0
+        flaky_cmd = f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2"
+        assert (by_cmd[(flaky_cmd, 1)].outcome, by_cmd[(flaky_cmd, 1)].final) == ("error", False)
+        assert (by_cmd[(flaky_cmd, 2)].outcome, by_cmd[(flaky_cmd, 2)].final) == ("ok", True)
+        killed = [r for r in recs if r.command == "kill -9 $$"]
+        assert [(r.signal, r.exitcode, r.outcome) for r in killed] == [(9, None, "error")] * 2
+        assert all(r.worker.startswith("slot-") for r in recs)
+
+    def test_pool_joblog_records_python_tasks_on_any_backend(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 2, joblog=path) as pool:
+            assert list(pool.map(len, ["ab", "abc"])) == [2, 3]
+            assert isinstance(pool.submit(int, "x").exception(30), ValueError)
+        with JobLog(path, "read") as log:
+            recs = list(log.records(by_seq=True))
+        assert sorted((r.args, r.outcome) for r in recs) == [
+            ('"ab"', "ok"), ('"abc"', "ok"), ('["x"]', "error")]
+        err = next(r for r in recs if r.outcome == "error")
+        assert err.error.startswith("ValueError: invalid literal")
+        assert err.command == "int"
