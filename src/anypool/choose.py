@@ -151,6 +151,7 @@ class _Probe:
         self.held: deque[Task] = deque([first])
         self.lock = threading.Lock()
         self.decided = False
+        self.routed = threading.Event()  # set once the router knows the choice
         self.cpu = 0.0
         self.wall = 0.0
         self.items = 0
@@ -243,7 +244,10 @@ class _Probe:
         else:
             decision = decide(self.cpu, self.wall, self.items, self.sampler.held,
                               self.router.cpus, self._pickle_problem)
-        self.router._decided(self.key, self.fn, decision, held)
+        try:
+            self.router._decided(self.key, self.fn, decision, held)
+        finally:
+            self.routed.set()
 
     def _pickle_problem(self) -> str | None:
         try:
@@ -312,16 +316,19 @@ class AutoBackend(Backend):
         name = self._static(task.fn)
         if name is None:
             key = _key(task.fn)
-            with self._lock:
-                name = self._choices.get(key)
-                if name is None:
+            while True:
+                with self._lock:
+                    name = self._choices.get(key)
+                    if name is not None:
+                        break
                     probe = self._probes.get(key)
                     if probe is None:
                         self._probes[key] = _Probe(self, key, task.fn, task)
                         return
                     if probe.hold(task):
                         return
-                    name = self._choices[key]
+                # decided, but the router has not recorded the choice yet
+                probe.routed.wait()
         self._sub(name).submit(task)
 
     def _decided(self, key: Any, fn: Any, decision: Decision, held: list[Task]) -> None:

@@ -190,6 +190,13 @@ class MapRun:
             self._backend_for_submit.submit(task)
         except SerializationError:
             self._submit_split(task)
+        except BaseException:
+            # the batch never reached the backend: un-count it, or shutdown would wait for it forever
+            with self._cond:
+                self._inflight.remove(batch)
+                self._inflight_items -= n
+            self._dispatch.abort()
+            raise
 
     def _submit_split(self, task: Task) -> None:
         """A batch did not pickle: send its items one by one, failing only the bad ones."""
