@@ -9,6 +9,7 @@ One ``concurrent.futures.Executor`` over every execution model::
         fut = pool.submit(fn, *args, **kwargs)        # an anypool.Future: .result() or await
         for r in pool.imap_unordered(fn, items): ...  # lazy, bounded, completion order
         print(pool.stats)
+    big = anypool.share(numpy_array)                  # process tasks get it without a copy
 
 This module holds the public names and nothing else.
 """
@@ -31,6 +32,7 @@ from .events import Observer, TaskEvent
 from .futures import Attempt, Future, as_completed
 from .mapping import MapIterator
 from .pool import Pool, PoolView, imap, map
+from .sharedmem import share
 from .state import worker_state
 from .stats import PoolStats, Summary
 from .tasks import POOL_DEFAULT, TaskOptions
@@ -62,6 +64,7 @@ __all__ = [
     "available_backends",
     "imap",
     "map",
+    "share",
     "worker_state",
 ]
 

@@ -190,6 +190,13 @@ class MapRun:
             self._backend_for_submit.submit(task)
         except SerializationError:
             self._submit_split(task)
+        except BaseException:
+            # the batch never reached the backend: un-count it, or shutdown would wait for it forever
+            with self._cond:
+                self._inflight.remove(batch)
+                self._inflight_items -= n
+            self._dispatch.abort()
+            raise
 
     def _submit_split(self, task: Task) -> None:
         """A batch did not pickle: send its items one by one, failing only the bad ones."""
@@ -251,6 +258,16 @@ class MapRun:
         return TimeoutError("map() did not finish within its timeout")
 
     def __iter__(self) -> Iterator[Any]:
+        # Items are flattened in C: a generator layer per item cost more than a
+        # no-op task itself (see _batches).
+        return itertools.chain.from_iterable(self._batches(None))
+
+    def _batches(self, owner: object) -> Iterator[list[Any]]:
+        """Each finished batch's results, in order; a failed item raises at its position.
+
+        ``owner`` (the ``MapIterator``) is kept alive while this runs: dropping
+        it would close the run under the consumer's feet.
+        """
         if getattr(self._backend, "loop_thread", None) == threading.get_ident():
             self.close()
             raise RuntimeError(
@@ -274,9 +291,10 @@ class MapRun:
                         break
                     results = self._take(batch)
                 if batch.failed:
-                    yield from self._checked(results)
+                    for r in self._checked(results):
+                        yield [r]
                 else:
-                    yield from results
+                    yield results
             if self._input_error is not None:
                 exc, self._input_error = self._input_error, None
                 raise exc
@@ -351,7 +369,12 @@ class MapIterator(Iterator[Any], AsyncIterator[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         if self._gen is None:
-            self._gen = self._wrap(iter(self._run))
+            # the run's own iterator closes it when exhausted or dropped; the
+            # wrapper (a generator frame per item) only when a callback needs it
+            if self._on_close is None:
+                self._gen = itertools.chain.from_iterable(self._run._batches(self))
+            else:
+                self._gen = self._wrap(iter(self._run))
         return self._gen
 
     def __next__(self) -> Any:

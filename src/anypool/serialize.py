@@ -4,7 +4,9 @@ Callables go through cloudpickle (lambdas, closures and functions defined in
 ``__main__`` travel by value).  Arguments and results try the standard
 pickler first, which is several times faster on plain data, and fall back to
 cloudpickle only when it refuses.  When both refuse, the error says which
-argument (or which part of it) was the problem.
+argument (or which part of it) was the problem.  Task arguments go through
+:func:`dumps_args`, which moves large NumPy arrays and other out-of-band
+buffers into shared memory (``anypool.sharedmem``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 
 import cloudpickle
 
+from . import sharedmem
 from .errors import SerializationError, TaskError
 
-__all__ = ["dumps", "dumps_callable", "loads", "pack_exception", "unpack_exception"]
+__all__ = ["dumps", "dumps_args", "dumps_callable", "loads", "loads_args", "pack_exception",
+           "unpack_exception"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -36,6 +40,39 @@ def dumps(obj: Any) -> bytes:
 
 
 loads = pickle.loads
+
+
+def dumps_args(obj: Any, fast: bool = True) -> tuple[Any, sharedmem.SharedPayload | None]:
+    """Pickle task arguments for a worker process; large buffers go to shared memory.
+
+    Returns ``(wire, holder)``: send ``wire``; keep ``holder`` (None when no
+    buffer was large enough) alive until the worker has finished with it.
+    ``fast=False`` skips the standard pickler (it already refused ``obj``).
+
+    Raises:
+        Exception: whatever cloudpickle raises when neither pickler can
+            pickle ``obj``; ``OSError`` when shared memory cannot be had.
+    """
+    if not sharedmem.ENABLED:
+        return (dumps(obj) if fast else cloudpickle.dumps(obj, PROTOCOL)), None
+    if fast:
+        # the common case (no buffer goes out of band) pays for no sorter object
+        try:
+            return pickle.dumps(obj, PROTOCOL, buffer_callback=sharedmem.in_band_or_raise), None
+        except sharedmem.OutOfBand:
+            pass
+        except Exception:
+            fast = False
+    sorter = sharedmem.BufferSorter()
+    if fast:
+        try:
+            return sorter.payload(pickle.dumps(obj, PROTOCOL, buffer_callback=sorter))
+        except Exception:
+            sorter = sharedmem.BufferSorter()
+    return sorter.payload(cloudpickle.dumps(obj, PROTOCOL, buffer_callback=sorter))
+
+
+loads_args = sharedmem.loads_shared
 
 
 def dumps_callable(fn: Callable[..., Any]) -> bytes:

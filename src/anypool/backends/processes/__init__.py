@@ -28,14 +28,13 @@ a script using ``forkserver`` or ``spawn`` needs the
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import PoolClosed, SerializationError
-from ...serialize import PROTOCOL, dumps, dumps_callable, explain_args, explain_item
+from ...serialize import dumps_args, dumps_callable, explain_args, explain_item
 from ...tasks import Task
 from ..base import Backend, BackendConfig
 
@@ -107,23 +106,18 @@ class ProcessBackend(Backend):
         if task.future is not None:
             args, kwargs = task.items[0]
             try:
-                blob = pickle.dumps(task.items[0], PROTOCOL)
-            except Exception:
-                try:
-                    blob = dumps(task.items[0])
-                except (Exception, SystemExit) as exc:
-                    raise explain_args(args, kwargs, exc) from exc
-            except SystemExit as exc:
+                blob, shared = dumps_args(task.items[0])
+            except (Exception, SystemExit) as exc:
                 raise explain_args(args, kwargs, exc) from exc
-            task.payload = (fn_id, fn_bytes, True, [blob])
+            task.payload = (fn_id, fn_bytes, True, [blob], shared)
             return
         try:
-            blob = dumps(task.items)
+            blob, shared = dumps_args(task.items)
         except (Exception, SystemExit) as exc:
             if len(task.items) == 1:
                 raise explain_item(task.seq, task.items[0], exc) from exc
             raise SerializationError(f"a batch of map items cannot be pickled: {exc}") from exc
-        task.payload = (fn_id, fn_bytes, False, blob)
+        task.payload = (fn_id, fn_bytes, False, blob, shared)
 
     def submit(self, task: Task) -> None:
         if self._closed:

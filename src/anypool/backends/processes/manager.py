@@ -534,7 +534,7 @@ class Manager:
 
     def _send_wire(self, w: _Worker, wire: _Wire) -> None:
         first = wire.units[0]
-        fn_id, fn_bytes, blobs, payload = first.payload
+        fn_id, fn_bytes, blobs, payload, _shared = first.payload
         if fn_id in w.fns:
             w.fns.move_to_end(fn_id)
             fn_bytes = None

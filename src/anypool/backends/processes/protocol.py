@@ -12,7 +12,9 @@ Parent → worker::
     (TASK, wire_id, fn_id, fn_bytes | None, style, timeout, per_item, blobs, n, payload)
         payload: one pickle of the item list (blobs=False), or a list of
         per-item pickles (blobs=True, coalesced ``submit`` calls: one bad
-        item fails alone)
+        item fails alone); a pickle whose large buffers went to shared
+        memory is a tuple ``(bytes, [(pid, fd, offset, length), ...])``
+        (see ``anypool.sharedmem``)
     (STOP,)
 
 Worker → parent::

@@ -35,7 +35,7 @@ from typing import Any
 
 from ...calls import call_items
 from ...errors import SerializationError, TaskTimeout
-from ...serialize import PROTOCOL, dumps, loads, pack_exception
+from ...serialize import PROTOCOL, dumps, loads, loads_args, pack_exception
 from ...state import bind_process
 from ...tasks import CALL, ONE, STAR, Failure
 from .protocol import (
@@ -162,7 +162,7 @@ class _Worker:
         failed: list[int] | None = None
         if not blobs:
             try:
-                items = loads(payload)
+                items = loads_args(payload)
             except BaseException as exc:
                 return wire_id, _packed(SerializationError(
                     f"the task's arguments could not be loaded in the worker: {exc!r}"), skip=0), \
@@ -171,7 +171,7 @@ class _Worker:
             items = []
             for i, blob in enumerate(payload):
                 try:
-                    items.append(loads(blob))
+                    items.append(loads_args(blob))
                 except BaseException as exc:
                     failed = failed or []
                     failed.append(i)
