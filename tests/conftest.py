@@ -13,9 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # `import tasks` from tests and from workers
 
-# Process-wide helpers that live as long as the test session, by design:
-# multiprocessing's fork server (our workers' parent) and resource tracker.
-SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+from helpers import SERVICES
 
 
 def _is_service(p: psutil.Process) -> bool:
@@ -83,8 +81,3 @@ def no_leaked_pool_threads() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not left, f"pool threads left running: {left}"
-
-
-def python(code: str) -> list[str]:
-    """argv running ``code`` in a fresh interpreter, with the tests importable."""
-    return [sys.executable, "-c", code]

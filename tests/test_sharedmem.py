@@ -18,7 +18,7 @@ import anypool
 import sharedmem_tasks as st
 from anypool import sharedmem
 from anypool.serialize import dumps_args, loads_args
-from conftest import SERVICES
+from helpers import SERVICES
 
 pytestmark = pytest.mark.skipif(not sharedmem.ENABLED, reason="shared memory needs Linux (memfd, /proc)")
 
@@ -51,9 +51,18 @@ def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
     return True
 
 
+def _shm() -> set[str]:
+    """Named shared memory in /dev/shm, less multiprocessing's named semaphores
+    (``sem.*``: other programs' pools create and remove those at any time;
+    anypool makes no named objects at all)."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+
+
 @pytest.fixture
 def shm_listing() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    return _shm()
 
 
 class TestSerialization:
@@ -110,7 +119,7 @@ class TestInWorkers:
             # the worker dropped its mapping with the arguments, the pool its file with the task
             assert pool.submit(st.mapped_segments).result(30) == 0
             assert eventually(lambda: memfds() == set())
-        assert set(os.listdir("/dev/shm")) == shm_listing
+        assert _shm() == shm_listing
 
     def test_map_sends_many_large_buffers_in_order(self) -> None:
         bufs = [big_buffer(s, sharedmem.SHARE_FROM) for s in range(1, 9)]
@@ -142,7 +151,7 @@ class TestInWorkers:
             # the replacement worker gets large buffers as before
             assert pool.submit(st.describe, pickle.PickleBuffer(big_buffer(8))).result(30)[1] is True
         assert eventually(lambda: memfds() == set())
-        assert set(os.listdir("/dev/shm")) == shm_listing
+        assert _shm() == shm_listing
 
     def test_nothing_outlives_a_killed_pool_process(self, shm_listing: set[str], tmp_path: object) -> None:
         code = f"""
@@ -174,7 +183,7 @@ if __name__ == "__main__":
         # the workers notice their pool died and exit; with them goes the last
         # reference to the shared memory, which was never in /dev/shm at all
         assert eventually(lambda: not any(alive(p) for p in pids), 10)
-        assert set(os.listdir("/dev/shm")) == shm_listing
+        assert _shm() == shm_listing
 
 
 class TestNumpy:

@@ -10,7 +10,7 @@ import pytest
 
 import anypool
 import tasks
-from conftest import python
+from helpers import python
 
 
 def test_a_timed_out_thread_is_abandoned_and_its_capacity_replaced() -> None:

@@ -108,9 +108,11 @@ class TestOutput:
         assert r.stdout == b"out 1\n"
         assert r.stderr == b"err 1\n"
 
-    @pytest.mark.parametrize("mode", ["-j2", "--dry-run"])
-    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, mode: str) -> None:
-        args = " ".join(str(i) for i in range(2000))
+    # --dry-run prints without running anything: give it more output than any
+    # pipe buffer holds, or it may finish before `head` closes the pipe
+    @pytest.mark.parametrize(("mode", "jobs"), [("-j2", 2000), ("--dry-run", 40_000)])
+    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, mode: str, jobs: int) -> None:
+        args = " ".join(str(i) for i in range(jobs))
         pipeline = f"{' '.join(cli_argv())} run {mode} echo ::: {args} | head -1; " \
                    "echo status ${PIPESTATUS[0]}"
         r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,

@@ -1,0 +1,14 @@
+"""Helpers shared by test modules (importable: ``conftest`` is not, with two of them)."""
+
+from __future__ import annotations
+
+import sys
+
+# Process-wide helpers that live as long as the test session, by design:
+# multiprocessing's fork server (our workers' parent) and resource tracker.
+SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def python(code: str) -> list[str]:
+    """argv running ``code`` in a fresh interpreter, with the tests importable."""
+    return [sys.executable, "-c", code]
