@@ -112,8 +112,8 @@ class TestOutput:
     # pipe buffer holds, or it may finish before `head` closes the pipe
     @pytest.mark.parametrize(("mode", "jobs"), [("-j2", 2000), ("--dry-run", 40_000)])
     def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, mode: str, jobs: int) -> None:
-        args = " ".join(str(i) for i in range(jobs))
-        pipeline = f"{' '.join(cli_argv())} run {mode} echo ::: {args} | head -1; " \
+        (tmp_path / "args").write_text("".join(f"{i}\n" for i in range(jobs)))
+        pipeline = f"{' '.join(cli_argv())} run {mode} echo :::: args | head -1; " \
                    "echo status ${PIPESTATUS[0]}"
         r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
                            env=cli_env())
