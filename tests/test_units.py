@@ -234,3 +234,92 @@ class TestFutures:
             done, not_done = cf.wait(futs, timeout=10)
         assert len(done) == 4
         assert not not_done
+
+
+class TestFutureInternals:
+    def test_a_blocked_waiter_is_woken_and_a_timed_out_wait_recovers(self) -> None:
+        """The lazy condition: threads that really block are woken; timeouts leave no trace."""
+        import threading
+
+        fut: anypool.Future[int] = anypool.Future()
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=0.05)
+        got: list[int] = []
+        waiters = [threading.Thread(target=lambda: got.append(fut.result(10))) for _ in range(3)]
+        for t in waiters:
+            t.start()
+        time.sleep(0.1)
+        fut.set_result(7)
+        for t in waiters:
+            t.join(5)
+        assert got == [7, 7, 7]
+
+    def test_an_anypool_future_is_much_lighter_than_the_stdlibs(self) -> None:
+        import tracemalloc
+
+        def per(make: object) -> float:
+            tracemalloc.start()
+            keep = [make() for _ in range(2000)]  # type: ignore[operator]
+            size = tracemalloc.take_snapshot().statistics("filename")
+            tracemalloc.stop()
+            del keep
+            return sum(s.size for s in size) / 2000
+
+        assert per(anypool.Future) < per(cf.Future) / 2
+
+
+class TestAsyncFutures:
+    def test_asyncio_takes_an_async_backend_future_as_it_is(self) -> None:
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                fut = pool.submit(tasks.asquare, 3)
+                assert asyncio.ensure_future(fut) is fut  # no wrapping task
+                assert await asyncio.gather(fut, pool.submit(tasks.asquare, 4)) == [9, 16]
+                done, _ = await asyncio.wait([pool.submit(tasks.asquare, 5)])
+                assert [f.result() for f in done] == [25]
+                assert await asyncio.shield(pool.submit(tasks.asquare, 6)) == 36
+
+        asyncio.run(main())
+
+    def test_wait_for_cancels_the_coroutine_on_time(self) -> None:
+        cancelled: list[bool] = []
+
+        async def slow() -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                fut = pool.submit(slow)
+                t = time.monotonic()
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, 0.2)
+                assert time.monotonic() - t < 2
+                assert fut.cancelled()
+                await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+        assert cancelled == [True]
+
+    def test_sync_code_still_gets_the_stdlibs_cancelled_error(self) -> None:
+        with anypool.Pool("async", 1) as pool:
+            fut = pool.submit(tasks.asleep, 30)
+            time.sleep(0.1)
+            assert fut.cancel()
+            with pytest.raises(cf.CancelledError):
+                fut.result(5)
+
+    def test_a_thread_backend_future_awaited_stays_waitable_after_wait_for(self) -> None:
+        """A running thread task cannot be cancelled: wait_for gives up on time, the task runs on."""
+        async def main(pool: anypool.Pool) -> anypool.Future[object]:
+            fut = pool.submit(tasks.sleep, 0.5, "done")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, 0.1)
+            return fut
+
+        with anypool.Pool("thread", 1) as pool:
+            fut = asyncio.run(main(pool))
+            assert fut.result(5) == "done"

@@ -41,6 +41,7 @@ from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items
 from .dispatch import fn_name
 from .errors import InitializerFailed, SerializationError
+from .futures import AsyncFuture, Future
 from .serialize import dumps_callable
 from .state import bind_thread
 from .tasks import Failure, Task
@@ -378,6 +379,9 @@ class AutoBackend(Backend):
     def plan(self, fn: Callable[..., Any]) -> Backend:
         name = self._static(fn)
         return self._sub(name or "thread")
+
+    def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
+        return AsyncFuture if is_coroutine_callable(fn) else Future
 
     def submit(self, task: Task) -> None:
         name = self._static(task.fn)

@@ -80,7 +80,7 @@ class _Submitter:
         """
         pool = self._pool
         dispatch = pool._dispatch
-        fut: Future[T] = Future()
+        fut: Future[T] = pool._backend.future_for(fn)()
         tid = dispatch.begin(1)
         task = Task(tid, fn, [(args, kwargs)], CALL, self._options, fut, seq=tid)
         try:

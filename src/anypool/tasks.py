@@ -158,6 +158,7 @@ class Task:
         "options",
         "payload",
         "seq",
+        "started",
         "style",
         "submitted",
     )
@@ -186,6 +187,7 @@ class Task:
         self.attempt = 1
         self.payload: Any = None  # a backend's cache of the serialized items
         self.submitted = time.time()
+        self.started = 0.0  # set by backends that need it (when the attempt began)
 
     def claim(self) -> bool:
         """Mark the task as running; False if it was cancelled and must be dropped."""

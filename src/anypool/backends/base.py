@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..futures import Future
+
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
     from ..tasks import Task
@@ -67,6 +69,8 @@ class Backend(ABC):
     max_batch: ClassVar[int] = 4096
     coroutines: ClassVar[bool] = False
     """True if the backend runs coroutine functions (else sync callables)."""
+    future_class: ClassVar[type[Future[Any]]] = Future
+    """What ``submit`` returns; ``AsyncFuture`` where a running task can always be cancelled."""
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         self.config = config
@@ -84,6 +88,10 @@ class Backend(ABC):
     @abstractmethod
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         """Stop the workers (all submitted work is already final unless ``kill``)."""
+
+    def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
+        """The future class ``submit(fn, ...)`` returns (a router answers per callable)."""
+        return self.future_class
 
     def plan(self, fn: Callable[..., Any]) -> Backend:
         """The backend that will run ``fn`` (a router answers for its choice)."""

@@ -29,6 +29,7 @@ import concurrent.futures as cf
 import functools
 import inspect
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..futures import AsyncFuture
 from ..state import bind_context
 from ..tasks import ONE, Failure, Task
 from .base import Backend, BackendConfig
@@ -48,6 +50,8 @@ __all__ = ["AsyncBackend"]
 log = logging.getLogger("anypool")
 
 BLOCKED_WARNING = 0.5  # seconds the pool's own loop may be stuck before a warning
+_NO_KWARGS: dict[str, Any] = {}
+_TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(context=) exists
 
 
 class _BatchRun:
@@ -71,6 +75,7 @@ class AsyncBackend(Backend):
     name = "async"
     can_kill = True
     coroutines = True
+    future_class = AsyncFuture
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)
@@ -85,6 +90,7 @@ class AsyncBackend(Backend):
         self._active = 0
         self._running: set[asyncio.Task[Any]] = set()
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled by their timeout
+        self._timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
         self._ready = True
         self._stopping = False
         self._broken: BaseException | None = None
@@ -243,7 +249,7 @@ class AsyncBackend(Backend):
         if self._broken is not None:
             raise self._broken
         if self.attached and task.future is not None:
-            task.future._loop_thread = self.loop_thread
+            task.future._loop_thread = self.loop_thread  # type: ignore[attr-defined]
         self._inbox.append(task)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -280,69 +286,82 @@ class AsyncBackend(Backend):
         if self.dispatch.observing:
             self.dispatch.started(task, self._ws)
         now = time.time()
-        fut = task.future
-        if fut is not None:
+        if task.future is not None:
             args, kwargs = task.items[0]
-            self._start_item(task, functools.partial(task.fn, *args, **kwargs),
-                             functools.partial(self._single_done, task), now)
+            self._start_item(task, None, 0, now, args, kwargs)
             return
         run = _BatchRun(task, now)
-        style = task.style
-        fn = task.fn
+        one = task.style == ONE
         for i, item in enumerate(task.items):
-            call = functools.partial(fn, item) if style == ONE else functools.partial(fn, *item)
-            self._start_item(task, call, functools.partial(self._item_done, run, i), now)
+            if one:
+                self._start_item(task, run, i, now, (item,), _NO_KWARGS)
+            else:
+                self._start_item(task, run, i, now, item, _NO_KWARGS)
 
-    def _start_item(self, task: Task, call: Any, done: Any, now: float) -> None:
-        """Call the task's function and run what it returns; ``done(t0, value)`` at the end."""
+    def _start_item(self, task: Task, run: _BatchRun | None, i: int, now: float,
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Call the task's function on one item and run what it returns to its end.
+
+        Per item this allocates the coroutine, its asyncio task and one small
+        callback: with 100,000 coroutines pending, every object counts.
+        """
         self._active += 1
         try:
-            r = self._ctx.run(call)
+            r = self._ctx.run(task.fn, *args, **kwargs)
         except BaseException as exc:
-            self._active -= 1
-            done(now, Failure(exc))
-            self._launch_waiting()
+            self._settle(task, run, i, now, Failure(exc))
             return
         if not inspect.isawaitable(r):
-            self._active -= 1
-            done(now, r)
-            self._launch_waiting()
+            self._settle(task, run, i, now, r)
             return
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         coro = r if asyncio.iscoroutine(r) else _await(r)
-        atask = self._ctx.run(self._loop.create_task, coro)
-        self._running.add(atask)
-        timer = None
-        timeout = task.options.timeout
-        if timeout is not None:
-            timer = self._loop.call_later(timeout, self._expire, atask)
-        atask.add_done_callback(functools.partial(self._finished, task, done, now, timer))
-        if task.future is not None:
-            task.future._cancel_running = functools.partial(self._cancel, atask)
+        if _TASK_CONTEXT:  # no copy of the context per task
+            atask = loop.create_task(coro, context=self._ctx)
+        else:
+            atask = self._ctx.run(loop.create_task, coro)
+        if self.attached:
+            self._running.add(atask)  # the pool's own loop has asyncio.all_tasks for that
+        if task.options.timeout is not None:
+            self._timers[atask] = loop.call_later(task.options.timeout, self._expire, atask)
+        if run is None:
+            task.started = now
+            atask.add_done_callback(functools.partial(self._finished_one, task))
+            task.future._atask = atask  # type: ignore[union-attr]
+        else:
+            atask.add_done_callback(functools.partial(self._finished, task, run, i))
 
-    def _finished(self, task: Task, done: Any, t0: float, timer: asyncio.TimerHandle | None,
-                  atask: asyncio.Task[Any]) -> None:
-        self._running.discard(atask)
-        self._active -= 1
+    def _outcome(self, task: Task, atask: asyncio.Task[Any]) -> Any:
+        if self._running:
+            self._running.discard(atask)
+        timer = self._timers.pop(atask, None) if self._timers else None
         if timer is not None:
             timer.cancel()
         if atask.cancelled():
             if atask in self._expired:
                 self._expired.discard(atask)
-                value: Any = Failure(TaskTimeout(task.options.timeout or 0.0, task.label()), "timeout")
-            elif self._stopping:
-                value = Failure(PoolClosed("the pool was shut down while this coroutine ran"), "cancelled")
-            else:
-                value = Failure(cf.CancelledError("the coroutine was cancelled"), "cancelled")
+                return Failure(TaskTimeout(task.options.timeout or 0.0, task.label()), "timeout")
+            if self._stopping:
+                return Failure(PoolClosed("the pool was shut down while this coroutine ran"), "cancelled")
+            return Failure(cf.CancelledError("the coroutine was cancelled"), "cancelled")
+        exc = atask.exception()
+        return Failure(exc) if exc is not None else atask.result()
+
+    def _finished_one(self, task: Task, atask: asyncio.Task[Any]) -> None:
+        self._settle(task, None, 0, task.started, self._outcome(task, atask))
+
+    def _finished(self, task: Task, run: _BatchRun, i: int, atask: asyncio.Task[Any]) -> None:
+        self._settle(task, run, i, run.started, self._outcome(task, atask))
+
+    def _settle(self, task: Task, run: _BatchRun | None, i: int, t0: float, value: Any) -> None:
+        self._active -= 1
+        if run is None:
+            self.dispatch.finish_one(task, value, t0, time.time(), self._ws)
         else:
-            exc = atask.exception()
-            value = Failure(exc) if exc is not None else atask.result()
-        done(t0, value)
+            self._item_done(run, i, t0, value)
         if self._waiting:
             self._launch_waiting()
-
-    def _single_done(self, task: Task, t0: float, value: Any) -> None:
-        self.dispatch.finish_one(task, value, t0, time.time(), self._ws)
 
     def _item_done(self, run: _BatchRun, i: int, t0: float, value: Any) -> None:
         run.results[i] = value
@@ -359,16 +378,6 @@ class AsyncBackend(Backend):
     def _expire(self, atask: asyncio.Task[Any]) -> None:
         self._expired.add(atask)
         atask.cancel()
-
-    def _cancel(self, atask: asyncio.Task[Any]) -> bool:
-        loop = self._loop
-        if loop is None or atask.done():
-            return False
-        if threading.get_ident() == self.loop_thread:
-            atask.cancel()
-        else:
-            loop.call_soon_threadsafe(atask.cancel)
-        return True
 
     # -- shutdown ---------------------------------------------------------------
 
@@ -398,8 +407,11 @@ class AsyncBackend(Backend):
             return
         if kill:
             def cancel_all() -> None:
-                for t in list(self._running):
-                    t.cancel()
+                assert loop is not None
+                me = asyncio.current_task()  # this very call may run in a task: spare it
+                for t in list(self._running if self.attached else asyncio.all_tasks(loop)):
+                    if t is not me:
+                        t.cancel()
                 for q in (self._inbox, self._waiting):
                     while q:
                         self.dispatch.cancel(q.popleft())
