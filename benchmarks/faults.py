@@ -178,18 +178,19 @@ class Pool:
             self.pool.shutdown(wait=True)
 
 
-def after_the_fault(pool: Pool) -> None:
+def wrap_up(pool: Pool) -> None:
+    """After the fault: does a new task run?  Then leave the pool as its ``with`` block would."""
     note("submitting a new task after the fault")
-    text, _ = outcome_of_submit(pool)
-    emit(after=text)
-
-
-def outcome_of_submit(pool: Pool) -> tuple[str, float]:
     try:
         fut = pool.submit(square, 7)
     except BaseException as exc:
-        return f"submit raised {short(exc)}", 0.0
-    return outcome(fut)
+        emit(after=f"submit raised {short(exc)}")
+    else:
+        emit(after=outcome(fut)[0])
+    note("leaving the with block")
+    t0 = time.monotonic()
+    pool.close()
+    emit(closed=time.monotonic() - t0)
 
 
 def crash_row(kind: str, workdir: str, how: str) -> None:
@@ -214,9 +215,7 @@ def crash_row(kind: str, workdir: str, how: str) -> None:
     emit(victim=text, seconds=time.monotonic() - t0)
     note("waiting for the 3 other tasks")
     emit(others=[outcome(f)[0] for f in others])
-    after_the_fault(pool)
-    note("leaving the with block")
-    pool.close()
+    wrap_up(pool)
 
 
 def scenario_kill(kind: str, workdir: str) -> None:
@@ -240,11 +239,7 @@ def scenario_hang(kind: str, workdir: str) -> None:
     note("waiting for the hung task (1 s limit)")
     text, _ = outcome(fut, None if pool.kind == "anypool" else 1.0)
     emit(victim=text, seconds=time.monotonic() - t0)
-    after_the_fault(pool)
-    note("leaving the with block")
-    t1 = time.monotonic()
-    pool.close()
-    emit(closed=time.monotonic() - t1)
+    wrap_up(pool)
 
 
 def scenario_crash10(kind: str, workdir: str) -> None:
@@ -283,9 +278,7 @@ def scenario_init(kind: str, workdir: str) -> None:
     note("waiting for 4 tasks")
     emit(victim=outcome(futures[0])[0], others=[outcome(f)[0] for f in futures[1:]],
          seconds=time.monotonic() - t0)
-    after_the_fault(pool)
-    note("leaving the with block")
-    pool.close()
+    wrap_up(pool)
 
 
 def scenario_unpicklable(kind: str, workdir: str) -> None:
@@ -300,9 +293,7 @@ def scenario_unpicklable(kind: str, workdir: str) -> None:
     else:
         note("waiting for the task with the lock argument")
         emit(victim=outcome(fut)[0], seconds=time.monotonic() - t0)
-    after_the_fault(pool)
-    note("leaving the with block")
-    pool.close()
+    wrap_up(pool)
 
 
 def scenario_bigresult(kind: str, workdir: str) -> None:
@@ -318,9 +309,7 @@ def scenario_bigresult(kind: str, workdir: str) -> None:
     except BaseException as exc:
         text = short(exc)
     emit(victim=text, seconds=time.monotonic() - t0)
-    after_the_fault(pool)
-    note("leaving the with block")
-    pool.close()
+    wrap_up(pool)
 
 
 def scenario_signal(kind: str, workdir: str) -> None:
@@ -511,7 +500,7 @@ def describe(rec: dict[str, Any], limit: float) -> str:
         if "after" in ev:
             after = ev["after"]
             parts.append("pool still usable" if after.startswith("ok") else f"then: {after}")
-        if "closed" in ev:
+        if "closed" in ev and fault == "hang":
             parts.append(f"with-block exit took {ev['closed']:.1f} s")
     if rec.get("hung") and fault not in SIGNALS:
         waiting = notes[-1] if notes else "starting"
