@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import threading
+import time
+import types
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -105,3 +110,23 @@ def test_an_unpicklable_cpu_bound_closure_still_runs() -> None:
         assert pool.submit(busy, 3_000_000).result(30) == tasks.cpu(3_000_000)
         (reason,) = pool.stats.choices.values()
         assert "cannot go to processes" in reason
+
+
+@types.coroutine
+def generator_coroutine(x: int) -> Generator[Any, None, int]:
+    yield from asyncio.sleep(0.2)
+    return x
+
+
+def test_generator_based_coroutines_go_to_async() -> None:
+    """A ``types.coroutine`` generator function is a coroutine function to ``auto``.
+
+    Regression: it was probed on a thread as a sync callable, so ``map``
+    returned generator objects that never ran.
+    """
+    with anypool.Pool() as pool:
+        t0 = time.perf_counter()
+        assert list(pool.map(generator_coroutine, range(5))) == list(range(5))
+        assert time.perf_counter() - t0 < 1.0  # concurrent, not 5 x 0.2 s
+        assert pool.submit(functools.partial(generator_coroutine, 7)).result(10) == 7
+    assert pool.stats.choices == {}  # routed by what it is, never probed

@@ -27,6 +27,7 @@ backend.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -88,8 +89,15 @@ def is_command(fn: Any) -> bool:
 
 
 def is_coroutine_callable(fn: Any) -> bool:
-    """Whether calling ``fn`` gives a coroutine (async def, partials of one, async __call__)."""
+    """Whether calling ``fn`` gives a coroutine (async def, partials of one, async __call__,
+    or a generator function made a coroutine with ``types.coroutine``)."""
     if inspect.iscoroutinefunction(fn):
+        return True
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    code = getattr(inner, "__code__", None)
+    if code is not None and code.co_flags & inspect.CO_ITERABLE_COROUTINE:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
     return call is not None and inspect.iscoroutinefunction(call)

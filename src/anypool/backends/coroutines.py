@@ -146,7 +146,7 @@ class AsyncBackend(Backend):
         asyncio.set_event_loop(loop)
         self.loop_thread = threading.get_ident()
         loop.call_soon(started.set)
-        loop.call_soon(self._heartbeat)
+        loop.call_soon(self._heartbeat, loop)
         clock.call_later(BLOCKED_WARNING, self._watch, 0.0)
         try:
             loop.run_forever()
@@ -159,10 +159,12 @@ class AsyncBackend(Backend):
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop comes as an argument: the first beat can run before
+        # _ensure_loop has stored it in self._loop.
         self._beat = time.monotonic()
-        if self._loop is not None and not self._stopping:
-            self._loop.call_later(0.1, self._heartbeat)
+        if not self._stopping:
+            loop.call_later(0.1, self._heartbeat, loop)
 
     def _watch(self, warned_at: float) -> None:
         """Clock callback: warn when the pool's own loop stops turning."""
