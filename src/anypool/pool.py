@@ -325,6 +325,27 @@ class Pool(_Submitter, cf.Executor):
             raise RuntimeError("pool.timeline() needs record=True when the pool is created")
         return self._recorder.rows()
 
+    def report(self, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+        """Write the timeline report of this pool's run so far to ``path``; return its absolute path.
+
+        One self-contained HTML file (see :mod:`anypool.observers.report`):
+        a timeline of every recorded attempt by worker, coloured by outcome,
+        a histogram of run times, utilisation and this pool's ``stats``.
+        Callable while the pool runs, or after ``shutdown``.
+
+        Raises:
+            RuntimeError: the pool was created without ``record=True``.
+            OSError: the file cannot be written.
+        """
+        if self._recorder is None:
+            raise RuntimeError("pool.report() needs a timeline: create the pool with record=True, "
+                               "e.g. anypool.Pool(..., record=True)")
+        from .observers.report import write_report
+
+        rec = self._recorder
+        return write_report(path, rec.rows(), stats=self.stats, sampled=rec.sampled,
+                            title=title if title is not None else f"anypool: {self._backend.describe()}")
+
     # -- lifecycle ------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False) -> None:
