@@ -26,6 +26,7 @@ from . import clock
 from .errors import PoolClosed
 from .events import Observer, TaskEvent
 from .futures import Attempt
+from .stats import UNASSIGNED
 from .tasks import Failure, Task
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Dispatch:
         self.stats = stats
         self.observers: list[Observer] = list(observers)
         self.observing = bool(self.observers)
-        self.unassigned = stats.worker("-")  # tasks that failed before reaching any worker
+        self.unassigned = stats.worker(UNASSIGNED)  # tasks that failed before reaching any worker
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0
@@ -227,7 +228,9 @@ class Dispatch:
 
     def discard(self, task: Task) -> None:
         """Drop a task that was cancelled before it ran."""
-        self.unassigned.cancelled += len(task.items)
+        with self._lock:  # backend threads may drop tasks at the same time
+            self.unassigned.cancelled += len(task.items)
+            self.unassigned.dropped += len(task.items)
         if task.future is None:
             assert task.batch is not None
             if not task.batch.discard(len(task.items)):
@@ -311,6 +314,7 @@ class Dispatch:
 
     def _resubmit(self, task: Task) -> None:
         assert self.backend is not None
+        task.submitted = time.time()  # a retry's queue wait starts now, not at the first submit
         try:
             self.backend.submit(task)
         except Exception as exc:  # the backend is gone (killed) or cannot take it

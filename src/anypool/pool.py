@@ -314,8 +314,7 @@ class Pool(_Submitter, cf.Executor):
     @property
     def stats(self) -> PoolStats:
         """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
-        d = self._dispatch
-        return self._stats.snapshot(d.submitted, d.outstanding)
+        return self._stats.snapshot(self._dispatch.submitted)
 
     def add_observer(self, observer: Observer) -> None:
         """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""
@@ -405,6 +404,7 @@ class Pool(_Submitter, cf.Executor):
         if not first:
             return
         _live_pools.discard(self)
+        self._stats.close()
         closers, self._closers = self._closers, []
         for close in closers:
             try:

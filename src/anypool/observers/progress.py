@@ -125,7 +125,7 @@ class Progress:
             bar.total = total
         bar.set_postfix_str(f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}",
                             refresh=False)
-        final = s.done + s.failed
+        final = s.submitted - s.running  # done, failed, or cancelled before it ran
         if final > bar.n:
             bar.update(final - bar.n)  # draws, and feeds tqdm's rate (hence the ETA)
         else:
