@@ -7,6 +7,7 @@ Backends run tasks; the dispatcher decides what an outcome means::
                                           ├─> retry?  back-off on the shared clock, resubmit
                                           ├─> WorkerStats (counters, timing histograms)
                                           └─> observers (TaskEvent), only if any are attached
+                                              (``finished_only`` ones get no queued/started events)
 
 It also keeps the count of *outstanding* units (submitted and not yet
 final), which is what ``shutdown(wait=True)`` waits on, and the pool's
@@ -57,8 +58,11 @@ class Dispatch:
     def __init__(self, stats: StatsCollector, observers: Sequence[Observer] = ()) -> None:
         self.backend: Backend | None = None
         self.stats = stats
-        self.observers: list[Observer] = list(observers)
-        self.observing = bool(self.observers)
+        self.observers: list[Observer] = []
+        self._lifecycle: list[Observer] = []
+        self.observing = False  # an observer wants queued / started / retried events
+        self.finishing = False  # an observer wants finished events
+        self._set_observers(list(observers))
         self.unassigned = stats.worker(UNASSIGNED)  # tasks that failed before reaching any worker
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -185,7 +189,7 @@ class Dispatch:
         else:
             worker.record(started, ended, task.submitted, n)
         batch.run.observe(n, ended - started)
-        if self.observing:
+        if self.finishing:
             self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
         if batch.deliver(task.offset, results, n - retried, bool(failed)):
             self._end()
@@ -201,7 +205,7 @@ class Dispatch:
             self._count_failure(value, worker)
             worker.record(started, ended, task.submitted, 1)
             if self._may_retry(task, value):
-                if self.observing:
+                if self.finishing:
                     self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                         [value.exc], False)
                 self._schedule_retry(task, value, started, ended, worker)
@@ -212,7 +216,7 @@ class Dispatch:
                 fut.set_exception(value.exc)
             except cf.InvalidStateError:
                 pass  # cancelled while running (async) or failed on time already
-            if self.observing:
+            if self.finishing:
                 self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                     [value.exc], True)
         else:
@@ -222,7 +226,7 @@ class Dispatch:
                 fut.set_result(value)
             except cf.InvalidStateError:
                 pass
-            if self.observing:
+            if self.finishing:
                 self._emit_finished(task, worker, started, ended, "ok", None, [value], True)
         self._end()
 
@@ -342,8 +346,8 @@ class Dispatch:
                             task.items, shown))
 
     def emit(self, event: TaskEvent) -> None:
-        """Send ``event`` to every observer; one that raises is logged and removed."""
-        for obs in list(self.observers):
+        """Send ``event`` to the observers that want it; one that raises is logged and removed."""
+        for obs in self.observers if event.kind == "finished" else self._lifecycle:
             try:
                 obs(event)
             except Exception:
@@ -351,15 +355,17 @@ class Dispatch:
                 self.remove_observer(obs)
 
     def add_observer(self, obs: Observer) -> None:
-        self.observers.append(obs)
-        self.observing = True
+        self._set_observers([*self.observers, obs])
 
     def remove_observer(self, obs: Observer) -> None:
-        try:
-            self.observers.remove(obs)
-        except ValueError:
-            pass
-        self.observing = bool(self.observers)
+        self._set_observers([o for o in self.observers if o is not obs])
+
+    def _set_observers(self, observers: list[Observer]) -> None:
+        # New lists, never mutated: emit() iterates them without a copy or a lock.
+        self._lifecycle = [o for o in observers if not getattr(o, "finished_only", False)]
+        self.observers = observers
+        self.observing = bool(self._lifecycle)  # someone wants queued / started / retried
+        self.finishing = bool(observers)  # someone wants finished
 
 
 class _Retrying:
