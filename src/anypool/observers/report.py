@@ -68,7 +68,7 @@ _DASH = "\u2013"
 _TEXT_LIMIT = 300  # characters of arguments / errors / names kept per bar
 _DENSITY_BINS = 400  # time bins of the per-lane busy shading
 _HIST_BINS = 40
-_MAX_SUBROWS = 6  # overlapping bars in one lane (async) stack this deep, then overlap
+_MAX_SUBROWS = 12  # overlapping bars in one lane (async) stack this deep, then overlap
 
 
 # -- public entry points --------------------------------------------------------
@@ -474,7 +474,7 @@ class _Page:
         if self.bar_sampled:
             items.append('<span class="key"><i style="background:#4a7fb0"></i>busy fraction '
                          '(band under each lane, from all attempts)</span>')
-        return " ".join(items)
+        return "Attempts by outcome: " + " ".join(items)
 
     def summary(self) -> str:
         rows = self.rows
@@ -686,12 +686,13 @@ _JS = r"""
   var NS = "http://www.w3.org/2000/svg";
   var box = document.getElementById("timeline");
   var tip = document.getElementById("tip");
-  var LABEL = 130, SUB = 14, GAP = 3, AXIS = 22, RIGHT = 12, BAND = D.sampled ? 10 : 0;
+  var LABEL = 130, GAP = 3, AXIS = 22, RIGHT = 12, BAND = D.sampled ? 10 : 0;
   var bars = D.bars, lanes = D.lanes;
   var view = [0, D.span > 0 ? D.span : 1];
-  var laneTop = [], laneH = [], y = AXIS;
+  var laneTop = [], laneH = [], laneSub = [], y = AXIS;
   lanes.forEach(function (l, i) {
-    laneTop[i] = y; laneH[i] = l.depth * SUB + 2 * GAP + BAND; y += laneH[i] + 2;
+    laneSub[i] = l.depth > 4 ? 8 : 14;  // deep (overlapping) lanes get thinner rows
+    laneTop[i] = y; laneH[i] = l.depth * laneSub[i] + 2 * GAP + BAND; y += laneH[i] + 2;
   });
   var height = Math.max(y + 4, AXIS + 30);
   var svg, gBars, gGrid, gDens, rects = [], width = 0;
@@ -734,9 +735,14 @@ _JS = r"""
     var plot = el("g", {"clip-path": "url(#plot)"}, svg);
     gDens = el("g", {}, plot);
     gBars = el("g", {}, plot);
-    rects = bars.map(function (b, i) {
-      return el("rect", {"class": "bar o-" + b[4], fill: D.colours[b[4]] || D.colours.other,
-                         "data-i": i, height: SUB - 2}, gBars);
+    // failures are drawn last, so overlapping successes never hide them
+    rects = new Array(bars.length);
+    [true, false].forEach(function (okPass) {
+      bars.forEach(function (b, i) {
+        if ((b[4] === "ok") !== okPass) return;
+        rects[i] = el("rect", {"class": "bar o-" + b[4], fill: D.colours[b[4]] || D.colours.other,
+                               "data-i": i, height: laneSub[b[0]] - 2}, gBars);
+      });
     });
     render();
   }
@@ -772,9 +778,10 @@ _JS = r"""
     for (var i = 0; i < bars.length; i++) {
       var b = bars[i], x0 = xOf(b[2]), x1 = xOf(b[2] + b[3]), r = rects[i];
       r.setAttribute("x", x0.toFixed(2));
-      // a failure must stay visible however short it was
-      r.setAttribute("width", Math.max(b[4] === "ok" ? 1 : 3, x1 - x0).toFixed(2));
-      r.setAttribute("y", laneTop[b[0]] + GAP + b[1] * SUB + 1);
+      // a failure must stay visible however short it was; wide bars keep a 1px gap
+      var w = x1 - x0 > 4 ? x1 - x0 - 1 : x1 - x0;
+      r.setAttribute("width", Math.max(b[4] === "ok" ? 1 : 3, w).toFixed(2));
+      r.setAttribute("y", laneTop[b[0]] + GAP + b[1] * laneSub[b[0]] + 1);
     }
   }
 
