@@ -124,6 +124,23 @@ class TestFromAPool:
         assert sum(b[7] for b in data["bars"]) == 2000
 
 
+    def test_a_job_log_draws_the_same_page(self, tmp_path: Path) -> None:
+        """Rows read back from a job log (what `anypool report JOBLOG` will draw) work as they are."""
+        from anypool.observers.joblog import JobLog
+
+        log = tmp_path / "jobs.db"
+        with anypool.Pool("thread", 2, joblog=log, retries=1, backoff=0) as pool:
+            list(pool.imap(tasks.fail_on, range(20), return_exceptions=True))
+        with JobLog(log) as jl:
+            rows = jl.rows()
+        assert len(rows) == 21, "20 items, one of them tried twice"
+        page = Path(write_report(tmp_path / "from-log.html", rows, title="from a job log")).read_text("utf-8")
+        data = data_of(page)
+        assert len(data["bars"]) == 21
+        assert sorted(b[4] for b in data["bars"]).count("error") == 2
+        assert "Pool statistics" not in page
+
+
 class TestEscaping:
     def test_user_text_never_becomes_markup(self) -> None:
         rows = [row(1, worker=f"w{EVIL}", fn=f"fn{EVIL}", args=EVIL, error=f"E: {EVIL}", outcome="error")]
@@ -224,6 +241,12 @@ class TestContent:
         assert "thread-2 20 20 1 10 s 100.0%" in text
         assert "2.9 tasks/s" in text  # 29 ok over 10 s
         assert "crash 1" in text
+
+    def test_a_job_logs_killed_attempts_have_their_own_colour(self) -> None:
+        text = text_of(render_report([row(1), row(2, outcome="killed"), row(3, outcome="weird")]))
+        assert "killed 1" in text
+        assert "other 1" in text
+        assert "killed" not in text_of(render_report([row(1)]))
 
     def test_histogram_counts_every_task(self) -> None:
         rows = [row(i, took=0.001 * (1 + i % 10), size=1 + i % 3) for i in range(500)]

@@ -62,6 +62,7 @@ _COLOURS = {
     "timeout": "#f08c00",
     "crash": "#7b3fa0",
     "cancelled": "#9a9a9a",
+    "killed": "#5a4a3a",  # a job log's attempts stopped by a shutdown, Ctrl-C or --halt now
     "other": "#444444",
 }
 _DASH = "\u2013"
@@ -466,8 +467,8 @@ class _Page:
             key = r.outcome if r.outcome in _COLOURS else "other"
             counts[key] = counts.get(key, 0) + 1
         items = []
-        for key in (*OUTCOMES, "other"):
-            if key == "other" and not counts.get(key):
+        for key in (*OUTCOMES, "killed", "other"):
+            if key in ("killed", "other") and not counts.get(key):
                 continue
             items.append(f'<span class="key"><i style="background:{_COLOURS[key]}"></i>'
                          f'{key} <b>{counts.get(key, 0):,}</b></span>')
