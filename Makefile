@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench bench-quick bench-tools clean
+.PHONY: install demo test lint typecheck pytest browser bench bench-quick bench-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,28 @@ typecheck: install
 pytest: install
 	$(PY) -m pytest -q
 
-test: lint typecheck pytest
+# Headless Chromium for the report's browser tests (tests/observers/test_report_browser.py),
+# from Debian's packages: quick when present, installed when missing (as root, or with
+# password-less sudo), and a loud failure when it cannot be.
+CHROMIUM ?= chromium
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  echo "make: $(CHROMIUM) is missing; installing Debian's chromium package for the browser tests" >&2; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "make: cannot install chromium: not root and no password-less sudo." \
+	            "Install it yourself: apt-get install -y chromium" >&2; exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "make: cannot install chromium: no apt-get here" >&2; exit 1; }; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null && \
+	         $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+	    || { echo "make: apt-get could not install chromium" >&2; exit 1; }; \
+	  command -v $(CHROMIUM) >/dev/null 2>&1 \
+	    || { echo "make: chromium was installed but $(CHROMIUM) is still not on PATH" >&2; exit 1; }; \
+	}
+
+test: lint typecheck browser
+	ANYPOOL_REQUIRE_BROWSER=1 $(MAKE) pytest
 
 # Benchmarks: the peers live in their own virtualenv (benchmarks/requirements.txt),
 # never in the test environment.  BENCH_ARGS passes options, e.g.

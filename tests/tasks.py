@@ -51,6 +51,11 @@ def sleep(seconds: float, value: Any = None) -> Any:
     return value
 
 
+def sleep_then_fail(seconds: float) -> None:
+    time.sleep(seconds)
+    raise ValueError(f"failed after {seconds} s")
+
+
 async def asleep(seconds: float, value: Any = None) -> Any:
     await asyncio.sleep(seconds)
     return value

@@ -7,6 +7,7 @@ Backends run tasks; the dispatcher decides what an outcome means::
                                           ├─> retry?  back-off on the shared clock, resubmit
                                           ├─> WorkerStats (counters, timing histograms)
                                           └─> observers (TaskEvent), only if any are attached
+                                              (``finished_only`` ones get no queued/started events)
 
 It also keeps the count of *outstanding* units (submitted and not yet
 final), which is what ``shutdown(wait=True)`` waits on, and the pool's
@@ -26,6 +27,7 @@ from . import clock
 from .errors import PoolClosed
 from .events import Observer, TaskEvent
 from .futures import Attempt
+from .stats import UNASSIGNED
 from .tasks import Failure, Task
 
 if TYPE_CHECKING:
@@ -56,9 +58,12 @@ class Dispatch:
     def __init__(self, stats: StatsCollector, observers: Sequence[Observer] = ()) -> None:
         self.backend: Backend | None = None
         self.stats = stats
-        self.observers: list[Observer] = list(observers)
-        self.observing = bool(self.observers)
-        self.unassigned = stats.worker("-")  # tasks that failed before reaching any worker
+        self.observers: list[Observer] = []
+        self._lifecycle: list[Observer] = []
+        self.observing = False  # an observer wants queued / started / retried events
+        self.finishing = False  # an observer wants finished events
+        self._set_observers(list(observers))
+        self.unassigned = stats.worker(UNASSIGNED)  # tasks that failed before reaching any worker
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0
@@ -184,7 +189,7 @@ class Dispatch:
         else:
             worker.record(started, ended, task.submitted, n)
         batch.run.observe(n, ended - started)
-        if self.observing:
+        if self.finishing:
             self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
         if batch.deliver(task.offset, results, n - retried, bool(failed)):
             self._end()
@@ -200,7 +205,7 @@ class Dispatch:
             self._count_failure(value, worker)
             worker.record(started, ended, task.submitted, 1)
             if self._may_retry(task, value):
-                if self.observing:
+                if self.finishing:
                     self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                         [value.exc], False)
                 self._schedule_retry(task, value, started, ended, worker)
@@ -211,7 +216,7 @@ class Dispatch:
                 fut.set_exception(value.exc)
             except cf.InvalidStateError:
                 pass  # cancelled while running (async) or failed on time already
-            if self.observing:
+            if self.finishing:
                 self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                     [value.exc], True)
         else:
@@ -221,13 +226,15 @@ class Dispatch:
                 fut.set_result(value)
             except cf.InvalidStateError:
                 pass
-            if self.observing:
+            if self.finishing:
                 self._emit_finished(task, worker, started, ended, "ok", None, [value], True)
         self._end()
 
     def discard(self, task: Task) -> None:
         """Drop a task that was cancelled before it ran."""
-        self.unassigned.cancelled += len(task.items)
+        with self._lock:  # backend threads may drop tasks at the same time
+            self.unassigned.cancelled += len(task.items)
+            self.unassigned.dropped += len(task.items)
         if task.future is None:
             assert task.batch is not None
             if not task.batch.discard(len(task.items)):
@@ -311,6 +318,7 @@ class Dispatch:
 
     def _resubmit(self, task: Task) -> None:
         assert self.backend is not None
+        task.submitted = time.time()  # a retry's queue wait starts now, not at the first submit
         try:
             self.backend.submit(task)
         except Exception as exc:  # the backend is gone (killed) or cannot take it
@@ -338,8 +346,8 @@ class Dispatch:
                             task.items, shown))
 
     def emit(self, event: TaskEvent) -> None:
-        """Send ``event`` to every observer; one that raises is logged and removed."""
-        for obs in list(self.observers):
+        """Send ``event`` to the observers that want it; one that raises is logged and removed."""
+        for obs in self.observers if event.kind == "finished" else self._lifecycle:
             try:
                 obs(event)
             except Exception:
@@ -347,15 +355,17 @@ class Dispatch:
                 self.remove_observer(obs)
 
     def add_observer(self, obs: Observer) -> None:
-        self.observers.append(obs)
-        self.observing = True
+        self._set_observers([*self.observers, obs])
 
     def remove_observer(self, obs: Observer) -> None:
-        try:
-            self.observers.remove(obs)
-        except ValueError:
-            pass
-        self.observing = bool(self.observers)
+        self._set_observers([o for o in self.observers if o is not obs])
+
+    def _set_observers(self, observers: list[Observer]) -> None:
+        # New lists, never mutated: emit() iterates them without a copy or a lock.
+        self._lifecycle = [o for o in observers if not getattr(o, "finished_only", False)]
+        self.observers = observers
+        self.observing = bool(self._lifecycle)  # someone wants queued / started / retried
+        self.finishing = bool(observers)  # someone wants finished
 
 
 class _Retrying:

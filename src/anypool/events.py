@@ -10,6 +10,9 @@ An *observer* is any callable taking a :class:`TaskEvent`.  Observers run on
 whichever thread the backend reports from, so they must be quick and
 thread-safe, and must not keep ``items`` or ``results`` (that would pin every
 task's data in memory).  An observer that raises is logged and dropped.
+An observer with a true ``finished_only`` attribute gets ``finished``
+events only, and a pool whose observers all say so builds no others (the
+recorder and the job log do: it keeps recording cheap).
 
 Small ``map`` items travel in batches; a batch is one event with ``size`` > 1
 (its items share the batch's worker and times; ``results`` holds each item's
@@ -66,7 +69,8 @@ class Observer(Protocol):
     """Anything called with each :class:`TaskEvent`: a function, a bound method, an object.
 
     Called on the thread that reports the event; keep it quick, thread-safe,
-    and do not keep ``items`` or ``results``.
+    and do not keep ``items`` or ``results``.  Set ``finished_only = True`` on
+    it to receive ``finished`` events only.
     """
 
     def __call__(self, event: TaskEvent, /) -> None: ...

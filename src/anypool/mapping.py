@@ -207,6 +207,11 @@ class MapRun:
             except SerializationError as exc:
                 self._dispatch.fail_unrun(sub, exc)
 
+    @property
+    def items_submitted(self) -> int:
+        """How many input items this run has handed to the pool so far (for progress bars)."""
+        return self._seq
+
     # -- completion (called from backend threads) ----------------------------
 
     def _delivered(self, batch: Batch, final: int) -> bool:

@@ -39,6 +39,7 @@ from .stats import PoolStats, StatsCollector
 from .tasks import CALL, Task, TaskOptions
 
 if TYPE_CHECKING:
+    from .observers.progress import Progress
     from .observers.recorder import Recorder, Row
 
 __all__ = ["Pool", "PoolView", "imap", "map"]
@@ -137,6 +138,9 @@ class _Submitter:
             options=self._options, ordered=ordered, length=length, chunksize=chunksize,
             buffersize=buffersize, timeout=timeout, return_exceptions=return_exceptions,
         )
+        bar = pool._progress
+        if bar is not None and length is not None:
+            bar.expect(run, length)
         return MapIterator(run)
 
     def with_options(self, **options: Any) -> PoolView:
@@ -187,8 +191,10 @@ class Pool(_Submitter, cf.Executor):
             or ``"spawn"``, for process backends.
         concurrency: coroutines per worker process (``process+async``).
         address: the Dask scheduler (``dask``); default: a local cluster.
-        progress: show a progress bar: True when stderr is a terminal or in a
-            notebook, ``"always"`` even when it is not, False (default) never.
+        progress: show a progress bar (tqdm, with ETA and done / failed /
+            retried counts): True when stderr is a terminal or in a Jupyter
+            notebook (and ``ANYPOOL_PROGRESS`` is not ``0``), ``"always"``
+            even when it is not, False (default) never.
         observers: callables receiving every :class:`~anypool.TaskEvent`.
         record: keep a timeline of every attempt, readable as ``pool.timeline()``.
         joblog: a path: record every finished attempt of every task in this
@@ -197,7 +203,8 @@ class Pool(_Submitter, cf.Executor):
 
     Raises:
         BackendUnavailable: unknown backend, or its extra is not installed.
-        ValueError: ``workers`` < 1, or an out-of-range option.
+        ValueError: ``workers`` < 1, an out-of-range option, or a ``progress``
+            other than True, False or ``"always"``.
         JobLogError: ``joblog`` names a file that is not a job log.
     """
 
@@ -236,6 +243,8 @@ class Pool(_Submitter, cf.Executor):
                             ("concurrency", concurrency)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, not {value!r}")
+        if progress not in (True, False, None, "always"):
+            raise ValueError(f"progress must be True, False or 'always', not {progress!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         self._options = TaskOptions(timeout, retries, retry_on, backoff, backoff_max)
@@ -275,12 +284,13 @@ class Pool(_Submitter, cf.Executor):
             log_.begin_run({"pool": backend})
             self._dispatch.add_observer(JobLogObserver(log_))
             self._closers.append(log_.close)
+        self._progress: Progress | None = None
         if progress:
             from .observers.progress import Progress
 
-            bar = Progress.for_pool(self, force=progress == "always")
-            if bar is not None:
-                self._closers.append(bar.close)
+            self._progress = Progress.for_pool(self, progress)
+            if self._progress is not None:
+                self._closers.append(self._progress.close)
         _live_pools.add(self)
         log.debug("anypool: pool started on %s", self._backend.describe())
 
@@ -304,8 +314,7 @@ class Pool(_Submitter, cf.Executor):
     @property
     def stats(self) -> PoolStats:
         """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
-        d = self._dispatch
-        return self._stats.snapshot(d.submitted, d.outstanding)
+        return self._stats.snapshot(self._dispatch.submitted)
 
     def add_observer(self, observer: Observer) -> None:
         """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""
@@ -324,6 +333,27 @@ class Pool(_Submitter, cf.Executor):
         if self._recorder is None:
             raise RuntimeError("pool.timeline() needs record=True when the pool is created")
         return self._recorder.rows()
+
+    def report(self, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+        """Write the timeline report of this pool's run so far to ``path``; return its absolute path.
+
+        One self-contained HTML file (see :mod:`anypool.observers.report`):
+        a timeline of every recorded attempt by worker, coloured by outcome,
+        a histogram of run times, utilisation and this pool's ``stats``.
+        Callable while the pool runs, or after ``shutdown``.
+
+        Raises:
+            RuntimeError: the pool was created without ``record=True``.
+            OSError: the file cannot be written.
+        """
+        if self._recorder is None:
+            raise RuntimeError("pool.report() needs a timeline: create the pool with record=True, "
+                               "e.g. anypool.Pool(..., record=True)")
+        from .observers.report import write_report
+
+        rec = self._recorder
+        return write_report(path, rec.rows(), stats=self.stats, sampled=rec.sampled,
+                            title=title if title is not None else f"anypool: {self._backend.describe()}")
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -374,6 +404,7 @@ class Pool(_Submitter, cf.Executor):
         if not first:
             return
         _live_pools.discard(self)
+        self._stats.close()
         closers, self._closers = self._closers, []
         for close in closers:
             try:

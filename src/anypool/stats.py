@@ -15,7 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["PoolStats", "StatsCollector", "Summary", "WorkerStats"]
+__all__ = ["UNASSIGNED", "PoolStats", "StatsCollector", "Summary", "WorkerStats"]
+
+UNASSIGNED = "-"
+"""The pseudo-worker that counts tasks which never reached a worker (cancelled, unsendable)."""
 
 _SCALE = 40.0  # buckets per e-fold: exp(1/40) - 1 = 2.5 % bucket width
 _OFFSET = 25.0  # log(1e-11): the smallest duration kept apart from zero
@@ -62,13 +65,18 @@ class Histogram:
         self.max = max(self.max, other.max)
 
     def quantile(self, q: float) -> float:
+        """The nearest-rank ``q`` quantile: the ``ceil(q * n)``-th smallest duration.
+
+        So p95 of 5 durations is the largest, as people read "p95" (a lower
+        interpolation would report the 4th).  Within a bucket (2.5 %) of exact.
+        """
         if not self.n:
             return 0.0
-        rank = q * (self.n - 1)
+        rank = max(1, math.ceil(q * self.n - 1e-9))
         seen = 0
         for b in sorted(self.counts):
             seen += self.counts[b]
-            if seen > rank:
+            if seen >= rank:
                 return min(_bucket_value(b), self.max)
         return self.max
 
@@ -98,7 +106,9 @@ class WorkerStats:
         "cancelled",
         "crashed",
         "done",
+        "dropped",
         "failed",
+        "last",
         "name",
         "retried",
         "run",
@@ -115,6 +125,8 @@ class WorkerStats:
         self.timed_out = 0
         self.crashed = 0
         self.cancelled = 0
+        self.dropped = 0  # tasks cancelled before they ran: final, but neither done nor failed
+        self.last = 0.0  # when the latest attempt recorded here ended
         self.run = Histogram()
         self.wait = Histogram()
 
@@ -127,28 +139,40 @@ class WorkerStats:
         self.run.add(took / n, n)
         wait = started - submitted
         self.wait.add(wait if wait > 0 else 0.0, n)
+        if ended > self.last:
+            self.last = ended
 
 
 @dataclass(frozen=True)
 class PoolStats:
     """A snapshot of what a pool has done.  ``str()`` gives a short table.
 
+    Every count is of tasks (a ``map`` item is a task), not of batches.
+
     Attributes:
         backend: the backend name (for ``auto``: ``"auto"``).
-        choices: for ``auto``, each callable's chosen backend and the reason.
+        choices: for ``auto``, each callable's chosen backend and the reason
+            (``{"fetch": "thread: it mostly waits (CPU 3% of wall time)"}``).
         workers: the configured number of workers (or concurrency).
         submitted: tasks handed to the pool (each map item counts).
         done: tasks that finished with a value.
         failed: tasks that failed for good (after their retries).
         retried: attempts that failed and were tried again.
-        timed_out / crashed / cancelled: attempts that ended that way.
-        running: tasks submitted and not yet final.
-        run_time: per-task run time.  Batched ``map`` items share their
-            batch's average.
-        queue_wait: from submission to the start of the attempt that ran.
-        elapsed: seconds since the pool started.
-        throughput: final tasks per second of ``elapsed``.
-        worker_busy: each worker's busy fraction of ``elapsed``.
+        timed_out / crashed: attempts stopped by their timeout / whose worker died.
+        cancelled: tasks cancelled before they ran (or stopped by ``shutdown(kill=True)``).
+        running: tasks submitted and not yet final (queued, running, or
+            waiting to be retried).
+        run_time: the run time of every attempt, per task: batched ``map``
+            items share their batch's average.
+        queue_wait: from the moment an attempt was queued (submitted, or
+            re-queued after a retry's back-off) to its start.
+        elapsed: seconds from the pool's start to now or, while nothing
+            runs, to the end of the last attempt (so an idle or shut-down
+            pool's throughput does not decay).
+        throughput: final tasks (done + failed) per second of ``elapsed``.
+        worker_busy: each worker's share of its lifetime (from its start to
+            its exit, or to now) spent running tasks.  Workers replaced
+            during the run appear under their own names.
     """
 
     backend: str
@@ -170,6 +194,10 @@ class PoolStats:
 
     def __str__(self) -> str:
         def ms(s: float) -> str:
+            if s == 0:
+                return "0 s"
+            if s < 1e-3:
+                return f"{s * 1e6:.3g} µs"
             return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
         rows = [
@@ -202,6 +230,7 @@ class StatsCollector:
         self.workers = workers
         self.choices: dict[str, str] = {}
         self.started = time.time()
+        self.closed_at: float | None = None
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerStats] = {}
         self._spans: dict[str, tuple[float, float | None]] = {}
@@ -223,26 +252,42 @@ class StatsCollector:
             start, _ = self._spans.get(name, (self.started, None))
             self._spans[name] = (start, time.time())
 
-    def snapshot(self, submitted: int, running: int) -> PoolStats:
+    def close(self) -> None:
+        """Stop the clocks: the pool is shut down (``elapsed`` and lifetimes end here)."""
+        with self._lock:
+            if self.closed_at is None:
+                self.closed_at = time.time()
+
+    def snapshot(self, submitted: int) -> PoolStats:
         """Sum every worker's totals into one frozen ``PoolStats``."""
         now = time.time()
         run, wait = Histogram(), Histogram()
         totals = dict.fromkeys(("done", "failed", "retried", "timed_out", "crashed", "cancelled"), 0)
         busy: dict[str, float] = {}
+        dropped = 0
+        last = 0.0
         with self._lock:
             workers = list(self._workers.values())
             spans = dict(self._spans)
+            closed = self.closed_at
+        stop = closed if closed is not None else now
         for ws in workers:
             run.merge(ws.run)
             wait.merge(ws.wait)
             for k in totals:
                 totals[k] += getattr(ws, k)
+            dropped += ws.dropped
+            last = max(last, ws.last)
+            if ws.name == UNASSIGNED:  # not a worker: tasks that never reached one
+                continue
             start, end = spans.get(ws.name, (self.started, None))
-            life = (end or now) - start
-            if ws.busy or life > 0:
-                busy[ws.name] = min(1.0, ws.busy / life) if life > 0 else 0.0
-        elapsed = now - self.started
+            life = (end if end is not None else stop) - start
+            busy[ws.name] = min(1.0, ws.busy / life) if life > 0 else 0.0
         final = totals["done"] + totals["failed"]
+        running = max(0, submitted - final - dropped)
+        # while nothing runs the clock stops at the last attempt; else now (or the shutdown)
+        end_of_run = min(now, max(last, self.started)) if running == 0 and last else stop
+        elapsed = end_of_run - self.started
         return PoolStats(
             backend=self.backend,
             choices=dict(self.choices),

@@ -504,6 +504,8 @@ class JobLogObserver:
     arguments are stored as JSON text (see :func:`args_json`).
     """
 
+    finished_only = True  # the pool then builds no queued/started events for it
+
     def __init__(self, log: JobLog, *, seq_base: int = 0) -> None:
         self.log = log
         self.seq_base = seq_base

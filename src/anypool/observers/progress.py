@@ -1,11 +1,17 @@
 """The progress bar: tqdm, refreshed from the pool's counters, never from the task path.
 
 A bar updated per task costs microseconds on every task.  This one is a
-daemon thread reading ``pool.stats``-style counters a few times a second, so
-the tasks themselves pay nothing.  It shows done / total with rate and ETA,
-and failed / retried counts; ``total`` grows as tasks are submitted (or is
-the input's length for ``map`` over a sized input).  It uses ``tqdm.auto``,
-so it is a widget in Jupyter and text on a terminal.
+daemon thread reading ``pool.stats`` a few times a second, so the tasks
+themselves pay nothing.  It shows finished / total with rate and ETA, and
+the done / failed / retried / running counts.  ``total`` is what was
+submitted so far plus, for ``map`` over an input of known length (a list, a
+range), the items that run has not submitted yet, so the ETA covers the
+whole input although ``map`` feeds the pool lazily.  It uses ``tqdm.auto``:
+a widget in Jupyter, text on a terminal.
+
+When to show it: ``progress=True`` shows it where someone can see it (stderr
+is a terminal, or a Jupyter kernel runs us) unless ``ANYPOOL_PROGRESS=0`` is
+set; ``progress="always"`` shows it on any stderr (a log file, a pipe).
 """
 
 from __future__ import annotations
@@ -13,27 +19,42 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..mapping import MapRun
     from ..pool import Pool
 
 __all__ = ["Progress", "visible"]
 
 REFRESH = 0.2  # seconds between refreshes
+FALLBACK_COLUMNS, FALLBACK_LINES = 100, 24  # for a terminal that reports no size
 
 
 def visible() -> bool:
-    """Whether a bar would be seen: stderr is a terminal, or we run in a notebook."""
+    """Whether a bar would be seen: stderr is a terminal, or we run in a Jupyter kernel.
+
+    ``ANYPOOL_PROGRESS=0`` in the environment makes this False.
+    """
     if os.environ.get("ANYPOOL_PROGRESS") == "0":
         return False
     try:
         if sys.stderr.isatty():
             return True
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError):  # no stderr, or a closed one
         pass
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _size(file: Any) -> tuple[int, int]:
+    """(columns, lines) of the terminal behind ``file``; zeros where it reports none."""
+    try:
+        size = os.get_terminal_size(file.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
+    return size.columns, size.lines
 
 
 class Progress:
@@ -45,31 +66,70 @@ class Progress:
 
         self._pool = pool
         self._fixed_total = total
-        self._bar = tqdm(total=total, desc=desc, unit="task", file=file or sys.stderr,
-                         dynamic_ncols=True, leave=True)
+        self._runs: weakref.WeakKeyDictionary[MapRun, int] = weakref.WeakKeyDictionary()
+        self._runs_lock = threading.Lock()
+        out = file or sys.stderr
+        kw: dict[str, Any] = {"dynamic_ncols": True}
+        try:
+            tty = out.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        if tty:
+            # A terminal reporting no size (a fresh pty, `script`, some CI runners)
+            # would make tqdm draw nothing: zero lines hide every bar.
+            cols, lines = _size(out)
+            if not cols or not lines:
+                kw = {"ncols": cols or FALLBACK_COLUMNS, "nrows": lines or FALLBACK_LINES}
+        # We decide when to draw (every REFRESH seconds), so tqdm draws on every update.
+        self._bar = tqdm(total=total, desc=desc, unit="task", file=out, leave=True, mininterval=0,
+                         miniters=1, **kw)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="anypool-progress", daemon=True)
         self._thread.start()
 
     @classmethod
-    def for_pool(cls, pool: Pool, force: bool = False) -> Progress | None:
-        """A bar for ``pool``, or None when it would not be seen (unless ``force``)."""
-        if not force and not visible():
+    def for_pool(cls, pool: Pool, progress: bool | str) -> Progress | None:
+        """A bar for ``pool`` as its ``progress=`` argument asks, or None when none is wanted.
+
+        Raises:
+            ValueError: ``progress`` is not True, False or ``"always"``.
+        """
+        if not progress:
+            return None
+        if progress is not True and progress != "always":
+            raise ValueError(f"progress must be True, False or 'always', not {progress!r}")
+        if progress is True and not visible():
             return None
         return cls(pool)
+
+    def expect(self, run: MapRun, length: int) -> None:
+        """Count the not-yet-submitted items of a map ``run`` over ``length`` items in the total."""
+        with self._runs_lock:
+            self._runs[run] = length
+
+    def _unsubmitted(self) -> int:
+        with self._runs_lock:
+            runs = list(self._runs.items())
+        left = 0
+        for run, length in runs:
+            if not run.closed:
+                left += max(0, length - run.items_submitted)
+        return left
 
     def refresh(self) -> None:
         """Bring the bar up to date with the pool's counters."""
         s = self._pool.stats
         bar = self._bar
-        total = self._fixed_total or s.submitted
+        total = self._fixed_total or s.submitted + self._unsubmitted()
         if bar.total != total:
             bar.total = total
-        final = s.done + s.failed
+        bar.set_postfix_str(f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}",
+                            refresh=False)
+        final = s.submitted - s.running  # done, failed, or cancelled before it ran
         if final > bar.n:
-            bar.update(final - bar.n)
-        bar.set_postfix(failed=s.failed, retried=s.retried, running=s.running, refresh=False)
-        bar.refresh()
+            bar.update(final - bar.n)  # draws, and feeds tqdm's rate (hence the ETA)
+        else:
+            bar.refresh()
 
     def _run(self) -> None:
         while not self._stop.wait(REFRESH):

@@ -43,7 +43,10 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def describe_args(items: Sequence[Any], limit: int = 120) -> str:
+ARGS_LIMIT = 120  # characters of a task's arguments kept in its row
+
+
+def describe_args(items: Sequence[Any], limit: int = ARGS_LIMIT) -> str:
     """A bounded text of a task's arguments (``submit``: ``(args, kwargs)``)."""
     if not items:
         return ""
@@ -65,20 +68,40 @@ def describe_error(exc: BaseException | None, limit: int = 300) -> str:
 
 
 class Recorder:
-    """An observer keeping a bounded timeline of finished attempts."""
+    """An observer keeping a bounded timeline of finished attempts.
+
+    It asks for ``finished`` events only (``finished_only``), so a pool that
+    records builds no queued/started events for it, and it keeps plain
+    tuples, turned into :class:`Row` objects when read.
+    """
+
+    finished_only = True
 
     def __init__(self, limit: int = 200_000) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit!r}")
         self.limit = limit
         self.seen = 0
-        self._rows: list[Row] = []
+        self._rows: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
     def __call__(self, event: TaskEvent) -> None:
         if event.kind != "finished":
             return
-        row = Row(event.task_id, event.seq, event.size, event.attempt, event.worker or "",
-                  event.started or event.time, event.time, event.outcome or "ok", event.fn,
-                  describe_args(event.items), describe_error(event.error))
+        items = event.items
+        if len(items) == 1:  # the common case, inline: describe_args costs a call more
+            try:
+                args = repr(items[0])
+            except Exception:
+                args = f"<{type(items[0]).__name__}>"
+            if len(args) > ARGS_LIMIT:
+                args = _short(args, ARGS_LIMIT)
+        else:
+            args = describe_args(items)
+        error = event.error
+        row = (event.task_id, event.seq, event.size, event.attempt, event.worker or "",
+               event.started or event.time, event.time, event.outcome or "ok", event.fn, args,
+               "" if error is None else describe_error(error))
         with self._lock:
             self.seen += 1
             if len(self._rows) < self.limit:
@@ -96,4 +119,6 @@ class Recorder:
     def rows(self) -> list[Row]:
         """The kept rows, ordered by start time."""
         with self._lock:
-            return sorted(self._rows, key=lambda r: r.started)
+            rows = list(self._rows)
+        rows.sort(key=lambda r: r[5])
+        return [Row._make(r) for r in rows]
