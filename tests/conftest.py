@@ -13,12 +13,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # `import tasks` from tests and from workers
 
+from services import DaskCluster, under_service  # needs the path above
+
 # Process-wide helpers that live as long as the test session, by design:
 # multiprocessing's fork server (our workers' parent) and resource tracker.
 SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
 
 def _is_service(p: psutil.Process) -> bool:
+    if under_service(p):  # a session service (the Dask cluster), or a worker it (re)started
+        return True
     try:
         cmd = " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -68,7 +72,7 @@ def no_leaked_pool_threads() -> Iterator[None]:
     """Fail the test if a pool's manager or loop thread outlives the test."""
     yield
     deadline = time.monotonic() + 5.0
-    watched = ("anypool-process-manager", "anypool-async-loop")
+    watched = ("anypool-process-manager", "anypool-async-loop", "anypool-dask")
     while True:
         left = [t.name for t in threading.enumerate() if t.name in watched]
         if not left or time.monotonic() > deadline:
@@ -80,3 +84,19 @@ def no_leaked_pool_threads() -> Iterator[None]:
 def python(code: str) -> list[str]:
     """argv running ``code`` in a fresh interpreter, with the tests importable."""
     return [sys.executable, "-c", code]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, for the session.
+
+    Started with Dask's own commands, no dashboard, the scheduler's
+    ``allowed-failures`` at 0 (so a dead worker's task reaches anypool's
+    ``retries=``), and stopped at the end with nothing left behind.
+    """
+    pytest.importorskip("distributed", reason="the dask backend needs dask.distributed")
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,685 @@
+"""The ``dask`` backend: tasks on a Dask cluster, with the core's policy on top.
+
+``Pool(backend="dask", address="tcp://host:8786")`` runs tasks on an
+existing cluster; with no ``address`` the pool starts a ``LocalCluster`` of
+its own (one single-threaded worker process per core, every socket on
+127.0.0.1) and closes it with the pool.  Dask does the distributing; the
+core does what it does for every backend: retries, ordering, map windows,
+statistics, events.
+
+::
+
+    submit/map ──Task──> pending ──┐        one "anypool-dask" thread per pool
+                                   ├─ client.map(run_task, ...)  (at most `limit` in flight)
+    Dask done callback ──> done ───┤                 │
+    "started" events ───> notes ───┤   scheduler ──> worker thread: run_task (dask_worker.py)
+    clock (deadlines) ──> notes ───┘                 │
+                                   └─ client.gather(done) ──> dispatch.finish
+
+A ``Task`` (one ``submit`` call, or a batch of ``map`` items) is one Dask
+task: the worker side, :func:`~anypool.backends.dask_worker.run_task`, runs
+the items and returns the results, which ones failed, the batch's timing and
+the worker's name.  Arguments are pickled in the caller's thread, so one
+that cannot be sent fails in ``submit`` with the argument named.
+
+Bounded: at most ``limit`` Dask tasks are ever submitted to the scheduler by
+one pool (twice the cluster's threads, or ``workers`` when given for an
+existing cluster); the rest wait here, where ``cancel()`` and
+``shutdown(cancel_futures=True)`` can still drop them.
+
+Failures, translated at this boundary:
+
+* a task's own exception comes back as itself, its worker traceback chained;
+* ``KilledWorker`` (the worker running the task died) becomes
+  :class:`~anypool.WorkerCrashed` for a single task, which the core retries
+  if ``retries=`` allows.  A batch of ``map`` items that lost its worker is
+  run again in smaller pieces (which item killed the worker is unknown), so
+  an item that kills its worker by itself ends up failing alone;
+* a failed ``initializer`` breaks the pool (:class:`~anypool.InitializerFailed`).
+
+Timeouts: a Dask worker runs tasks in threads, and a running thread cannot
+be stopped.  With ``timeout=`` a task announces its start (a Dask event);
+the pool starts the clock then, and when it runs out the task fails with
+:class:`~anypool.TaskTimeout` on time, its Dask future is cancelled (so it
+never starts if it had not) and a retry may start elsewhere, but the call
+itself runs on in its worker thread until it returns, its result discarded.
+``can_kill`` is False for that reason.
+
+Retries and Dask's own: a scheduler retries a task whose worker died up to
+its ``distributed.scheduler.allowed-failures`` times (3 by default) before
+reporting ``KilledWorker``.  The embedded cluster sets it to 0, so the
+pool's ``retries=`` is the whole policy, as on the other backends; an
+existing cluster keeps its own setting (docs/dask.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import multiprocessing
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import distributed
+from distributed import KilledWorker
+from distributed.client import FutureCancelledError
+
+from .. import clock
+from ..dispatch import fn_name
+from ..errors import InitializerFailed, PoolClosed, SerializationError, TaskError, TaskTimeout, WorkerCrashed
+from ..serialize import RemoteTraceback, dumps, dumps_callable, explain_args, explain_item, unpack_exception
+from ..tasks import Failure, Task
+from .base import Backend, BackendConfig, default_workers
+from .dask_worker import ALL, BROKEN, STARTED_TOPIC, WorkerSetup, run_task, worker_name
+
+if TYPE_CHECKING:
+    from ..dispatch import Dispatch
+    from ..stats import WorkerStats
+
+__all__ = ["DaskBackend"]
+
+# distributed is only partly annotated: its client and cluster are used as Any
+Client: Any = distributed.Client
+LocalCluster: Any = distributed.LocalCluster
+
+log = logging.getLogger("anypool")
+
+OPTIONS = ("security", "connect_timeout")
+"""The backend options ``Pool(backend="dask", ...)`` takes besides the common ones."""
+
+_FN_CACHE = 256  # callables whose pickles are kept, so repeated submits pickle them once
+_SPLIT = 8  # a batch that lost its worker is run again as this many pieces
+_REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and go)
+
+
+class _Sent:
+    """A Dask task in flight for one ``Task`` (owned by the pool's thread, guarded by its lock)."""
+
+    __slots__ = ("deadline", "future", "sent", "started", "task", "worker")
+
+    def __init__(self, task: Task, future: Any) -> None:
+        self.task = task
+        self.future = future
+        self.sent = time.time()
+        self.started: float | None = None
+        self.worker: str | None = None
+        self.deadline: clock.Handle | None = None
+
+
+class DaskBackend(Backend):
+    """Runs sync callables on a Dask cluster (see the module docstring).
+
+    Raises (when the pool is created):
+        TypeError: an unknown backend option, or ``address`` is not a string.
+        ValueError: an option Dask cannot honour (``max_tasks_per_worker``,
+            ``max_memory_per_worker``, ``start_method``).
+        ConnectionError: the scheduler at ``address`` could not be reached.
+        RuntimeError: a local cluster was asked for while this process is
+            still being imported by a worker process (the missing
+            ``if __name__ == "__main__":`` guard).
+    """
+
+    name = "dask"
+    can_kill = False
+    transports = True
+    # ~2 ms of scheduling per Dask task on 2 cores (PEER-BASELINES.md): batches
+    # of 50 ms keep that below 5 %.  The cap bounds how far a map reads ahead
+    # (window x max_batch items), as on the process backend.
+    batch_seconds = 0.05
+    max_batch = 4096
+
+    def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
+        super().__init__(config, dispatch)
+        _check_config(config)
+        extra = config.extra
+        self._security = extra.get("security")
+        self._connect_timeout = extra.get("connect_timeout")
+        self._token = uuid.uuid4().hex[:16]
+        self._plugin = f"anypool-{self._token}"
+        self._keys = itertools.count(1)
+        self._cond = threading.Condition(threading.Lock())
+        self.pending: deque[Task] = deque()
+        self._done: deque[Any] = deque()  # Dask futures whose state is final
+        self._notes: deque[tuple[str, str, str]] = deque()  # ("started", key, worker) | ("expired", key, "")
+        self._sent: dict[str, _Sent] = {}  # Dask key -> what it runs
+        self._fns: OrderedDict[Any, bytes] = OrderedDict()
+        self._workers: dict[str, WorkerStats] = {}
+        self._stopping = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._init_blob: bytes | None = None
+        if config.initializer is not None:
+            try:
+                self._init_blob = dumps_callable((config.initializer, config.initargs))  # type: ignore[arg-type]
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"the worker initializer or its initargs cannot be sent to Dask workers: {exc}"
+                ) from exc
+        self._cluster: Any = None
+        self._client: Any = self._connect()
+        try:
+            self._client.register_plugin(WorkerSetup(self._init_blob), name=self._plugin)
+            self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
+            self._threads = self._cluster_threads()
+        except BaseException:
+            self._close_client()
+            raise
+        self._sized = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="anypool-dask", daemon=True)
+        self._thread.start()
+
+    # -- connecting -------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        address = self.config.address
+        kwargs: dict[str, Any] = {"set_as_default": False}
+        if self._connect_timeout is not None:
+            kwargs["timeout"] = self._connect_timeout
+        if address is None:
+            self._cluster = self._start_cluster()
+            try:
+                return Client(self._cluster, **kwargs)
+            except BaseException:
+                self._cluster.close()
+                raise
+        if self._security is not None:
+            kwargs["security"] = self._security
+        try:
+            return _open_client(address, kwargs)
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot connect to the Dask scheduler at {address!r}: {exc}. Is a scheduler "
+                "running there (`dask scheduler`), and does the address include its port?"
+            ) from exc
+
+    def _start_cluster(self) -> Any:
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            raise RuntimeError(
+                "Pool(backend='dask') without an address starts a local Dask cluster in new "
+                "processes, and this module is being imported by one of them: put the code that "
+                "creates the pool under `if __name__ == \"__main__\":`"
+            )
+        n = self.config.workers or default_workers()
+        kwargs: dict[str, Any] = {}
+        if self._security is not None:
+            kwargs["security"] = self._security
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"allowed_failures": 0},
+            **kwargs,
+        )
+
+    def _cluster_threads(self) -> int:
+        info = self._client.scheduler_info(n_workers=0)
+        return int(info.get("total_threads") or 0)
+
+    @property
+    def workers(self) -> int:
+        if self.config.workers:
+            return self.config.workers
+        return max(1, self._threads)
+
+    def _limit(self) -> int:
+        """How many Dask tasks this pool may have at the scheduler at once."""
+        if self._cluster is None and self.config.workers:
+            return self.config.workers  # a share of someone's cluster: a hard cap
+        return 2 * max(1, self._threads)
+
+    def describe(self) -> str:
+        if self._cluster is not None:
+            return f"dask (local cluster {self._cluster.scheduler_address}, {self.workers} worker processes)"
+        return f"dask ({self.config.address}, {self.workers} threads)"
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        if self._closed:
+            raise PoolClosed("the dask backend is shut down")
+        units = self._prepare(task) if task.payload is None else [task]
+        with self._cond:
+            self.pending.extend(units)
+            self._cond.notify()
+
+    def _fn_blob(self, fn: Callable[..., Any]) -> bytes:
+        try:
+            key: Any = fn
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None:
+            with self._cond:
+                blob = self._fns.get(key)
+                if blob is not None:
+                    self._fns.move_to_end(key)
+                    return blob
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"the dask backend runs plain callables, and {fn_name(fn)} is a coroutine function: "
+                "use backend='process+async', or call asyncio.run() inside a plain function"
+            )
+        blob = dumps_callable(fn)
+        if key is not None:
+            with self._cond:
+                self._fns[key] = blob
+                if len(self._fns) > _FN_CACHE:
+                    self._fns.popitem(last=False)
+        return blob
+
+    def _prepare(self, task: Task) -> list[Task]:
+        """Pickle ``task`` for the cluster; a timed batch becomes one unit per item.
+
+        Raises:
+            SerializationError: the callable or an argument cannot be pickled.
+            TypeError: the callable is a coroutine function.
+        """
+        fn = self._fn_blob(task.fn)
+        if task.future is not None:
+            args, kwargs = task.items[0]
+            try:
+                task.payload = (fn, dumps(task.items))
+            except (Exception, SystemExit) as exc:
+                raise explain_args(args, kwargs, exc) from exc
+            return [task]
+        # a deadline is per item, and a Dask task's start is only seen once: one item per task
+        units = [task] if task.options.timeout is None or len(task.items) == 1 else [
+            task.subtask(i, [item]) for i, item in enumerate(task.items)
+        ]
+        for unit in units:
+            try:
+                unit.payload = (fn, dumps(unit.items))
+            except (Exception, SystemExit) as exc:
+                if len(unit.items) == 1:
+                    raise explain_item(unit.seq, unit.items[0], exc) from exc
+                raise SerializationError(f"a batch of map items cannot be pickled: {exc}") from exc
+        return units
+
+    # -- the pool's thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._done or self._notes
+                               or (self.pending and len(self._sent) < self._limit())):
+                        if self._stopping:
+                            return
+                        self._cond.wait(_REFRESH if self.pending else None)
+                        if self.pending and time.monotonic() - self._sized > _REFRESH:
+                            break  # a full cluster may have grown: look again
+                    done, self._done = self._done, deque()
+                    notes, self._notes = self._notes, deque()
+                    room = self._limit() - len(self._sent)
+                    sends = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+                for note in notes:
+                    self._on_note(note)
+                if done:
+                    self._collect(done)
+                if sends:
+                    self._send(sends)
+                if time.monotonic() - self._sized > _REFRESH:
+                    self._resize()
+        except BaseException as exc:  # a bug or a dead client: fail what waits, refuse what comes
+            log.exception("anypool: the dask backend's thread failed")
+            self._break(PoolClosed(f"the dask backend stopped: {exc!r}"))
+
+    def _resize(self) -> None:
+        self._sized = time.monotonic()
+        try:
+            self._threads = self._cluster_threads()
+        except Exception:  # keep the last size; a lost scheduler shows up on the tasks
+            log.debug("anypool: could not read the Dask cluster's size", exc_info=True)
+
+    def _send(self, tasks: list[Task]) -> None:
+        claimed: list[Task] = []
+        for task in tasks:
+            if self._broken is not None:
+                self.dispatch.fail_unrun(task, self._broken)
+            elif task.claim():
+                claimed.append(task)
+            else:
+                self.dispatch.discard(task)
+        if not claimed:
+            return
+        observing = self.dispatch.observing
+        keys, fns, blobs, styles, announce = [], [], [], [], []
+        for task in claimed:
+            keys.append(f"{_key_name(task.fn)}-{self._token}-{next(self._keys)}")
+            fn_blob, items_blob = task.payload
+            fns.append(fn_blob)
+            blobs.append(items_blob)
+            styles.append(task.style)
+            announce.append(self._token if observing or task.options.timeout is not None else None)
+        try:
+            futures = self._client.map(run_task, fns, blobs, styles, announce, key=keys,
+                                       plugin=self._plugin, pure=False)
+        except Exception as exc:
+            for task in claimed:
+                self.dispatch.fail_unrun(task, exc)
+            return
+        with self._cond:
+            for key, task, fut in zip(keys, claimed, futures, strict=True):
+                self._sent[key] = _Sent(task, fut)
+        for fut in futures:
+            fut.add_done_callback(self._on_done)
+
+    # -- hearing back -------------------------------------------------------------
+
+    def _on_done(self, fut: Any) -> None:
+        # on Dask's callback thread
+        with self._cond:
+            self._done.append(fut)
+            self._cond.notify()
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        # on the client's event loop: only hand over, never block it
+        msg = event[1]
+        if not isinstance(msg, (list, tuple)) or len(msg) != 3 or msg[0] != self._token:
+            return  # another pool's task on the same cluster
+        with self._cond:
+            self._notes.append(("started", str(msg[1]), str(msg[2])))
+            self._cond.notify()
+
+    def _expired(self, key: str) -> None:
+        # on the shared clock thread
+        with self._cond:
+            self._notes.append(("expired", key, ""))
+            self._cond.notify()
+
+    def _on_note(self, note: tuple[str, str, str]) -> None:
+        kind, key, worker = note
+        if kind == "started":
+            with self._cond:
+                rec = self._sent.get(key)
+                if rec is None or rec.started is not None:
+                    return  # already over
+                rec.started, rec.worker = time.time(), worker
+                timeout = rec.task.options.timeout
+                if timeout is not None:
+                    rec.deadline = clock.call_later(timeout, self._expired, key)
+            if self.dispatch.observing:
+                self.dispatch.started(rec.task, self._ws(worker))
+            return
+        with self._cond:
+            rec = self._sent.pop(key, None)
+        if rec is None:
+            return  # it finished first
+        task = rec.task
+        exc = TaskTimeout(task.options.timeout or 0.0, task.label())
+        _note(exc, "anypool: a Dask worker cannot stop a running task: it runs on in its worker "
+                   "thread until it returns, and its result is discarded")
+        rec.future.cancel()
+        started = rec.started or rec.sent
+        self.dispatch.finish(task, [Failure(exc, "timeout")], started, time.time(),
+                             self._ws(rec.worker or "-"), [0])
+
+    def _collect(self, futures: deque[Any]) -> None:
+        finished = [f for f in futures if f.status == "finished"]
+        if finished:
+            try:
+                blobs = self._client.gather(finished)
+            except Exception:  # one of them went missing meanwhile: take them one by one
+                blobs = None
+            for i, fut in enumerate(finished):
+                if blobs is None:
+                    try:
+                        blob = fut.result()
+                    except BaseException as exc:
+                        self._on_error(fut, exc)
+                        continue
+                else:
+                    blob = blobs[i]
+                self._on_result(fut.key, blob)
+        for fut in futures:
+            if fut.status == "finished":
+                continue
+            if fut.status == "cancelled":
+                self._on_error(fut, None)
+            else:
+                try:
+                    error = fut.exception()
+                except BaseException as exc:  # cancelled meanwhile
+                    error = exc
+                self._on_error(fut, error)
+
+    def _take(self, key: str) -> _Sent | None:
+        with self._cond:
+            rec = self._sent.pop(key, None)
+        if rec is not None and rec.deadline is not None:
+            rec.deadline.cancel()
+        return rec
+
+    def _on_result(self, key: str, blob: bytes) -> None:
+        rec = self._take(key)
+        if rec is None:
+            return  # timed out or killed already
+        task = rec.task
+        outcome = _loads(blob)
+        kind = outcome[0]
+        if kind == BROKEN:
+            _, packed, worker = outcome
+            cause = unpack_exception(packed)
+            err = InitializerFailed(
+                f"the worker initializer {self.config.initializer!r} raised {cause!r} on Dask worker {worker}"
+            )
+            err.__cause__ = cause
+            self._break(err)
+            self.dispatch.fail_unrun(task, err)
+            return
+        if kind == ALL:
+            _, packed, t0, t1, worker = outcome
+            exc = unpack_exception(packed)
+            results: list[Any] = [Failure(exc) for _ in task.items]
+            self.dispatch.finish(task, results, t0, t1, self._ws(worker), range(len(results)))
+            return
+        _, results, failed, t0, t1, worker = outcome
+        if failed:
+            for i in failed:
+                results[i] = Failure(unpack_exception(results[i]))
+        self.dispatch.finish(task, results, t0, t1, self._ws(worker), failed)
+
+    def _on_error(self, fut: Any, exc: BaseException | None) -> None:
+        """A Dask task that produced no outcome of ours: its worker died, or Dask dropped it."""
+        rec = self._take(fut.key)
+        if rec is None:
+            return
+        task = rec.task
+        now = time.time()
+        started = rec.started or rec.sent
+        if isinstance(exc, KilledWorker):
+            last = exc.last_worker
+            name = worker_name(getattr(last, "name", None) or getattr(last, "address", "?"))
+            if len(task.items) > 1:
+                # which item killed the worker is unknown: run the batch again in pieces
+                log.info("anypool: Dask worker %s died running %s; running it again in %d pieces",
+                         name, task.label(), min(_SPLIT, len(task.items)))
+                self._requeue_split(task)
+                return
+            pid = getattr(last, "pid", None) or None
+            address = getattr(last, "address", "?")
+            where = f"{name} ({address}, pid {pid})" if pid else f"{name} ({address})"
+            crash = WorkerCrashed(
+                f"Dask worker {where} died while running {task.label()} (killed from outside, "
+                "out of memory, or the task ended its process)", None, pid,
+            )
+            crash.__cause__ = exc
+            self.dispatch.finish(task, [Failure(crash, "crash")], started, now, self._ws(name), [0])
+            return
+        if exc is None or isinstance(exc, FutureCancelledError):
+            lost = WorkerCrashed(
+                f"the Dask cluster dropped {task.label()} (its scheduler restarted or lost this "
+                "client, or the task was cancelled from outside the pool)"
+            )
+            results: list[Any] = [Failure(lost, "crash") for _ in task.items]
+            self.dispatch.finish(task, results, started, now, self._ws(rec.worker or "-"),
+                                 range(len(results)))
+            return
+        # Dask could not run run_task at all (anypool missing on the worker, say)
+        tb = fut.traceback()
+        text = "".join(traceback.format_exception(type(exc), exc, tb)) if tb is not None else repr(exc)
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("anypool"):
+            _note(exc, "anypool: every Dask worker needs anypool installed (pip install anypool)")
+        exc.__cause__ = RemoteTraceback(text)
+        results = [Failure(exc) for _ in task.items]
+        self.dispatch.finish(task, results, started, now, self._ws(rec.worker or "-"),
+                             range(len(results)))
+
+    def _requeue_split(self, task: Task) -> None:
+        n = len(task.items)
+        size = -(-n // _SPLIT)
+        parts = [task.subtask(i, task.items[i:i + size]) for i in range(0, n, size)]
+        units: list[Task] = []
+        for part in parts:
+            units.extend(self._prepare(part))
+        with self._cond:
+            self.pending.extendleft(reversed(units))
+
+    def _ws(self, name: str) -> WorkerStats:
+        ws = self._workers.get(name)
+        if ws is None:
+            ws = self._workers[name] = self.dispatch.stats.worker(name)
+        return ws
+
+    # -- breaking and stopping ------------------------------------------------------
+
+    def _break(self, err: BaseException) -> None:
+        with self._cond:
+            if self._broken is not None:
+                return
+            self._broken = err
+            waiting = list(self.pending)
+            self.pending.clear()
+        self.dispatch.broken(err)
+        for task in waiting:
+            self.dispatch.fail_unrun(task, err)
+
+    def cancel_pending(self) -> None:
+        """Cancel every task not yet handed to the scheduler."""
+        with self._cond:
+            waiting = list(self.pending)
+            self.pending.clear()
+        for task in waiting:
+            self.dispatch.cancel(task)
+
+    def shutdown(self, wait: bool = True, kill: bool = False) -> None:
+        self._closed = True
+        if kill:
+            self.cancel_pending()
+            with self._cond:
+                running = list(self._sent.values())
+                self._sent.clear()
+            if running:
+                try:
+                    self._client.cancel([r.future for r in running])
+                except Exception:
+                    log.debug("anypool: could not cancel Dask tasks", exc_info=True)
+            exc = PoolClosed("the pool was shut down with kill=True while this task was on the Dask "
+                             "cluster (a running Dask task finishes in its worker thread, unheard)")
+            for rec in running:
+                if rec.deadline is not None:
+                    rec.deadline.cancel()
+                self.dispatch.fail_unrun(rec.task, exc, "cancelled")
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0 if kill else None)
+        self._close_client()
+
+    def _close_client(self) -> None:
+        client, cluster = self._client, self._cluster
+        try:
+            if self._cluster is None:  # leave a shared cluster as we found it
+                client.unsubscribe_topic(STARTED_TOPIC)
+                client.unregister_worker_plugin(self._plugin)
+        except Exception:
+            log.debug("anypool: could not remove the worker plugin", exc_info=True)
+        try:
+            client.close()
+        except Exception:
+            log.debug("anypool: could not close the Dask client", exc_info=True)
+        if cluster is not None:
+            try:
+                cluster.close()
+            except Exception:
+                log.debug("anypool: could not close the local Dask cluster", exc_info=True)
+
+
+def _open_client(address: str, kwargs: dict[str, Any]) -> Any:
+    """``Client(address, **kwargs)``, without leaking its event-loop thread when it fails.
+
+    A ``Client`` that cannot connect raises from its constructor and leaves
+    the event-loop thread it started running (distributed 2026.8), one more
+    thread for every failed attempt; keeping hold of the object lets us stop it.
+    """
+    client = Client.__new__(Client)
+    try:
+        client.__init__(address, **kwargs)
+    except BaseException:
+        runner = getattr(client, "_loop_runner", None)
+        if runner is not None:
+            try:
+                runner.stop()
+            except Exception:
+                log.debug("anypool: could not stop a failed Dask client's loop", exc_info=True)
+        raise
+    return client
+
+
+def _check_config(config: BackendConfig) -> None:
+    unknown = sorted(set(config.extra) - set(OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) for the dask backend: {', '.join(unknown)} "
+            f"(it takes {', '.join(OPTIONS)} besides the pool's own)"
+        )
+    for name, hint in (
+        ("max_tasks_per_worker", "Dask replaces its workers itself: `dask worker --lifetime`"),
+        ("max_memory_per_worker", "Dask watches worker memory itself: `dask worker --memory-limit`"),
+        ("start_method", "Dask starts its own worker processes"),
+    ):
+        if getattr(config, name) is not None:
+            raise ValueError(f"{name}= does not apply to the dask backend ({hint})")
+    if config.address is not None and not isinstance(config.address, str):
+        raise TypeError(f"address must be a Dask scheduler address such as 'tcp://host:8786', "
+                        f"not {config.address!r}")
+    timeout = config.extra.get("connect_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout <= 0):
+        raise ValueError(f"connect_timeout must be a positive number of seconds, not {timeout!r}")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def _key_name(fn: Any) -> str:
+    """The task-name prefix Dask shows for ``fn`` (its dashboard groups tasks by it)."""
+    return _UNSAFE.sub("_", fn_name(fn)).strip("_") or "task"
+
+
+def _loads(blob: bytes) -> Any:
+    from ..serialize import loads
+
+    try:
+        return loads(blob)
+    except Exception as exc:  # a result class the client cannot import, say
+        err = TaskError(type(exc).__name__, f"the task's outcome could not be unpickled here: {exc}")
+        return (ALL, (err, "anypool.TaskError", str(err), ""), time.time(), time.time(), "-")
+
+
+def _note(exc: BaseException, note: str) -> None:
+    try:
+        exc.add_note(note)
+    except AttributeError:  # Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
