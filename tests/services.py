@@ -125,7 +125,7 @@ class DaskCluster:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + 3.0  # a worker may be running an abandoned task
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))

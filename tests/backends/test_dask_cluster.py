@@ -11,6 +11,7 @@ reaches the scheduler, per-worker state, loopback-only sockets, the errors.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,11 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 30.0) -> list[int]:
                 return lines
         time.sleep(0.02)
     raise AssertionError(f"{path} did not get {n} line(s) in {timeout} s")
+
+
+def _io_loops() -> int:
+    """How many Dask client event-loop threads are running in this process."""
+    return sum(t.name == "IO loop" for t in threading.enumerate())
 
 
 # -- an existing cluster (address=) -------------------------------------------------
@@ -180,13 +186,50 @@ class TestScheduling:
         assert kinds[1][1] == kinds[2][1]
 
 
+class TestShutdown:
+    def test_kill_fails_what_is_on_the_cluster_at_once(self, dask_cluster: DaskCluster) -> None:
+        pool = anypool.Pool("dask", 2, address=dask_cluster.address)
+        running = [pool.submit(tasks.sleep, 2, i) for i in range(2)]
+        queued = [pool.submit(tasks.sleep, 2, i) for i in range(4)]
+        time.sleep(0.3)
+        t = time.monotonic()
+        pool.shutdown(kill=True)
+        assert time.monotonic() - t < 3
+        for f in running:
+            with pytest.raises(anypool.PoolClosed, match="kill=True"):
+                f.result(5)
+        assert all(f.cancelled() for f in queued)
+
+    @pytest.mark.timeout(90)
+    def test_a_lost_scheduler_fails_the_running_tasks_then_breaks_the_pool(self, tmp_path: Path) -> None:
+        loops_before = _io_loops()
+        cluster = DaskCluster(tmp_path, nworkers=1, nthreads=1)
+        try:
+            pool = anypool.Pool("dask", address=cluster.address, connect_timeout=2)
+            running = pool.submit(tasks.sleep, 30, "never")
+            time.sleep(0.5)
+            os.kill(cluster.scheduler.pid, signal.SIGKILL)
+            with pytest.raises(anypool.WorkerCrashed, match="lost the connection to the scheduler"):
+                running.result(30)
+            deadline = time.monotonic() + 30
+            with pytest.raises(anypool.BrokenPool, match="lost its Dask scheduler"):  # noqa: PT012
+                while time.monotonic() < deadline:
+                    pool.submit(tasks.square, 2).exception(30)
+                    time.sleep(0.2)
+            t = time.monotonic()
+            pool.shutdown()
+            assert time.monotonic() - t < 5
+        finally:
+            cluster.stop()
+        assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
+
+
 class TestErrors:
     def test_an_unreachable_scheduler_is_a_connection_error_and_leaks_nothing(self) -> None:
-        before = threading.active_count()
+        before = _io_loops()
         with pytest.raises(ConnectionError, match=r"cannot connect to the Dask scheduler at 'tcp://127.0.0.1:9'"):
             anypool.Pool("dask", address="tcp://127.0.0.1:9", connect_timeout=1)
-        time.sleep(0.2)
-        assert threading.active_count() <= before
+        assert _io_loops() <= before, "the failed Dask client left its event loop running"
 
     def test_options_dask_cannot_honour_are_refused(self) -> None:
         with pytest.raises(TypeError, match=r"unknown option.*dask backend: secrity"):
@@ -308,3 +351,46 @@ class TestLocalCluster:
             assert pool.submit(tasks.get_state, "missing").result(60) is None
         assert pool.stats.crashed == 1
         assert pool.stats.failed == 0
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    """A self-signed certificate (its own CA) and key, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=anypool-test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return {"cert": str(cert), "key": str(key)}
+
+
+class TestSecurity:
+    @pytest.mark.timeout(90)
+    def test_a_tls_cluster_runs_tasks_and_refuses_clients_without_certificates(
+        self, tls_files: dict[str, str]
+    ) -> None:
+        from distributed import Security
+
+        cert, key = tls_files["cert"], tls_files["key"]
+        security = Security(
+            tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key,
+            tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key,
+            require_encryption=True,
+        )
+        with anypool.Pool("dask", 1, security=security) as pool:
+            address = repr(pool).split("local cluster ")[1].split(",")[0]
+            assert address.startswith("tls://127.0.0.1:")
+            assert pool.submit(tasks.square, 5).result(60) == 25
+            with pytest.raises(ValueError, match="speaks TLS: pass security="):
+                anypool.Pool("dask", address=address)
+            with pytest.raises(ConnectionError, match="cannot connect"):
+                anypool.Pool("dask", address=address.replace("tls://", "tcp://"), connect_timeout=2)
+            with anypool.Pool("dask", address=address, security=security) as other:
+                assert list(other.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
+
+    def test_security_true_is_for_the_local_cluster_only(self) -> None:
+        with pytest.raises(ValueError, match="security=True makes throw-away certificates"):
+            anypool.Pool("dask", address="tcp://127.0.0.1:9", security=True)

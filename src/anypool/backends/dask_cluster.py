@@ -57,6 +57,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import math
 import multiprocessing
 import re
 import threading
@@ -73,7 +74,15 @@ from distributed.client import FutureCancelledError
 
 from .. import clock
 from ..dispatch import fn_name
-from ..errors import InitializerFailed, PoolClosed, SerializationError, TaskError, TaskTimeout, WorkerCrashed
+from ..errors import (
+    BrokenPool,
+    InitializerFailed,
+    PoolClosed,
+    SerializationError,
+    TaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from ..serialize import RemoteTraceback, dumps, dumps_callable, explain_args, explain_item, unpack_exception
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig, default_workers
@@ -97,6 +106,8 @@ OPTIONS = ("security", "connect_timeout")
 _FN_CACHE = 256  # callables whose pickles are kept, so repeated submits pickle them once
 _SPLIT = 8  # a batch that lost its worker is run again as this many pieces
 _REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and go)
+_QUEUED_SECONDS = 0.05  # work queued at the scheduler behind each busy thread, in measured task time
+_MAX_AHEAD = 32  # Dask tasks queued per thread at most (the scheduler's memory, cancellability)
 
 
 class _Sent:
@@ -151,6 +162,7 @@ class DaskBackend(Backend):
         self._sent: dict[str, _Sent] = {}  # Dask key -> what it runs
         self._fns: OrderedDict[Any, bytes] = OrderedDict()
         self._workers: dict[str, WorkerStats] = {}
+        self._per_task: float | None = None  # moving average of one Dask task's run time
         self._stopping = False
         self._closed = False
         self._broken: BaseException | None = None
@@ -191,6 +203,11 @@ class DaskBackend(Backend):
                 raise
         if self._security is not None:
             kwargs["security"] = self._security
+        elif address.startswith("tls://"):
+            raise ValueError(
+                f"the scheduler at {address!r} speaks TLS: pass security=distributed.Security(...) "
+                "with the cluster's CA and a client certificate (docs/dask.md)"
+            )
         try:
             return _open_client(address, kwargs)
         except OSError as exc:
@@ -232,15 +249,31 @@ class DaskBackend(Backend):
         return max(1, self._threads)
 
     def _limit(self) -> int:
-        """How many Dask tasks this pool may have at the scheduler at once."""
+        """How many Dask tasks this pool may have at the scheduler at once.
+
+        One per worker thread, plus some queued behind each so no thread
+        waits for the round trip to this client: as many as fill
+        ``_QUEUED_SECONDS`` of measured task time, at most ``_MAX_AHEAD``.
+        Slow tasks get one queued each, so they stay here, cancellable,
+        until a thread is about to be free.
+        """
         if self._cluster is None and self.config.workers:
             return self.config.workers  # a share of someone's cluster: a hard cap
-        return 2 * max(1, self._threads)
+        threads = max(1, self._threads)
+        per = self._per_task
+        if per is None or per >= _QUEUED_SECONDS:
+            return 2 * threads
+        return threads * (1 + min(_MAX_AHEAD, math.ceil(_QUEUED_SECONDS / per)))
+
+    def _where(self) -> str:
+        if self._cluster is not None:
+            return f"local cluster {self._cluster.scheduler_address}"
+        return str(self.config.address)
 
     def describe(self) -> str:
         if self._cluster is not None:
-            return f"dask (local cluster {self._cluster.scheduler_address}, {self.workers} worker processes)"
-        return f"dask ({self.config.address}, {self.workers} threads)"
+            return f"dask ({self._where()}, {self.workers} worker processes)"
+        return f"dask ({self._where()}, {self.workers} threads)"
 
     # -- submitting -------------------------------------------------------------
 
@@ -315,9 +348,10 @@ class DaskBackend(Backend):
                                or (self.pending and len(self._sent) < self._limit())):
                         if self._stopping:
                             return
-                        self._cond.wait(_REFRESH if self.pending else None)
-                        if self.pending and time.monotonic() - self._sized > _REFRESH:
-                            break  # a full cluster may have grown: look again
+                        busy = self.pending or self._sent
+                        if busy and time.monotonic() - self._sized > _REFRESH:
+                            break  # look at the cluster: grown? still there?
+                        self._cond.wait(_REFRESH if busy else None)
                     done, self._done = self._done, deque()
                     notes, self._notes = self._notes, deque()
                     room = self._limit() - len(self._sent)
@@ -329,13 +363,19 @@ class DaskBackend(Backend):
                 if sends:
                     self._send(sends)
                 if time.monotonic() - self._sized > _REFRESH:
-                    self._resize()
-        except BaseException as exc:  # a bug or a dead client: fail what waits, refuse what comes
+                    self._check_cluster()
+        except BaseException as exc:  # a bug: fail what waits, refuse what comes
             log.exception("anypool: the dask backend's thread failed")
-            self._break(PoolClosed(f"the dask backend stopped: {exc!r}"))
+            self._lost(PoolClosed(f"the dask backend stopped: {exc!r}"))
 
-    def _resize(self) -> None:
+    def _check_cluster(self) -> None:
+        """Every ``_REFRESH`` seconds while busy: the cluster's size, and whether it is still there."""
         self._sized = time.monotonic()
+        if self._client.status in ("closing", "closed"):
+            # Dask gave up reconnecting: what it still holds will never be reported
+            self._lost(BrokenPool(f"the pool lost its Dask scheduler ({self._where()}) and could "
+                                  "not reconnect"))
+            return
         try:
             self._threads = self._cluster_threads()
         except Exception:  # keep the last size; a lost scheduler shows up on the tasks
@@ -367,6 +407,8 @@ class DaskBackend(Backend):
         except Exception as exc:
             for task in claimed:
                 self.dispatch.fail_unrun(task, exc)
+            if self._client.status in ("closing", "closed"):
+                self._lost(BrokenPool(f"the pool lost its Dask scheduler ({self._where()}): {exc!r}"))
             return
         with self._cond:
             for key, task, fut in zip(keys, claimed, futures, strict=True):
@@ -425,13 +467,15 @@ class DaskBackend(Backend):
                              self._ws(rec.worker or "-"), [0])
 
     def _collect(self, futures: deque[Any]) -> None:
-        finished = [f for f in futures if f.status == "finished"]
-        if finished:
+        # "lost": it finished, then the worker holding its result died; Dask
+        # recomputes it for us, so it is fetched like the others (and waited for)
+        ready = [f for f in futures if f.status not in ("error", "cancelled")]
+        if ready:
             try:
-                blobs = self._client.gather(finished)
-            except Exception:  # one of them went missing meanwhile: take them one by one
+                blobs = self._client.gather(ready)
+            except Exception:  # one of them failed meanwhile: take them one by one
                 blobs = None
-            for i, fut in enumerate(finished):
+            for i, fut in enumerate(ready):
                 if blobs is None:
                     try:
                         blob = fut.result()
@@ -442,11 +486,14 @@ class DaskBackend(Backend):
                     blob = blobs[i]
                 self._on_result(fut.key, blob)
         for fut in futures:
-            if fut.status == "finished":
-                continue
             if fut.status == "cancelled":
-                self._on_error(fut, None)
-            else:
+                try:
+                    fut.result()  # raises Dask's reason for the cancellation
+                except BaseException as exc:
+                    self._on_error(fut, exc)
+                else:
+                    self._on_error(fut, None)
+            elif fut.status == "error":
                 try:
                     error = fut.exception()
                 except BaseException as exc:  # cancelled meanwhile
@@ -484,6 +531,9 @@ class DaskBackend(Backend):
             self.dispatch.finish(task, results, t0, t1, self._ws(worker), range(len(results)))
             return
         _, results, failed, t0, t1, worker = outcome
+        took = max(t1 - t0, 1e-6)
+        per = self._per_task
+        self._per_task = took if per is None else 0.8 * per + 0.2 * took
         if failed:
             for i in failed:
                 results[i] = Failure(unpack_exception(results[i]))
@@ -517,9 +567,10 @@ class DaskBackend(Backend):
             self.dispatch.finish(task, [Failure(crash, "crash")], started, now, self._ws(name), [0])
             return
         if exc is None or isinstance(exc, FutureCancelledError):
+            why = getattr(exc, "msg", None) or getattr(exc, "reason", None) or "no reason given"
             lost = WorkerCrashed(
-                f"the Dask cluster dropped {task.label()} (its scheduler restarted or lost this "
-                "client, or the task was cancelled from outside the pool)"
+                f"the Dask cluster dropped {task.label()}: {why} (the scheduler restarted or lost "
+                "this client, or the task was cancelled from outside the pool)"
             )
             results: list[Any] = [Failure(lost, "crash") for _ in task.items]
             self.dispatch.finish(task, results, started, now, self._ws(rec.worker or "-"),
@@ -564,6 +615,17 @@ class DaskBackend(Backend):
         for task in waiting:
             self.dispatch.fail_unrun(task, err)
 
+    def _lost(self, err: BaseException) -> None:
+        """The cluster is gone: break the pool and fail everything waiting or in flight."""
+        self._break(err)
+        with self._cond:
+            running = list(self._sent.values())
+            self._sent.clear()
+        for rec in running:
+            if rec.deadline is not None:
+                rec.deadline.cancel()
+            self.dispatch.fail_unrun(rec.task, err)
+
     def cancel_pending(self) -> None:
         """Cancel every task not yet handed to the scheduler."""
         with self._cond:
@@ -605,10 +667,7 @@ class DaskBackend(Backend):
                 client.unregister_worker_plugin(self._plugin)
         except Exception:
             log.debug("anypool: could not remove the worker plugin", exc_info=True)
-        try:
-            client.close()
-        except Exception:
-            log.debug("anypool: could not close the Dask client", exc_info=True)
+        _close(client)
         if cluster is not None:
             try:
                 cluster.close()
@@ -627,14 +686,29 @@ def _open_client(address: str, kwargs: dict[str, Any]) -> Any:
     try:
         client.__init__(address, **kwargs)
     except BaseException:
-        runner = getattr(client, "_loop_runner", None)
-        if runner is not None:
-            try:
-                runner.stop()
-            except Exception:
-                log.debug("anypool: could not stop a failed Dask client's loop", exc_info=True)
+        _close(client)
         raise
     return client
+
+
+def _close(client: Any) -> None:
+    """Close a Dask client and stop its event-loop thread.
+
+    ``Client.close()`` does nothing to a client that closed itself (it gave
+    up reconnecting to a lost scheduler, or failed to connect at all), and
+    that leaves its event-loop thread running; its loop runner is stopped
+    here in that case.
+    """
+    try:
+        client.close()
+    except Exception:
+        log.debug("anypool: could not close the Dask client", exc_info=True)
+    runner = getattr(client, "_loop_runner", None)
+    try:
+        if runner is not None and runner.is_started():
+            runner.stop()
+    except Exception:
+        log.debug("anypool: could not stop a Dask client's event loop", exc_info=True)
 
 
 def _check_config(config: BackendConfig) -> None:
@@ -654,6 +728,9 @@ def _check_config(config: BackendConfig) -> None:
     if config.address is not None and not isinstance(config.address, str):
         raise TypeError(f"address must be a Dask scheduler address such as 'tcp://host:8786', "
                         f"not {config.address!r}")
+    if config.extra.get("security") is True and config.address is not None:
+        raise ValueError("security=True makes throw-away certificates for a local cluster; for a "
+                         "cluster at address= pass distributed.Security(...) with its certificates")
     timeout = config.extra.get("connect_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or timeout <= 0):
