@@ -134,7 +134,9 @@ class TestScheduling:
         from distributed import Client
 
         def ours(dask_scheduler: Any, prefix: str) -> int:
-            return sum(1 for k in dask_scheduler.tasks if str(k).startswith(prefix))
+            # waiting or running; a finished one lingers until the client's release arrives
+            return sum(1 for k, ts in dask_scheduler.tasks.items()
+                       if str(k).startswith(prefix) and ts.state not in ("memory", "released", "forgotten"))
 
         peak = 0
         with Client(dask_cluster.address, set_as_default=False) as client, \
