@@ -128,6 +128,41 @@ class TestSessionCluster:
         assert {ip for ip, _ in sockets} == {"127.0.0.1"}, sockets
 
 
+class TestPacking:
+    def test_cheap_submits_share_dask_tasks(self, dask_cluster: DaskCluster) -> None:
+        """Once a callable is measured cheap, submit() calls travel several to a Dask task."""
+        from distributed import Client
+
+        def ran(dask_scheduler: Any, prefix: str) -> int:
+            # Dask counts, per task-name prefix, every task that ever reached memory
+            tp = dask_scheduler.task_prefixes.get(prefix)
+            return 0 if tp is None else int(tp.state_counts["memory"])
+
+        with anypool.Pool("dask", address=dask_cluster.address) as pool, \
+                Client(dask_cluster.address, set_as_default=False) as client:
+            before = client.run_on_scheduler(ran, prefix="add")
+            assert pool.submit(tasks.add, 1, 2).result(30) == 3  # measured now
+            futs = [pool.submit(tasks.add, i, c=1) for i in range(2000)]
+            assert [f.result(30) for f in futs] == [i + 1 for i in range(2000)]
+            dask_tasks = client.run_on_scheduler(ran, prefix="add") - before
+        assert 2 <= dask_tasks <= 500, dask_tasks
+        assert pool.stats.done == 2001
+
+    @pytest.mark.timeout(90)
+    def test_a_packed_call_that_kills_its_worker_fails_alone(self, dask_cluster: DaskCluster) -> None:
+        # one Dask task at a time, so no neighbour shares the worker the bad call kills
+        with anypool.Pool("dask", 1, address=dask_cluster.address) as pool:
+            assert pool.submit(tasks.crash_if, 1, -1).result(30) == 1  # measured: cheap
+            futs = [pool.submit(tasks.crash_if, i, 150) for i in range(200)]
+            outcomes = [f.exception(60) for f in futs]
+        assert [i for i, e in enumerate(outcomes) if e is not None] == [150]
+        assert isinstance(outcomes[150], anypool.WorkerCrashed)
+        assert [f.result() for i, f in enumerate(futs) if i != 150] == [i for i in range(200) if i != 150]
+        assert pool.stats.failed == 1
+        assert pool.stats.done == 200
+        dask_cluster.wait_for_workers(2)
+
+
 class TestScheduling:
     def test_the_scheduler_never_holds_more_than_the_pool_allows(self, dask_cluster: DaskCluster) -> None:
         """workers=2 on a shared cluster: at most 2 of this pool's tasks reach the scheduler at once."""

@@ -65,7 +65,7 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import distributed
@@ -108,20 +108,31 @@ _SPLIT = 8  # a batch that lost its worker is run again as this many pieces
 _REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and go)
 _QUEUED_SECONDS = 0.05  # work queued at the scheduler behind each busy thread, in measured task time
 _MAX_AHEAD = 32  # Dask tasks queued per thread at most (the scheduler's memory, cancellability)
+_MAX_PACK = 256  # submit() calls packed into one Dask task at most
 
 
 class _Sent:
-    """A Dask task in flight for one ``Task`` (owned by the pool's thread, guarded by its lock)."""
+    """A Dask task in flight (owned by the pool's thread, guarded by its lock).
 
-    __slots__ = ("deadline", "future", "sent", "started", "task", "worker")
+    It runs ``task`` (one call, or a batch of map items), or, when ``pack``
+    is set, several single calls packed into one Dask task (``task`` is the
+    first of them).
+    """
 
-    def __init__(self, task: Task, future: Any) -> None:
+    __slots__ = ("deadline", "future", "pack", "sent", "started", "task", "worker")
+
+    def __init__(self, task: Task, future: Any, pack: list[Task] | None = None) -> None:
         self.task = task
+        self.pack = pack
         self.future = future
         self.sent = time.time()
         self.started: float | None = None
         self.worker: str | None = None
         self.deadline: clock.Handle | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.pack or [self.task]
 
 
 class DaskBackend(Backend):
@@ -163,6 +174,8 @@ class DaskBackend(Backend):
         self._fns: OrderedDict[Any, bytes] = OrderedDict()
         self._workers: dict[str, WorkerStats] = {}
         self._per_task: float | None = None  # moving average of one Dask task's run time
+        self._cost: OrderedDict[bytes, float] = OrderedDict()  # callable's pickle -> seconds per call
+        self._solo: set[int] = set()  # ids of calls whose pack lost its worker: never packed again
         self._stopping = False
         self._closed = False
         self._broken: BaseException | None = None
@@ -354,8 +367,7 @@ class DaskBackend(Backend):
                         self._cond.wait(_REFRESH if busy else None)
                     done, self._done = self._done, deque()
                     notes, self._notes = self._notes, deque()
-                    room = self._limit() - len(self._sent)
-                    sends = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+                    sends = self._take_pending(self._limit() - len(self._sent))
                 for note in notes:
                     self._on_note(note)
                 if done:
@@ -381,38 +393,74 @@ class DaskBackend(Backend):
         except Exception:  # keep the last size; a lost scheduler shows up on the tasks
             log.debug("anypool: could not read the Dask cluster's size", exc_info=True)
 
-    def _send(self, tasks: list[Task]) -> None:
-        claimed: list[Task] = []
-        for task in tasks:
-            if self._broken is not None:
-                self.dispatch.fail_unrun(task, self._broken)
-            elif task.claim():
-                claimed.append(task)
-            else:
-                self.dispatch.discard(task)
+    def _take_pending(self, room: int) -> list[list[Task]]:
+        """Up to ``room`` Dask tasks' worth of pending work (caller holds the lock).
+
+        Single calls of a cheap callable (its measured time per call well
+        under ``batch_seconds``) go several to one Dask task, as ``map``
+        items do, so Dask's per-task cost is paid once per pack.  A pack
+        holds consecutive calls with the same callable and options, and is
+        kept small enough to leave at least two packs per worker thread.
+        """
+        pending = self.pending
+        units: list[list[Task]] = []
+        while room > 0 and pending:
+            first = pending.popleft()
+            unit = [first]
+            cost = self._cost.get(first.payload[0]) if first.future is not None else None
+            if (cost is not None and pending and first.options.timeout is None
+                    and first.id not in self._solo):
+                fair = len(pending) // (2 * max(1, self._threads))
+                limit = min(_MAX_PACK, fair, int(self.batch_seconds / max(cost, 1e-7)))
+                fn_blob, options = first.payload[0], first.options
+                while len(unit) < limit and pending:
+                    nxt = pending[0]
+                    if (nxt.future is None or nxt.payload[0] is not fn_blob or nxt.options is not options
+                            or nxt.id in self._solo):
+                        break
+                    unit.append(pending.popleft())
+            units.append(unit)
+            room -= 1
+        return units
+
+    def _send(self, units: list[list[Task]]) -> None:
+        claimed: list[list[Task]] = []
+        for unit in units:
+            mine = []
+            for task in unit:
+                if self._broken is not None:
+                    self.dispatch.fail_unrun(task, self._broken)
+                elif task.claim():
+                    mine.append(task)
+                else:
+                    self.dispatch.discard(task)
+            if mine:
+                claimed.append(mine)
         if not claimed:
             return
         observing = self.dispatch.observing
         keys, fns, blobs, styles, announce = [], [], [], [], []
-        for task in claimed:
+        for unit in claimed:
+            task = unit[0]
             keys.append(f"{_key_name(task.fn)}-{self._token}-{next(self._keys)}")
             fn_blob, items_blob = task.payload
             fns.append(fn_blob)
-            blobs.append(items_blob)
+            blobs.append(items_blob if len(unit) == 1 else [t.payload[1] for t in unit])
             styles.append(task.style)
             announce.append(self._token if observing or task.options.timeout is not None else None)
         try:
             futures = self._client.map(run_task, fns, blobs, styles, announce, key=keys,
                                        plugin=self._plugin, pure=False)
         except Exception as exc:
-            for task in claimed:
-                self.dispatch.fail_unrun(task, exc)
+            for unit in claimed:
+                for task in unit:
+                    self.dispatch.fail_unrun(task, exc)
             if self._client.status in ("closing", "closed"):
                 self._lost(BrokenPool(f"the pool lost its Dask scheduler ({self._where()}): {exc!r}"))
             return
         with self._cond:
-            for key, task, fut in zip(keys, claimed, futures, strict=True):
-                self._sent[key] = _Sent(task, fut)
+            for key, unit, fut in zip(keys, claimed, futures, strict=True):
+                self._sent[key] = _Sent(unit[0], fut, unit if len(unit) > 1 else None)
         for fut in futures:
             fut.add_done_callback(self._on_done)
 
@@ -448,10 +496,12 @@ class DaskBackend(Backend):
                     return  # already over
                 rec.started, rec.worker = time.time(), worker
                 timeout = rec.task.options.timeout
-                if timeout is not None:
+                if timeout is not None and rec.pack is None:
                     rec.deadline = clock.call_later(timeout, self._expired, key)
             if self.dispatch.observing:
-                self.dispatch.started(rec.task, self._ws(worker))
+                ws = self._ws(worker)
+                for task in rec.tasks:
+                    self.dispatch.started(task, ws)
             return
         with self._cond:
             rec = self._sent.pop(key, None)
@@ -503,15 +553,34 @@ class DaskBackend(Backend):
     def _take(self, key: str) -> _Sent | None:
         with self._cond:
             rec = self._sent.pop(key, None)
-        if rec is not None and rec.deadline is not None:
-            rec.deadline.cancel()
+        if rec is not None:
+            if rec.deadline is not None:
+                rec.deadline.cancel()
+            if self._solo and rec.pack is None:
+                self._solo.discard(rec.task.id)
         return rec
+
+    def _report(self, rec: _Sent, results: list[Any], failed: Sequence[int] | None,
+                t0: float, t1: float, worker: str) -> None:
+        """Hand every item's value or ``Failure`` to the dispatcher."""
+        ws = self._ws(worker)
+        if rec.pack is None:
+            self.dispatch.finish(rec.task, results, t0, t1, ws, failed)
+            return
+        step = (t1 - t0) / len(rec.pack)  # the calls ran one after the other
+        for i, task in enumerate(rec.pack):
+            self.dispatch.finish_one(task, results[i], t0 + i * step, t0 + (i + 1) * step, ws)
+
+    def _fail(self, rec: _Sent, exc: BaseException, kind: str, t0: float, t1: float,
+              worker: str) -> None:
+        """Fail every item ``rec`` ran with ``exc``."""
+        n = sum(len(t.items) for t in rec.tasks)
+        self._report(rec, [Failure(exc, kind) for _ in range(n)], range(n), t0, t1, worker)
 
     def _on_result(self, key: str, blob: bytes) -> None:
         rec = self._take(key)
         if rec is None:
             return  # timed out or killed already
-        task = rec.task
         outcome = _loads(blob)
         kind = outcome[0]
         if kind == BROKEN:
@@ -522,22 +591,32 @@ class DaskBackend(Backend):
             )
             err.__cause__ = cause
             self._break(err)
-            self.dispatch.fail_unrun(task, err)
+            for task in rec.tasks:
+                self.dispatch.fail_unrun(task, err)
             return
         if kind == ALL:
             _, packed, t0, t1, worker = outcome
-            exc = unpack_exception(packed)
-            results: list[Any] = [Failure(exc) for _ in task.items]
-            self.dispatch.finish(task, results, t0, t1, self._ws(worker), range(len(results)))
+            self._fail(rec, unpack_exception(packed), "error", t0, t1, worker)
             return
         _, results, failed, t0, t1, worker = outcome
-        took = max(t1 - t0, 1e-6)
-        per = self._per_task
-        self._per_task = took if per is None else 0.8 * per + 0.2 * took
+        self._measure(rec, len(results), t1 - t0)
         if failed:
             for i in failed:
                 results[i] = Failure(unpack_exception(results[i]))
-        self.dispatch.finish(task, results, t0, t1, self._ws(worker), failed)
+        self._report(rec, results, failed, t0, t1, worker)
+
+    def _measure(self, rec: _Sent, items: int, took: float) -> None:
+        """Learn how long a Dask task, and one call of its callable, take (for limits and packs)."""
+        took = max(took, 1e-7)
+        per = self._per_task
+        self._per_task = took if per is None else 0.8 * per + 0.2 * took
+        fn_blob = rec.task.payload[0]
+        per_call = took / max(1, items)
+        old = self._cost.get(fn_blob)
+        self._cost[fn_blob] = per_call if old is None else 0.8 * old + 0.2 * per_call
+        self._cost.move_to_end(fn_blob)
+        if len(self._cost) > _FN_CACHE:
+            self._cost.popitem(last=False)
 
     def _on_error(self, fut: Any, exc: BaseException | None) -> None:
         """A Dask task that produced no outcome of ours: its worker died, or Dask dropped it."""
@@ -550,6 +629,15 @@ class DaskBackend(Backend):
         if isinstance(exc, KilledWorker):
             last = exc.last_worker
             name = worker_name(getattr(last, "name", None) or getattr(last, "address", "?"))
+            if rec.pack is not None:
+                # which call killed the worker is unknown: run each again, on its own
+                log.info("anypool: Dask worker %s died running %d packed calls; running them again "
+                         "one by one", name, len(rec.pack))
+                with self._cond:
+                    self._solo.update(t.id for t in rec.pack)
+                    self.pending.extendleft(reversed(rec.pack))
+                    self._cond.notify()
+                return
             if len(task.items) > 1:
                 # which item killed the worker is unknown: run the batch again in pieces
                 log.info("anypool: Dask worker %s died running %s; running it again in %d pieces",
@@ -572,9 +660,7 @@ class DaskBackend(Backend):
                 f"the Dask cluster dropped {task.label()}: {why} (the scheduler restarted or lost "
                 "this client, or the task was cancelled from outside the pool)"
             )
-            results: list[Any] = [Failure(lost, "crash") for _ in task.items]
-            self.dispatch.finish(task, results, started, now, self._ws(rec.worker or "-"),
-                                 range(len(results)))
+            self._fail(rec, lost, "crash", started, now, rec.worker or "-")
             return
         # Dask could not run run_task at all (anypool missing on the worker, say)
         tb = fut.traceback()
@@ -582,9 +668,7 @@ class DaskBackend(Backend):
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("anypool"):
             _note(exc, "anypool: every Dask worker needs anypool installed (pip install anypool)")
         exc.__cause__ = RemoteTraceback(text)
-        results = [Failure(exc) for _ in task.items]
-        self.dispatch.finish(task, results, started, now, self._ws(rec.worker or "-"),
-                             range(len(results)))
+        self._fail(rec, exc, "error", started, now, rec.worker or "-")
 
     def _requeue_split(self, task: Task) -> None:
         n = len(task.items)
@@ -595,6 +679,7 @@ class DaskBackend(Backend):
             units.extend(self._prepare(part))
         with self._cond:
             self.pending.extendleft(reversed(units))
+            self._cond.notify()
 
     def _ws(self, name: str) -> WorkerStats:
         ws = self._workers.get(name)
@@ -624,7 +709,8 @@ class DaskBackend(Backend):
         for rec in running:
             if rec.deadline is not None:
                 rec.deadline.cancel()
-            self.dispatch.fail_unrun(rec.task, err)
+            for task in rec.tasks:
+                self.dispatch.fail_unrun(task, err)
 
     def cancel_pending(self) -> None:
         """Cancel every task not yet handed to the scheduler."""
@@ -651,7 +737,8 @@ class DaskBackend(Backend):
             for rec in running:
                 if rec.deadline is not None:
                     rec.deadline.cancel()
-                self.dispatch.fail_unrun(rec.task, exc, "cancelled")
+                for task in rec.tasks:
+                    self.dispatch.fail_unrun(task, exc, "cancelled")
         with self._cond:
             self._stopping = True
             self._cond.notify()

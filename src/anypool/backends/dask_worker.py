@@ -80,8 +80,12 @@ def _packed(exc: BaseException) -> tuple[Any, ...]:
     return pack_exception(exc, 1)
 
 
-def run_task(fn_blob: bytes, items_blob: bytes, style: int, announce: str | None, plugin: str) -> bytes:
-    """Run one task (a call or a batch of map items) on this Dask worker; return its pickled outcome.
+def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announce: str | None,
+             plugin: str) -> bytes:
+    """Run one task (a call, a batch of map items, or a pack of calls) here; return its pickled outcome.
+
+    ``items_blob`` is the pickled list of items, or for a pack of ``submit``
+    calls one such pickle per call, run one after the other.
 
     The outcome is one of ``(OK, results, failed, t0, t1, worker)`` (a
     failed item's slot holds its packed exception), ``(ALL, packed, t0, t1,
@@ -104,7 +108,10 @@ def run_task(fn_blob: bytes, items_blob: bytes, style: int, announce: str | None
     t0 = time.time()
     try:
         fn = loads(fn_blob)
-        items = loads(items_blob)
+        if isinstance(items_blob, bytes):
+            items = loads(items_blob)
+        else:
+            items = [item for blob in items_blob for item in loads(blob)]
     except BaseException as exc:
         _note(exc, f"anypool: the task could not be unpickled on Dask worker {name}: are the "
                    "modules it needs installed there?")
