@@ -19,8 +19,12 @@ statistics, events.
 A ``Task`` (one ``submit`` call, or a batch of ``map`` items) is one Dask
 task: the worker side, :func:`~anypool.backends.dask_worker.run_task`, runs
 the items and returns the results, which ones failed, the batch's timing and
-the worker's name.  Arguments are pickled in the caller's thread, so one
-that cannot be sent fails in ``submit`` with the argument named.
+the worker's name.  Dask spends about 2 ms on each task, so cheap work is
+grouped: ``map`` items in batches sized by the core, and consecutive
+``submit`` calls of a callable measured cheap in *packs* (one Dask task,
+each call still its own future).  Arguments are pickled in the caller's
+thread, so one that cannot be sent fails in ``submit`` with the argument
+named.
 
 Bounded: at most ``limit`` Dask tasks are ever submitted to the scheduler by
 one pool (twice the cluster's threads, or ``workers`` when given for an
@@ -32,9 +36,10 @@ Failures, translated at this boundary:
 * a task's own exception comes back as itself, its worker traceback chained;
 * ``KilledWorker`` (the worker running the task died) becomes
   :class:`~anypool.WorkerCrashed` for a single task, which the core retries
-  if ``retries=`` allows.  A batch of ``map`` items that lost its worker is
-  run again in smaller pieces (which item killed the worker is unknown), so
-  an item that kills its worker by itself ends up failing alone;
+  if ``retries=`` allows.  A batch of ``map`` items or a pack of calls that
+  lost its worker is run again in smaller pieces (which item killed the
+  worker is unknown), so an item that kills its worker by itself ends up
+  failing alone;
 * a failed ``initializer`` breaks the pool (:class:`~anypool.InitializerFailed`).
 
 Timeouts: a Dask worker runs tasks in threads, and a running thread cannot
