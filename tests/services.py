@@ -13,7 +13,6 @@ with a parent-death signal, so nothing survives even a killed pytest.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -31,14 +30,15 @@ SERVICE_PIDS: set[int] = set()
 # metrics) on 0.0.0.0: the scheduler on :8787, workers on a random port
 LOOPBACK_HTTP = ("--no-dashboard", "--dashboard-address", "127.0.0.1:0")
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    # runs in the child between fork and exec: only async-signal-safe work here
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Run a command with a parent-death signal (Linux): it gets SIGTERM when the
+# process that started it dies, even by SIGKILL.  A launcher sets it and
+# execs the command, rather than a preexec_fn, which is unsafe with threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform == 'linux':\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 
 def under_service(p: psutil.Process) -> bool:
@@ -86,8 +86,8 @@ class DaskCluster:
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{args[0]}-{len(self.procs)}.log", "wb") as log:
             proc = subprocess.Popen(
-                [self.dask, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                [sys.executable, "-c", _DIE_WITH_PARENT, self.dask, *args], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.procs.append(proc)
         SERVICE_PIDS.add(proc.pid)
