@@ -306,6 +306,17 @@ class TestErrors:
         assert isinstance(info.value.__cause__, Exception)
         assert "only_here" in str(info.value.__cause__)
 
+    @pytest.mark.timeout(90)
+    def test_a_script_without_the_main_guard_is_told_what_to_add(self, tmp_path: Path) -> None:
+        """The local cluster's workers import the main module: without the guard they cannot start."""
+        script = tmp_path / "no_guard.py"
+        script.write_text("import anypool\n\nwith anypool.Pool('dask', 1) as pool:\n"
+                          "    pool.submit(abs, -1).result()\n")
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=80)
+        assert out.returncode != 0
+        assert "RuntimeError: could not start a local Dask cluster" in out.stderr
+        assert 'must be under `if __name__ == "__main__":`' in out.stderr
+
     def test_without_distributed_the_error_says_what_to_install(self) -> None:
         code = textwrap.dedent("""
             import sys

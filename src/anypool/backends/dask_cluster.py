@@ -26,9 +26,10 @@ each call still its own future).  Arguments are pickled in the caller's
 thread, so one that cannot be sent fails in ``submit`` with the argument
 named.
 
-Bounded: at most ``limit`` Dask tasks are ever submitted to the scheduler by
-one pool (twice the cluster's threads, or ``workers`` when given for an
-existing cluster); the rest wait here, where ``cancel()`` and
+Bounded: a pool has at most a few Dask tasks per worker thread at the
+scheduler (one running, and as many queued as fill about 50 ms of measured
+task time, at most 32), or exactly ``workers`` when that is given for an
+existing cluster (its share); the rest wait here, where ``cancel()`` and
 ``shutdown(cancel_futures=True)`` can still drop them.
 
 Failures, translated at this boundary:
@@ -215,7 +216,7 @@ class DaskBackend(Backend):
         if address is None:
             self._cluster = self._start_cluster()
             try:
-                return Client(self._cluster, **kwargs)
+                return _open_client(self._cluster, kwargs)
             except BaseException:
                 self._cluster.close()
                 raise
@@ -245,16 +246,23 @@ class DaskBackend(Backend):
         kwargs: dict[str, Any] = {}
         if self._security is not None:
             kwargs["security"] = self._security
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            worker_dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"allowed_failures": 0},
-            **kwargs,
-        )
+        try:
+            return LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                worker_dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"allowed_failures": 0},
+                **kwargs,
+            )
+        except Exception as exc:
+            raise RuntimeError(
+                f"could not start a local Dask cluster ({exc}). Its workers are new processes that "
+                "import your main module: in a script, the code that creates the pool must be under "
+                "`if __name__ == \"__main__\":`"
+            ) from exc
 
     def _cluster_threads(self) -> int:
         info = self._client.scheduler_info(n_workers=0)
@@ -767,7 +775,7 @@ class DaskBackend(Backend):
                 log.debug("anypool: could not close the local Dask cluster", exc_info=True)
 
 
-def _open_client(address: str, kwargs: dict[str, Any]) -> Any:
+def _open_client(address: Any, kwargs: dict[str, Any]) -> Any:
     """``Client(address, **kwargs)``, without leaking its event-loop thread when it fails.
 
     A ``Client`` that cannot connect raises from its constructor and leaves
