@@ -14,22 +14,21 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # `import tasks` from tests and from workers
 
 from helpers import SERVICES
+from services import DaskCluster, under_service  # needs the path above
 
 
 def _is_service(p: psutil.Process) -> bool:
-    """The fork server or resource tracker itself (a direct child), not what it forks.
-
-    Workers forked by the fork server inherit its command line, so the
-    command line alone cannot tell them apart: the parent does.
-    """
+    """A session service: the fork server or resource tracker itself (a direct child,
+    not what it forks: forked workers inherit its command line, so the parent tells
+    them apart), or the Dask cluster (or a worker it restarted)."""
+    if under_service(p):
+        return True
     try:
         cmd = " ".join(p.cmdline())
         parent = p.ppid()
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return False
-    if parent == os.getpid() and any(s in cmd for s in SERVICES):
-        return True
-    return os.environ.get("ANYPOOL_TEST_SERVICE", "\0") in cmd
+    return parent == os.getpid() and any(s in cmd for s in SERVICES)
 
 
 def _ours(before: set[int]) -> list[psutil.Process]:
@@ -74,10 +73,26 @@ def no_leaked_pool_threads() -> Iterator[None]:
     """Fail the test if a pool's manager or loop thread outlives the test."""
     yield
     deadline = time.monotonic() + 5.0
-    watched = ("anypool-process-manager", "anypool-async-loop")
+    watched = ("anypool-process-manager", "anypool-async-loop", "anypool-dask")
     while True:
         left = [t.name for t in threading.enumerate() if t.name in watched]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not left, f"pool threads left running: {left}"
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, for the session.
+
+    Started with Dask's own commands, no dashboard, the scheduler's
+    ``allowed-failures`` at 0 (so a dead worker's task reaches anypool's
+    ``retries=``), and stopped at the end with nothing left behind.
+    """
+    pytest.importorskip("distributed", reason="the dask backend needs dask.distributed")
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import itertools
 import os
 import signal
 import threading
@@ -188,3 +189,30 @@ class UnpicklableError(Exception):
 
 def raise_unpicklable(_: Any = None) -> None:
     raise UnpicklableError("holding a lock")
+
+
+def attempt_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
+    """Append this process's pid to ``path``; sleep ``seconds`` on the first attempt only.
+
+    A test waits for the first line, kills that pid, and sees the retry
+    (which appends a second line) return at once.
+    """
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    with open(path) as f:
+        attempt = sum(1 for _ in f)
+    if attempt == 1:
+        time.sleep(seconds)
+    return (value, attempt)
+
+
+def note_pid(path: str) -> None:
+    """An initializer that records, one line each, the processes it ran in."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def count_calls(_: Any = None) -> tuple[int, int]:
+    """(pid, how many times this worker's state has counted so far)."""
+    counter = anypool.worker_state().setdefault("calls", itertools.count(1))
+    return os.getpid(), next(counter)

@@ -2,7 +2,8 @@
 
 Sync backends run the sync task functions of ``tasks``; coroutine backends
 run their ``a``-prefixed async twins.  A backend that cannot run here is
-skipped with its reason, never silently dropped.
+skipped with its reason, never silently dropped.  ``dask`` runs on the
+session's real Dask cluster (the ``dask_cluster`` fixture in conftest.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -26,12 +27,14 @@ import tasks
 class Flavor:
     backend: str
     coroutines: bool
+    options: dict[str, Any] = field(default_factory=dict)
+    """Pool arguments this backend needs here (the Dask scheduler's address)."""
 
     def fn(self, name: str) -> Callable[..., Any]:
         return getattr(tasks, ("a" + name) if self.coroutines else name)
 
     def pool(self, workers: int = 2, **kw: Any) -> anypool.Pool:
-        return anypool.Pool(self.backend, workers, **kw)
+        return anypool.Pool(self.backend, workers, **self.options, **kw)
 
 
 FLAVORS = [
@@ -40,15 +43,24 @@ FLAVORS = [
     Flavor("process", False),
     Flavor("async", True),
     Flavor("process+async", True),
+    Flavor("dask", False),
 ]
+
+
+def _ready(request: pytest.FixtureRequest) -> Flavor:
+    flavor: Flavor = request.param
+    reason = anypool.available_backends().get(flavor.backend)
+    if reason:
+        pytest.skip(reason)
+    if flavor.backend == "dask":
+        cluster = request.getfixturevalue("dask_cluster")
+        return replace(flavor, options={"address": cluster.address})
+    return flavor
 
 
 @pytest.fixture(params=FLAVORS, ids=lambda f: f.backend)
 def flavor(request: pytest.FixtureRequest) -> Flavor:
-    reason = anypool.available_backends().get(request.param.backend)
-    if reason:
-        pytest.skip(reason)
-    return request.param  # type: ignore[no-any-return]
+    return _ready(request)
 
 
 CONCURRENT = [f for f in FLAVORS if f.backend != "inline"]
@@ -56,7 +68,7 @@ CONCURRENT = [f for f in FLAVORS if f.backend != "inline"]
 
 @pytest.fixture(params=CONCURRENT, ids=lambda f: f.backend)
 def concurrent(request: pytest.FixtureRequest) -> Flavor:
-    return request.param  # type: ignore[no-any-return]
+    return _ready(request)
 
 
 class TestResults:
@@ -99,10 +111,10 @@ class TestResults:
         assert isinstance(value, ValueError)
 
     def test_module_helpers_build_a_pool_for_one_call(self, flavor: Flavor) -> None:
-        assert anypool.map(flavor.fn("square"), range(20), backend=flavor.backend, workers=2) == [
-            x * x for x in range(20)
-        ]
-        it = anypool.imap(flavor.fn("square"), itertools.count(), backend=flavor.backend, workers=2)
+        assert anypool.map(flavor.fn("square"), range(20), backend=flavor.backend, workers=2,
+                           **flavor.options) == [x * x for x in range(20)]
+        it = anypool.imap(flavor.fn("square"), itertools.count(), backend=flavor.backend, workers=2,
+                          **flavor.options)
         assert list(itertools.islice(it, 10)) == [x * x for x in range(10)]
         it.close()  # type: ignore[attr-defined]
 
