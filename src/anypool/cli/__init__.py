@@ -1,4 +1,4 @@
-"""The ``anypool`` command line: ``run`` (shell commands), ``map`` (Python functions), ``joblog``.
+"""The ``anypool`` command line: ``run`` (shell commands), ``map`` (Python functions), ``joblog``, ``report``.
 
 A thin layer over the public library: each subcommand builds a
 :class:`anypool.Pool` and feeds it (``engine.py``); inputs, templates,
@@ -29,16 +29,17 @@ examples:
   anypool map json:loads ::: '[1, 2]' '{"a": 1}'
   anypool map --backend process mymodule:crunch :::: numbers.txt
   anypool joblog jobs.db
+  anypool report jobs.db -o run.html
 
 Each subcommand has its own help: anypool run --help, anypool map --help,
-anypool joblog --help.
+anypool joblog --help, anypool report --help.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with its three subcommands."""
+    """The top-level parser with its subcommands."""
     from .. import __version__
-    from . import joblog, run
+    from . import joblog, report, run
     from . import map as map_command
 
     parser = argparse.ArgumentParser(
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.configure(sub)
     map_command.configure(sub)
     joblog.configure(sub)
+    report.configure(sub)
     return parser
 
 
