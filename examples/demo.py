@@ -35,12 +35,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anypool
+from anypool.observers.recorder import Row
 
 DELAY = 0.2  # seconds the server takes to answer a request
 ROWS: list[tuple[str, str, int, float, float]] = []  # (part, backend, tasks, seconds, serial seconds)
+TIMELINE: list[Row] = []  # what the recording pools ran, for the report at the end
 
 
 # -- a slow local service ----------------------------------------------------------------
@@ -219,7 +222,7 @@ def auto_choices(port: int) -> None:
     # workers= would apply to every backend the pool uses (8 would cap the
     # coroutines at 8 too), so the defaults are kept: 10,000 coroutines,
     # one thread or process per CPU.
-    with anypool.Pool() as pool:
+    with anypool.Pool(record=True) as pool:
         for name, run in kinds:  # one kind at a time, so each is measured on its own
             t0 = time.perf_counter()
             n = len(run(pool))
@@ -227,11 +230,12 @@ def auto_choices(port: int) -> None:
             print(f"   {name:<15} {n:>6,} tasks in {time.perf_counter() - t0:5.2f} s -> {choice}")
     print("\n   print(pool.stats):")
     print("   " + str(pool.stats).replace("\n", "\n   "))
+    TIMELINE.extend(r._replace(worker=f"5 auto/{r.worker}") for r in pool.timeline())
 
 
 def faults() -> None:
     heading("6. Faults survived: a worker SIGKILLed mid-task, a retry, a hung task under timeout=")
-    with tempfile.TemporaryDirectory() as tmp, anypool.Pool("process", workers=2) as pool:
+    with tempfile.TemporaryDirectory() as tmp, anypool.Pool("process", workers=2, record=True) as pool:
         t0 = time.perf_counter()
         futures = [pool.submit(risky, i, os.path.join(tmp, "once")) for i in range(8)]
         for i, f in enumerate(futures):
@@ -256,6 +260,7 @@ def faults() -> None:
             print(f"   hung task: TaskTimeout after {time.perf_counter() - t0:.2f} s: {exc}")
         print(f"   the pool still works: {pool.submit(crunch, 1000).result()}")
         stats = pool.stats
+        TIMELINE.extend(r._replace(worker=f"6 faults/{r.worker}") for r in pool.timeline())
     print(f"   pool stats: {stats.done} done, {stats.failed} failed, {stats.crashed} crashed, "
           f"{stats.retried} retried, {stats.timed_out} timed out")
 
@@ -288,6 +293,16 @@ def main() -> None:
         auto_choices(port)
     faults()
     summary(started)
+    report()
+
+
+def report() -> None:
+    """The timeline of sections 5 and 6, one lane per worker, as a self-contained HTML file."""
+    from anypool.observers.report import write_report
+
+    path = write_report(Path(__file__).resolve().parents[1] / "artifacts" / "demo-report.html",
+                        TIMELINE, title="make demo: sections 5 (auto) and 6 (faults)")
+    print(f"\nA timeline of sections 5 and 6 (every attempt, coloured by outcome): {path}")
 
 
 if __name__ == "__main__":

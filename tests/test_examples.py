@@ -289,6 +289,12 @@ def check_demo(r: Run) -> None:
     assert 0.9 <= number(out, r"hung task: TaskTimeout after ([\d.]+) s") < 2.5
     assert "the pool still works: 2001" in out
     assert number(out, r"The whole demo took ([\d.]+) s") <= 60
+    report = re.search(r"every attempt, coloured by outcome\): (\S+demo-report\.html)", out)
+    assert report, "the demo ends by saying where its report is"
+    page = Path(report.group(1)).read_text("utf-8")
+    assert "6 faults/process-" in page  # the lanes of the faults section
+    assert '"crash"' in page
+    assert '"timeout"' in page
 
 
 # name: (check, time limit in seconds, the backend it needs beyond the core's)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -56,14 +57,33 @@ log = logging.getLogger("anypool")
 
 PROBE_SECONDS = 0.1
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
-MIN_SAMPLES = 12  # GIL sampler wake-ups needed to judge the GIL
+PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on what it has
+MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
+TINY_ITEMS = 1000  # tiny tasks seen before judging them tiny without more probing
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
                  # on a saturated, throttled machine was seen as low as 30 %)
 # sampler wake-ups delayed by the GIL, per unit of probe CPU time, above which it holds
 # the GIL (seen on a loaded machine: GIL-bound code 0.3-1.0, hashlib 0-0.1)
 GIL_HELD = 0.25
 _SAMPLE_SLEEP = 0.0002
+
+
+def _open_schedstat(tid: int) -> int | None:
+    try:
+        return os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _read_delay(fd: int | None) -> float:
+    """Run-queue seconds from an open schedstat file (0 if there is none)."""
+    if fd is None:
+        return 0.0
+    try:
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _run_delay(tid: int | None) -> float:
@@ -121,20 +141,26 @@ class Decision:
         return f"Decision({self.backend!r}, {self.reason!r})"
 
 
-def decide(cpu: float, wall: float, items: int, gil_held: float, cpus: int,
+def decide(cpu: float, wall: float, items: int, gil_held: float | None, cpus: int,
            picklable: Callable[[], str | None]) -> Decision:
-    """Turn probe measurements into a backend choice with its reason."""
+    """Turn probe measurements into a backend choice with its reason.
+
+    ``gil_held`` is None when too little was sampled to tell.
+    """
     ratio = cpu / wall if wall > 0 else 0.0
     per = wall / max(items, 1)
 
     def d(backend: str, reason: str) -> Decision:
-        return Decision(backend, reason, cpu, wall, items, gil_held)
+        return Decision(backend, reason, cpu, wall, items, gil_held or 0.0)
 
     if ratio < IO_BOUND:
         return d("thread", f"it mostly waits (CPU {ratio:.0%} of wall time)")
     if per < TINY_TASK:
         return d("thread", f"tasks are tiny ({per * 1e6:.1f} µs each): sending them to processes "
                            "would cost more than running them")
+    if gil_held is None:
+        return d("thread", f"CPU-bound, but it ran too briefly ({per * 1e6:.0f} µs a task) to tell "
+                           "whether it holds the GIL")
     if gil_held < GIL_HELD:
         return d("thread", f"CPU-bound but releases the GIL (blocked other threads "
                            f"{gil_held:.0%} of the time)")
@@ -159,19 +185,28 @@ class _GilSampler:
 
     def _run(self) -> None:
         perf, sleep = time.perf_counter, time.sleep
-        tid = threading.get_native_id()
-        while not self._stop.is_set():
-            d = _run_delay(tid)
-            t = perf()
-            sleep(_SAMPLE_SLEEP)
-            late = perf() - t - _SAMPLE_SLEEP
-            # Late for the GIL, not just for a CPU: on a busy machine a wake-up
-            # can be late by the scheduler's delay alone (measured here: all but
-            # ~0.1 ms of it is run-queue time), while a GIL wait leaves more
-            # (>= 0.6 ms seen) that the run queue does not explain.
-            if late > _SAMPLE_LATE and late - (_run_delay(tid) - d) > _UNEXPLAINED:
-                self.late += 1
-            self.samples += 1
+        # Each syscall gives up the GIL, and taking it back from a GIL-bound
+        # thread costs a 5 ms switch interval: so one pread on a descriptor
+        # kept open, once per sample, not an open/read/close pair twice.
+        fd = _open_schedstat(threading.get_native_id())
+        try:
+            before = _read_delay(fd)
+            while not self._stop.is_set():
+                t = perf()
+                sleep(_SAMPLE_SLEEP)
+                late = perf() - t - _SAMPLE_SLEEP
+                after = _read_delay(fd)
+                # Late for the GIL, not just for a CPU: on a busy machine a
+                # wake-up can be late by the scheduler's delay alone (measured
+                # here: all but ~0.1 ms of it is run-queue time), while a GIL
+                # wait leaves more (>= 0.6 ms seen) that the run queue does not explain.
+                if late > _SAMPLE_LATE and late - (after - before) > _UNEXPLAINED:
+                    self.late += 1
+                before = after
+                self.samples += 1
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     @property
     def held(self) -> float:
@@ -190,6 +225,7 @@ class _Probe:
         self.fn = fn
         self.held: deque[Task] = deque([first])
         self.lock = threading.Lock()
+        self.more = threading.Condition(self.lock)  # a task was held
         self.decided = False
         self.cpu = 0.0
         self.wall = 0.0  # wall time less the time spent waiting for a CPU
@@ -210,6 +246,7 @@ class _Probe:
             if self.decided:
                 return False
             self.held.append(task)
+            self.more.notify()
             return True
 
     def _run(self) -> None:
@@ -230,6 +267,9 @@ class _Probe:
         try:
             while True:
                 with self.lock:
+                    if not self.held and not self.decided and not self._seen_enough():
+                        # too little measured yet: a map's next batch is usually on its way
+                        self.more.wait(PROBE_IDLE)
                     if self.decided or not self.held:
                         break
                     task = self.held.popleft()
@@ -252,8 +292,7 @@ class _Probe:
                         self.wall += max(raw - delay, 1e-9)
                         self.cpu += time.thread_time() - c0
                         self.items += len(task.items)
-                    last = self.decided or not self.held or (
-                        self.wall >= PROBE_SECONDS and self._enough())
+                    last = self.decided or not self.held or self._seen_enough()
                 if last:
                     # decide before handing back this result: whoever waits for it
                     # then finds the choice already in pool.stats
@@ -265,6 +304,12 @@ class _Probe:
             bind_thread(None)
             dispatch.stats.worker_gone("probe")
             self._decide_now()
+
+    def _seen_enough(self) -> bool:
+        """Whether the measurements so far can decide (caller holds the lock)."""
+        if self.items >= TINY_ITEMS and self.wall / self.items < TINY_TASK:
+            return True  # tiny tasks: the GIL does not matter, threads win
+        return time.perf_counter() - self.began >= PROBE_SECONDS and self._enough()
 
     def _enough(self) -> bool:
         return self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX
@@ -303,7 +348,9 @@ class _Probe:
         # machine the sampler is rarely late even for GIL-bound code: judge its
         # lateness against the share of time the probe thread was on a CPU.
         on_cpu = min(1.0, cpu / raw_wall) if raw_wall > 0 else 1.0
-        gil_held = min(1.0, self.sampler.held / max(on_cpu, 0.05))
+        gil_held: float | None = min(1.0, self.sampler.held / max(on_cpu, 0.05))
+        if self.sampler.samples < MIN_SAMPLES and time.perf_counter() - self.began < PROBE_MAX:
+            gil_held = None
         if force is not None:
             decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
         else:
