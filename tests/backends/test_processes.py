@@ -162,6 +162,16 @@ class TestTimeouts:
         alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
         assert not alive, "the task's child survived its timeout"
 
+    def test_a_timeout_also_kills_a_child_that_left_the_workers_group(self, pool: anypool.Pool,
+                                                                      tmp_path: Any) -> None:
+        """A child in a session of its own escapes the group kill; the process tree does not."""
+        pidfile = tmp_path / "escapee"
+        fut = pool.with_options(timeout=1).submit(_spawn_and_wait, str(pidfile), True)
+        with pytest.raises(anypool.TaskTimeout):
+            fut.result(30)
+        escapee = int(pidfile.read_text())
+        assert _wait_gone([psutil.Process(escapee)] if psutil.pid_exists(escapee) else [], 5) == []
+
     def test_a_timeout_in_a_batch_fails_that_item_and_runs_the_rest(self, pool: anypool.Pool) -> None:
         view = pool.with_options(timeout=0.5)
         got = list(view.imap(tasks.sleep, [0.0] * 50 + [30] + [0.0] * 50, range(101),
@@ -370,8 +380,9 @@ def test_workers_exit_by_themselves_when_their_program_is_sigkilled() -> None:
 # -- helpers -------------------------------------------------------------------------
 
 
-def _spawn_and_wait(pidfile: str) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+def _spawn_and_wait(pidfile: str, own_session: bool = False) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
+                             start_new_session=own_session)
     with open(pidfile, "w") as f:
         f.write(str(child.pid))
     child.wait()

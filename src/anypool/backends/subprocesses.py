@@ -228,22 +228,18 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    import psutil  # only on this rare path: a stopped job whose group outlives it
+
+    for pid in psutil.pids():
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() not in _GONE:
+                return True
+        except (OSError, psutil.Error):
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
     return False
+
+
+_GONE = ("zombie", "dead")
 
 
 def _sweep(pgid: int) -> None:

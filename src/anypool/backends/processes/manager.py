@@ -739,13 +739,29 @@ _MISSING: Any = _Missing()
 
 
 def _kill_group(pid: int) -> None:
-    """SIGKILL a worker and every process in its group (its tasks' children)."""
+    """SIGKILL a worker and every process its tasks started.
+
+    The worker leads its own process group, which ``killpg`` ends at once;
+    a task's child that started a group or session of its own escapes that,
+    so the worker's process tree is collected first (psutil) and killed too.
+    """
+    import psutil  # on the kill path only: timeouts, shutdown(kill=True)
+
+    try:
+        tree = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
+            pass
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.Error:
             pass
 
 

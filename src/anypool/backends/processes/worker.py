@@ -94,6 +94,13 @@ def _watch_parent(pid: int) -> None:
 
     def die() -> None:
         try:
+            import psutil  # children that left our process group escape killpg
+
+            for p in psutil.Process().children(recursive=True):
+                p.kill()
+        except Exception:
+            pass
+        try:
             os.killpg(os.getpgrp(), signal.SIGKILL)
         finally:
             os._exit(70)
@@ -120,14 +127,17 @@ def _watch_parent(pid: int) -> None:
     threading.Thread(target=watch, name="anypool-watchdog", daemon=True).start()
 
 
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux
-        import resource
+_me: Any = None
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _rss() -> int:
+    """This worker's resident memory (for ``max_memory_per_worker``), portably."""
+    global _me
+    if _me is None:
+        import psutil
+
+        _me = psutil.Process()
+    return int(_me.memory_info().rss)
 
 
 def _packed(exc: BaseException, kind: str = "error", skip: int = 1) -> Failure:
