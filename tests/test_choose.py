@@ -52,6 +52,15 @@ def test_coroutine_functions_go_to_async() -> None:
         assert pool._backend.plan(tasks.asquare).name == "async"  # type: ignore[attr-defined]
 
 
+def test_workers_sizes_threads_and_processes_not_coroutines() -> None:
+    """Pool(workers=2) must not serialise an auto pool's IO coroutines two at a time."""
+    with anypool.Pool(workers=2) as pool:
+        t = time.monotonic()
+        assert list(pool.map(tasks.asleep, [0.3] * 40, range(40))) == list(range(40))
+        assert time.monotonic() - t < 2.0
+        assert pool._backend.plan(tasks.sleep).workers == 2  # type: ignore[attr-defined]
+
+
 def test_tiny_tasks_stay_on_threads() -> None:
     with anypool.Pool() as pool:
         assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]

@@ -69,6 +69,11 @@ class TestPoolArguments:
         with pytest.raises(TypeError, match="not both"):
             anypool.Pool("thread", 2, max_workers=3)
 
+    def test_an_option_the_backend_does_not_take_is_refused(self) -> None:
+        with pytest.raises(TypeError, match=r"unknown option\(s\) for backend 'thread': own_lop"):
+            anypool.Pool("thread", own_lop=True)
+        assert anypool.Pool("async", own_loop=True).workers == 10_000
+
     def test_submit_passes_fn_and_self_keywords_through(self) -> None:
         """CPython's test_submit_keyword: submit's own parameters are positional-only."""
         with anypool.Pool("thread", 1) as pool:

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import clock
@@ -400,6 +401,7 @@ class AutoBackend(Backend):
     """Routes each callable to the backend that suits it (see the module docstring)."""
 
     name = "auto"
+    options = ("own_loop", "on_output")  # those of the backends it may pick (never dask)
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)
@@ -420,7 +422,12 @@ class AutoBackend(Backend):
             with self._lock:
                 b = self._subs.get(name)
                 if b is None:
-                    b = get_backend(name)(self.config, self.dispatch)
+                    config = self.config
+                    if name == "async":
+                        # workers= sizes the thread and process pools; coroutines are
+                        # cheap, and capping them at a CPU count would serialise IO
+                        config = replace(config, workers=config.concurrency)
+                    b = get_backend(name)(config, self.dispatch)
                     self._subs[name] = b
         return b
 

@@ -180,7 +180,9 @@ class Pool(_Submitter, cf.Executor):
             ``"subprocess"``, ``"dask"``, ``"inline"``.
         workers: how many tasks run at once (threads, processes,
             coroutines); default: the CPUs available (10,000 on ``async``).
-            ``max_workers`` is accepted as a synonym.
+            ``max_workers`` is accepted as a synonym.  Under ``auto`` it sizes
+            the thread and process pools; coroutines are capped by
+            ``concurrency`` instead (default 10,000).
         timeout, retries, retry_on, backoff, backoff_max: the default
             :class:`~anypool.TaskOptions` for every task.
         initializer, initargs: called once in each worker before its first task.
@@ -189,7 +191,8 @@ class Pool(_Submitter, cf.Executor):
             its resident memory passes this many bytes.
         start_method: ``"forkserver"`` (default where available), ``"fork"``
             or ``"spawn"``, for process backends.
-        concurrency: coroutines per worker process (``process+async``).
+        concurrency: coroutines per worker process (``process+async``), and
+            coroutines at once on an ``auto`` pool's ``async`` backend.
         address: the Dask scheduler (``dask``); default: a local cluster.
         progress: show a progress bar (tqdm, with ETA and done / failed /
             retried counts): True when stderr is a terminal or in a Jupyter
@@ -200,6 +203,13 @@ class Pool(_Submitter, cf.Executor):
         joblog: a path: record every finished attempt of every task in this
             SQLite job log (created if missing, appended to otherwise); see
             :mod:`anypool.observers.joblog`.
+        backend_options: options only one backend understands: ``security``
+            (a ``distributed.Security``, for ``tls://`` clusters) and
+            ``connect_timeout`` (seconds) on ``dask``; ``own_loop=True`` on
+            ``async`` runs the coroutines on the pool's own loop thread even
+            when the pool is created inside a running loop; ``on_output`` on
+            ``subprocess`` streams each job's output lines as they come.  An
+            option the backend does not take raises ``TypeError``.
 
     Raises:
         BackendUnavailable: unknown backend, or its extra is not installed.
@@ -262,6 +272,13 @@ class Pool(_Submitter, cf.Executor):
             backend_cls: type[Backend] = AutoBackend
         else:
             backend_cls = get_backend(backend)
+        unknown = sorted(set(backend_options) - set(backend_cls.options))
+        if unknown:
+            takes = ", ".join(backend_cls.options) or "none"
+            raise TypeError(
+                f"unknown option(s) for backend {backend!r}: {', '.join(unknown)} "
+                f"(its own options: {takes}; see Pool's docstring for the common ones)"
+            )
         self._stats = StatsCollector(backend, workers or 0)
         self._dispatch = Dispatch(self._stats, list(observers))
         self._backend = backend_cls(self._config, self._dispatch)

@@ -269,7 +269,7 @@ class TestErrors:
         assert _io_loops() <= before, "the failed Dask client left its event loop running"
 
     def test_options_dask_cannot_honour_are_refused(self) -> None:
-        with pytest.raises(TypeError, match=r"unknown option.*dask backend: secrity"):
+        with pytest.raises(TypeError, match=r"unknown option.*'dask': secrity"):
             anypool.Pool("dask", address="tcp://127.0.0.1:9", secrity=None)
         with pytest.raises(ValueError, match=r"max_tasks_per_worker= does not apply.*--lifetime"):
             anypool.Pool("dask", address="tcp://127.0.0.1:9", max_tasks_per_worker=5)

@@ -69,6 +69,8 @@ class Backend(ABC):
     max_batch: ClassVar[int] = 4096
     coroutines: ClassVar[bool] = False
     """True if the backend runs coroutine functions (else sync callables)."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """Backend-only ``Pool(**options)`` this backend takes (others raise ``TypeError``)."""
     future_class: ClassVar[type[Future[Any]]] = Future
     """What ``submit`` returns; ``AsyncFuture`` where a running task can always be cancelled."""
 

@@ -76,6 +76,7 @@ class AsyncBackend(Backend):
     can_kill = True
     coroutines = True
     future_class = AsyncFuture
+    options = ("own_loop",)
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)

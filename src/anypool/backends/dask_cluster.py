@@ -155,6 +155,7 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
+    options = OPTIONS
     can_kill = False
     transports = True
     # ~2 ms of scheduling per Dask task on 2 cores (PEER-BASELINES.md): batches
@@ -812,12 +813,6 @@ def _close(client: Any) -> None:
 
 
 def _check_config(config: BackendConfig) -> None:
-    unknown = sorted(set(config.extra) - set(OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) for the dask backend: {', '.join(unknown)} "
-            f"(it takes {', '.join(OPTIONS)} besides the pool's own)"
-        )
     for name, hint in (
         ("max_tasks_per_worker", "Dask replaces its workers itself: `dask worker --lifetime`"),
         ("max_memory_per_worker", "Dask watches worker memory itself: `dask worker --memory-limit`"),

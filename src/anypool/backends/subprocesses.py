@@ -473,14 +473,10 @@ class SubprocessBackend(Backend):
     can_kill = True
     max_batch = 1
 
-    _OPTIONS = frozenset({"on_output"})
+    options = ("on_output",)
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)
-        unknown = set(config.extra) - self._OPTIONS
-        if unknown:
-            raise TypeError(f"unknown option(s) for the subprocess backend: {', '.join(sorted(unknown))}"
-                            f" (known: {', '.join(sorted(self._OPTIONS))})")
         on_output = config.extra.get("on_output")
         if on_output is not None and not callable(on_output):
             raise TypeError(f"on_output must be callable, not {on_output!r}")
