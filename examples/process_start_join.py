@@ -9,9 +9,11 @@ The anypool way: ``pool.submit(run_proc, 'test')`` on the ``process``
 backend starts the work in a worker process and ``result()`` waits for it
 and brings back its return value (or its exception, with the worker's
 traceback), which ``join()`` cannot.  The worker is reused for later tasks
-instead of a new process per call.  anypool starts workers through
-multiprocessing's fork server by default, so a worker's parent is that
-server, not this script: the printout shows both pids.
+instead of a new process per call.  A script with a single thread gets its
+first workers forked from it, as ``Process.start()`` does, so the child's
+parent is this script; with other threads running, workers come from
+multiprocessing's fork server and their parent is that server.  The
+printout shows both pids.
 
 Run: ``python examples/process_start_join.py``
 """

@@ -189,8 +189,10 @@ class Pool(_Submitter, cf.Executor):
         max_tasks_per_worker: replace a worker process after this many tasks.
         max_memory_per_worker: replace a worker process, between tasks, once
             its resident memory passes this many bytes.
-        start_method: ``"forkserver"`` (default where available), ``"fork"``
-            or ``"spawn"``, for process backends.
+        start_method: ``"forkserver"``, ``"fork"`` or ``"spawn"``, for
+            process backends.  Default: the first workers are forked while
+            the program has a single thread, all others come from the fork
+            server.
         concurrency: coroutines per worker process (``process+async``), and
             coroutines at once on an ``auto`` pool's ``async`` backend.
         address: the Dask scheduler (``dask``); default: a local cluster.

@@ -338,7 +338,8 @@ def _start_script() -> tuple[subprocess.Popen[str], list[psutil.Process]]:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     tree = psutil.Process(proc.pid).children(recursive=True)
-    workers = [p for p in tree if p.ppid() != proc.pid]  # the fork server's children
+    helpers = ("forkserver", "resource_tracker")
+    workers = [p for p in tree if not any(h in " ".join(p.cmdline()) for h in helpers)]
     assert len(workers) == 2, [" ".join(p.cmdline()) for p in tree]
     return proc, tree
 

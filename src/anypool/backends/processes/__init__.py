@@ -18,12 +18,17 @@ What they promise (and the standard pools do not):
 * workers exit on their own when the pool's process dies, even by SIGKILL.
 
 The mechanism is in ``manager.py`` (parent side), ``worker.py`` (child
-side) and ``protocol.py`` (the messages between them).  Start method: the
-fork server by default (safe with threads, fast to start each worker once it
-runs), ``start_method="fork"`` to share big read-only data copy-on-write,
-``"spawn"`` for a fresh interpreter per worker.  As with ``multiprocessing``,
-a script using ``forkserver`` or ``spawn`` needs the
-``if __name__ == "__main__":`` guard.
+side) and ``protocol.py`` (the messages between them).
+
+Start method, by default: the first workers are *forked* when the process
+has a single thread at that moment (a fork takes ~1 ms and nothing can be
+holding a lock in another thread); otherwise, and for every later worker,
+they come from the *fork server* (safe with threads; ~0.3 s to start once
+per process, then fast).  ``start_method="fork"`` always forks (big read-only
+data is then shared copy-on-write, even with threads around: your risk),
+``"forkserver"`` never does, ``"spawn"`` starts a fresh interpreter per
+worker.  As with ``multiprocessing``, a script whose workers may come from
+the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class ProcessBackend(Backend):
                 ) from exc
 
     def describe(self) -> str:
-        method = self.config.start_method or "forkserver"
+        method = self.config.start_method or "fork while single-threaded, else the fork server"
         return f"{self.name} ({self.workers} worker processes, {method})"
 
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:

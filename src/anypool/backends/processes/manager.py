@@ -152,6 +152,15 @@ class Manager:
         self.mode = backend.worker_mode
         self.n = backend.workers
         self.ctx: Any = _context(self.config.start_method)
+        # The first workers are forked on the spot when nothing can go wrong
+        # with it: no start method asked for, and this is the process's only
+        # thread (no lock can be held by another thread at the fork).  A fork
+        # costs ~1 ms; a cold fork server ~0.3 s.  Later workers (replacements)
+        # start from the fork server, since the manager thread exists by then.
+        self.first_ctx: Any = None
+        if (self.config.start_method is None and "fork" in multiprocessing.get_all_start_methods()
+                and threading.active_count() == 1):
+            self.first_ctx = multiprocessing.get_context("fork")
         self.pending = backend.pending
         self.slots = self.ctx.RawArray("d", 2 * self.n * SLOT_WIDTH)
         for i in range(0, len(self.slots), SLOT_WIDTH):
@@ -173,6 +182,9 @@ class Manager:
         self.broken: BaseException | None = None
         self.stop_deadline: float | None = None
         self.init_bytes = backend.init_bytes
+        if self.first_ctx is not None:
+            for _ in range(self.n):
+                self._start_worker(self.first_ctx)
         self.thread = threading.Thread(target=self._run, name="anypool-process-manager", daemon=True)
         self.thread.start()
 
@@ -204,8 +216,9 @@ class Manager:
 
     def _run(self) -> None:
         try:
-            for _ in range(self.n):
-                self._start_worker()
+            if self.first_ctx is None:
+                for _ in range(self.n):
+                    self._start_worker()
             while True:
                 timeout = self._turn()
                 if self.stopping and not self.workers:
@@ -255,12 +268,13 @@ class Manager:
 
     # -- workers ---------------------------------------------------------------
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, ctx: Any = None) -> None:
         if self.killing or self.broken is not None:
             return
+        ctx = ctx or self.ctx
         slot = self.free_slots.pop()
         parent_sock, child_sock = socket.socketpair()
-        fault_r, fault_w = self.ctx.Pipe(duplex=False)
+        fault_r, fault_w = ctx.Pipe(duplex=False)
         name = f"process-{next(self.names)}"
         cfg = pickle.dumps({
             "index": slot,
@@ -271,7 +285,7 @@ class Manager:
             "concurrency": self.config.concurrency or 1000,
             "report_rss": self.config.max_memory_per_worker is not None,
         }, PROTOCOL)
-        proc = self.ctx.Process(
+        proc = ctx.Process(
             target=worker_main, args=(child_sock, fault_w, self.slots, cfg),
             name=f"anypool-{name}", daemon=False,
         )
