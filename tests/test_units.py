@@ -328,3 +328,17 @@ class TestAsyncFutures:
         with anypool.Pool("thread", 1) as pool:
             fut = asyncio.run(main(pool))
             assert fut.result(5) == "done"
+
+
+def test_code_that_runs_no_coroutine_does_not_load_asyncio() -> None:
+    """The CLI and thread/process pools start faster without it (~30 ms of imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, anypool, anypool.cli\n"
+            "with anypool.Pool('thread', 2) as pool:\n"
+            "    assert list(pool.map(abs, [-1, -2])) == [1, 2]\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'asyncio'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

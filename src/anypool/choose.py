@@ -44,7 +44,7 @@ from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items
 from .dispatch import fn_name
 from .errors import InitializerFailed, SerializationError
-from .futures import AsyncFuture, Future
+from .futures import Future
 from .serialize import dumps_callable
 from .state import bind_thread
 from .tasks import Failure, Task
@@ -443,7 +443,11 @@ class AutoBackend(Backend):
         return self._sub(name or "thread")
 
     def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
-        return AsyncFuture if is_coroutine_callable(fn) else Future
+        if is_coroutine_callable(fn):
+            from .asyncfuture import AsyncFuture  # asyncio is loaded only when coroutines run
+
+            return AsyncFuture
+        return Future
 
     def submit(self, task: Task) -> None:
         name = self._static(task.fn)

@@ -21,7 +21,6 @@ cancels the batches that have not started.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import threading
@@ -34,6 +33,8 @@ from .errors import SerializationError
 from .tasks import ONE, Failure, Task, TaskOptions
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .backends.base import Backend
     from .dispatch import Dispatch
 
@@ -307,6 +308,8 @@ class MapRun:
             self.close()
 
     async def _aiter(self) -> AsyncIterator[Any]:
+        import asyncio  # loaded by then: this runs inside a loop
+
         loop = asyncio.get_running_loop()
         try:
             while True:

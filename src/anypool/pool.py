@@ -18,7 +18,6 @@ Differences from the standard executors, on purpose:
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures as cf
 import logging
@@ -459,6 +458,8 @@ class Pool(_Submitter, cf.Executor):
             cancel = getattr(self._backend, "cancel_pending", None)
             if cancel is not None:
                 cancel()
+        import asyncio
+
         await asyncio.wrap_future(self._dispatch.idle_future())
         self.shutdown(wait=False)
 

@@ -36,8 +36,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
+from ..asyncfuture import AsyncFuture
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
-from ..futures import AsyncFuture
 from ..state import bind_context
 from ..tasks import ONE, Failure, Task
 from .base import Backend, BackendConfig

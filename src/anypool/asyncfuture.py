@@ -1,0 +1,161 @@
+"""``AsyncFuture``: the future of the ``async`` backend, also a native asyncio future.
+
+Kept apart from :mod:`anypool.futures` so that code which never runs a
+coroutine (the command-line tool, a thread or process pool) does not pay for
+importing asyncio (~30 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from .futures import _DONE, Future
+
+__all__ = ["AsyncFuture"]
+
+T = TypeVar("T")
+
+
+class AsyncFuture(Future[T]):
+    """A Future of the ``async`` backend: also a native asyncio future.
+
+    ``asyncio.gather``, ``wait``, ``shield`` and ``wait_for`` take it as it is,
+    without wrapping it in a task of their own (a task and a frame per
+    future saved).  That is honest only because such a task can always be
+    cancelled, as asyncio expects of its futures: cancelling one cancels its
+    coroutine.  Futures of thread and process tasks, which cannot be
+    cancelled once running, stay plain ``Future`` objects (awaitable all the
+    same).
+
+    Callbacks added from a thread running an event loop follow asyncio's
+    rules (scheduled on that loop, with their context, never called in
+    place); callbacks added from other threads follow ``concurrent.futures``'.
+    """
+
+    _asyncio_future_blocking = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Every attribute is set here, never later: instances then share one
+        # key table (a late attribute costs each future a private dict, ~460 B).
+        self._atask: asyncio.Task[Any] | None = None  # the coroutine's task, once started
+        # the thread of the caller's own loop, when the task runs on it
+        self._loop_thread: int | None = None
+        # asyncio-style callbacks: one entry, or a list of them
+        self._aio_callbacks: Any = None
+
+    def _cancel_running(self) -> bool:
+        atask = self._atask
+        if atask is None or atask.done():
+            return False
+        loop = atask.get_loop()
+        if asyncio._get_running_loop() is loop:
+            atask.cancel()
+        else:
+            loop.call_soon_threadsafe(atask.cancel)
+        return True
+
+    def _blocks_own_loop(self) -> bool:
+        return self._loop_thread == threading.get_ident() and not self.done()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop of whoever asks (this future belongs to no single loop)."""
+        return asyncio.get_running_loop()
+
+    def add_done_callback(self, fn: Callable[..., object], *, context: Any = None) -> None:
+        """Call ``fn(future)`` when done: asyncio's way inside a running loop, else the stdlib's."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().add_done_callback(fn)
+            return
+        entry = (fn, loop, context, threading.get_ident())
+        with self._condition:
+            if self._state not in _DONE:
+                held = self._aio_callbacks
+                if held is None:
+                    self._aio_callbacks = entry  # the usual case: one awaiter
+                elif isinstance(held, list):
+                    held.append(entry)
+                else:
+                    self._aio_callbacks = [held, entry]
+                return
+        loop.call_soon(fn, self, context=context)
+
+    def remove_done_callback(self, fn: Callable[..., object]) -> int:
+        """Forget ``fn`` (asyncio's API); returns how many registrations were removed."""
+        with self._condition:
+            entries = _entries(self._aio_callbacks)
+            before = len(self._done_callbacks) + len(entries)
+            self._done_callbacks = [f for f in self._done_callbacks if f != fn]
+            kept = [e for e in entries if e[0] != fn]
+            self._aio_callbacks = kept or None
+            return before - len(self._done_callbacks) - len(kept)
+
+    def _invoke_callbacks(self) -> None:
+        super()._invoke_callbacks()  # type: ignore[misc]
+        held, self._aio_callbacks = self._aio_callbacks, None
+        if held is None:
+            return
+        here = threading.get_ident()
+        for fn, loop, context, thread in _entries(held):
+            try:
+                if thread == here:
+                    loop.call_soon(fn, self, context=context)
+                else:
+                    loop.call_soon_threadsafe(fn, self, context=context)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting there any more
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancel the task, running or not (asyncio's ``msg`` is accepted and ignored)."""
+        return super().cancel()
+
+    def _make_cancelled_error(self) -> BaseException:
+        return asyncio.CancelledError()
+
+    def result(self, timeout: float | None = None) -> T:
+        """As :meth:`Future.result`; cancelled: ``asyncio.CancelledError`` inside a running loop."""
+        try:
+            return super().result(timeout)
+        except cf.CancelledError:
+            if _in_loop():
+                raise asyncio.CancelledError() from None
+            raise
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As :meth:`Future.exception`; cancelled: ``asyncio.CancelledError`` inside a running loop."""
+        try:
+            return super().exception(timeout)
+        except cf.CancelledError:
+            if _in_loop():
+                raise asyncio.CancelledError() from None
+            raise
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if not self.done():
+            self._asyncio_future_blocking = True
+            yield self  # the awaiting task registers its wake-up and sleeps
+        if not self.done():
+            raise RuntimeError("await wasn't used with future")
+        return self.result()
+
+    __iter__ = __await__
+
+
+def _entries(held: Any) -> list[tuple[Any, asyncio.AbstractEventLoop, Any, int]]:
+    if held is None:
+        return []
+    return held if isinstance(held, list) else [held]
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
