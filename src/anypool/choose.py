@@ -56,7 +56,7 @@ __all__ = ["AutoBackend", "Decision", "decide"]
 
 log = logging.getLogger("anypool")
 
-PROBE_SECONDS = 0.1
+PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
 PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on what it has
 MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
