@@ -27,8 +27,9 @@ The contract, in full:
 from __future__ import annotations
 
 import os
+import queue
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatch
     from ..tasks import Task
 
-__all__ = ["Backend", "BackendConfig"]
+__all__ = ["Backend", "BackendConfig", "default_workers", "drain"]
 
 
 @dataclass
@@ -118,3 +119,14 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def drain(q: queue.SimpleQueue[Task | None]) -> Iterator[Task]:
+    """Take every task still waiting in a worker queue, without blocking (stop markers skipped)."""
+    while True:
+        try:
+            task = q.get_nowait()
+        except queue.Empty:
+            return
+        if task is not None:
+            yield task

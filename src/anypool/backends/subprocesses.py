@@ -72,7 +72,7 @@ from .. import clock
 from ..commands import SHELL, CommandResult, Spec, prepare
 from ..errors import CommandFailed, PoolClosed, TaskTimeout
 from ..tasks import CALL, ONE, STAR, Failure, Task
-from .base import Backend, BackendConfig
+from .base import Backend, BackendConfig, drain
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
@@ -590,13 +590,8 @@ class SubprocessBackend(Backend):
 
     def cancel_pending(self) -> None:
         """Cancel every queued job that has not started."""
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if task is not None:
-                self.dispatch.cancel(task)
+        for task in drain(self._queue):
+            self.dispatch.cancel(task)
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         with self._lock:

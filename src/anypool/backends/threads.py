@@ -31,7 +31,7 @@ from ..calls import call_items
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
 from ..state import bind_thread
 from ..tasks import CALL, ONE, STAR, Failure, Task
-from .base import Backend, BackendConfig
+from .base import Backend, BackendConfig, drain
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
@@ -166,13 +166,8 @@ class ThreadBackend(Backend):
         self._fail_queued(err)
 
     def _fail_queued(self, err: BaseException) -> None:
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if task is not None:
-                self.dispatch.fail_unrun(task, err)
+        for task in drain(self._queue):
+            self.dispatch.fail_unrun(task, err)
 
     # -- timeouts -------------------------------------------------------------
 
@@ -243,13 +238,8 @@ class ThreadBackend(Backend):
 
     def cancel_pending(self) -> None:
         """Cancel every queued task that has not started."""
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if task is not None:
-                self.dispatch.cancel(task)
+        for task in drain(self._queue):
+            self.dispatch.cancel(task)
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         with self._lock:
