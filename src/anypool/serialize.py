@@ -21,8 +21,8 @@ import cloudpickle
 from . import sharedmem
 from .errors import SerializationError, TaskError
 
-__all__ = ["dumps", "dumps_args", "dumps_callable", "loads", "loads_args", "pack_exception",
-           "unpack_exception"]
+__all__ = ["dumps", "dumps_args", "dumps_callable", "dumps_initializer", "loads", "loads_args",
+           "pack_exception", "unpack_exception"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -86,6 +86,23 @@ def dumps_callable(fn: Callable[..., Any]) -> bytes:
     except Exception as exc:
         raise SerializationError(
             f"the task's callable {_name(fn)} cannot be sent to a worker process: {exc}"
+        ) from exc
+
+
+def dumps_initializer(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                      where: str) -> bytes | None:
+    """Pickle a pool's worker initializer with its arguments (None when there is none).
+
+    Raises:
+        SerializationError: they cannot be sent ``where`` (e.g. "to worker processes").
+    """
+    if initializer is None:
+        return None
+    try:
+        return cloudpickle.dumps((initializer, initargs), PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise SerializationError(
+            f"the worker initializer {_name(initializer)} or its initargs cannot be sent {where}: {exc}"
         ) from exc
 
 

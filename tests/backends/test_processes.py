@@ -193,6 +193,13 @@ class TestSerialization:
             pool.submit(tasks.add, 1, c=tasks.Unpicklable())
         assert pool.submit(tasks.square, 3).result(30) == 9
 
+    def test_an_initializer_argument_that_cannot_travel_is_refused_with_a_clear_error(self) -> None:
+        """Refused when the pool is made, before any worker starts."""
+        with pytest.raises(anypool.SerializationError,
+                           match=r"worker initializer add \(function\) or its initargs cannot be sent "
+                                 r"to worker processes: Unpicklable objects cannot be pickled"):
+            anypool.Pool("process", 1, initializer=tasks.add, initargs=(1, tasks.Unpicklable()))
+
     def test_an_unpicklable_callable_fails_at_submit_naming_it(self, pool: anypool.Pool) -> None:
         import threading
 

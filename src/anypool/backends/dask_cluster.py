@@ -89,7 +89,15 @@ from ..errors import (
     TaskTimeout,
     WorkerCrashed,
 )
-from ..serialize import RemoteTraceback, dumps, dumps_callable, explain_args, explain_item, unpack_exception
+from ..serialize import (
+    RemoteTraceback,
+    dumps,
+    dumps_callable,
+    dumps_initializer,
+    explain_args,
+    explain_item,
+    unpack_exception,
+)
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig, default_workers
 from .dask_worker import ALL, BROKEN, STARTED_TOPIC, WorkerSetup, run_task, worker_name
@@ -186,14 +194,7 @@ class DaskBackend(Backend):
         self._stopping = False
         self._closed = False
         self._broken: BaseException | None = None
-        self._init_blob: bytes | None = None
-        if config.initializer is not None:
-            try:
-                self._init_blob = dumps_callable((config.initializer, config.initargs))  # type: ignore[arg-type]
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"the worker initializer or its initargs cannot be sent to Dask workers: {exc}"
-                ) from exc
+        self._init_blob = dumps_initializer(config.initializer, config.initargs, "to Dask workers")
         self._cluster: Any = None
         self._client: Any = self._connect()
         try:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import PoolClosed, SerializationError
-from ...serialize import dumps_args, dumps_callable, explain_args, explain_item
+from ...serialize import dumps_args, dumps_callable, dumps_initializer, explain_args, explain_item
 from ...tasks import Task
 from ..base import Backend, BackendConfig
 
@@ -70,14 +70,7 @@ class ProcessBackend(Backend):
         self._closed = False
         self._fns: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._fn_ids = 0
-        self.init_bytes: bytes | None = None
-        if config.initializer is not None:
-            try:
-                self.init_bytes = dumps_callable((config.initializer, config.initargs))  # type: ignore[arg-type]
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"the worker initializer or its initargs cannot be sent to worker processes: {exc}"
-                ) from exc
+        self.init_bytes = dumps_initializer(config.initializer, config.initargs, "to worker processes")
 
     def describe(self) -> str:
         method = self.config.start_method or "fork while single-threaded, else the fork server"
