@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import clock
+from . import clock, schedstat, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items
@@ -68,34 +68,6 @@ IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 
 # the GIL (seen on a loaded machine: GIL-bound code 0.3-1.0, hashlib 0-0.1)
 GIL_HELD = 0.25
 _SAMPLE_SLEEP = 0.0002
-
-
-def _open_schedstat(tid: int) -> int | None:
-    try:
-        return os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
-    except OSError:
-        return None
-
-
-def _read_delay(fd: int | None) -> float:
-    """Run-queue seconds from an open schedstat file (0 if there is none)."""
-    if fd is None:
-        return 0.0
-    try:
-        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _run_delay(tid: int | None) -> float:
-    """Seconds thread ``tid`` has spent runnable but waiting for a CPU (0 if unknown)."""
-    if tid is None:
-        return 0.0
-    try:
-        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
 _UNEXPLAINED = 0.0003
 
@@ -189,14 +161,14 @@ class _GilSampler:
         # Each syscall gives up the GIL, and taking it back from a GIL-bound
         # thread costs a 5 ms switch interval: so one pread on a descriptor
         # kept open, once per sample, not an open/read/close pair twice.
-        fd = _open_schedstat(threading.get_native_id())
+        fd = schedstat.open_thread(threading.get_native_id())
         try:
-            before = _read_delay(fd)
+            before = schedstat.read_delay(fd)
             while not self._stop.is_set():
                 t = perf()
                 sleep(_SAMPLE_SLEEP)
                 late = perf() - t - _SAMPLE_SLEEP
-                after = _read_delay(fd)
+                after = schedstat.read_delay(fd)
                 # Late for the GIL, not just for a CPU: on a busy machine a
                 # wake-up can be late by the scheduler's delay alone (measured
                 # here: all but ~0.1 ms of it is run-queue time), while a GIL
@@ -274,7 +246,7 @@ class _Probe:
                     if self.decided or not self.held:
                         break
                     task = self.held.popleft()
-                    self.current_delay0 = _run_delay(self.thread.native_id)
+                    self.current_delay0 = schedstat.thread_delay(self.thread.native_id)
                     self.current_start = time.perf_counter()
                     self.current_cpu0 = time.thread_time()
                 if not task.claim():
@@ -287,7 +259,7 @@ class _Probe:
                 with self.lock:
                     self.current_start = None
                     if not self.decided:
-                        delay = _run_delay(self.thread.native_id) - d0
+                        delay = schedstat.thread_delay(self.thread.native_id) - d0
                         raw = time.perf_counter() - w0
                         self.raw_wall += raw
                         self.wall += max(raw - delay, 1e-9)
@@ -330,7 +302,7 @@ class _Probe:
                 cpu_now = time.clock_gettime(clk)
             except (AttributeError, OSError):
                 return  # judged when the task ends instead
-            delay = _run_delay(self.thread.native_id) - self.current_delay0
+            delay = schedstat.thread_delay(self.thread.native_id) - self.current_delay0
             raw = time.perf_counter() - self.current_start
             # thread_time() and the pthread CPU clock are the same clock on Linux
             self.cpu += cpu_now - self.current_cpu0
@@ -500,6 +472,6 @@ class AutoBackend(Backend):
             subs = list(self._subs.values())
         for p in probes:
             if wait and not kill:
-                p.thread.join()
+                waiting.join(p.thread)
         for b in subs:
             b.shutdown(wait=wait, kill=kill)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import clock
+from . import clock, waiting
 from .errors import PoolClosed
 from .events import Observer, TaskEvent
 from .futures import Attempt
@@ -127,8 +127,14 @@ class Dispatch:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every unit is final; False if ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            return self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+            while self._outstanding:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(waiting.slice_of(left))
+            return True
 
     def idle_future(self) -> cf.Future[None]:
         """A future that completes when every unit is final (for ``await``)."""

@@ -21,6 +21,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from . import waiting
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -67,10 +69,8 @@ class _Condition(_thread.RLock):  # type: ignore[misc]
         saved = self._release_save()  # type: ignore[attr-defined]  # fully, however deep it is held
         got = False
         try:
-            if timeout is None:
-                got = waiter.acquire()
-            elif timeout > 0:
-                got = waiter.acquire(True, timeout)
+            if timeout is None or timeout > 0:
+                got = waiting.acquire(waiter, timeout)
             else:
                 got = waiter.acquire(False)
             return got

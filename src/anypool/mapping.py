@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import waiting
 from .errors import SerializationError
 from .tasks import ONE, Failure, Task, TaskOptions
 
@@ -291,7 +292,7 @@ class MapRun:
                         remaining = self._remaining()
                         if remaining is not None and remaining <= 0:
                             raise self._timed_out()
-                        self._cond.wait(remaining)
+                        self._cond.wait(waiting.slice_of(remaining))
                         batch = self._next_ready()
                     if batch is None:
                         break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -133,10 +134,18 @@ class TestKillAndResume:
         assert (tmp_path / "notes.txt").read_text() == "keep me\n"
 
 
+def _signal_a_worker_thread(pid: int, sig: int) -> None:
+    """Send ``sig`` the way the kernel sometimes does: to a thread other than the main one."""
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert tids, "no worker thread to aim at"
+    os.kill(tids[0], sig)  # Linux gives a signal sent to a thread id to that thread first
+
+
 class TestSignals:
+    @pytest.mark.parametrize("aimed", [False, True], ids=["at-the-process", "at-a-worker-thread"])
     @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
     def test_a_signal_kills_every_job_group_records_them_and_exits_128_plus_n(
-            self, tmp_path: Path, sig: int, status: int) -> None:
+            self, tmp_path: Path, sig: int, status: int, aimed: bool) -> None:
         pids = tmp_path / "pids"
         job = "sleep 60 & echo $! >> pids; echo $$ >> pids; wait; echo {}"
         proc = subprocess.Popen(cli_argv("run", "-j", "3", "--joblog", "log.db", job, ":::", *"abcdef"),
@@ -144,7 +153,10 @@ class TestSignals:
         try:
             wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 6, what="3 running jobs")
             t0 = time.monotonic()
-            proc.send_signal(sig)
+            if aimed:
+                _signal_a_worker_thread(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             _, err = proc.communicate(timeout=30)
             assert time.monotonic() - t0 < 10
         finally:

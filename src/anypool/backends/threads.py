@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import clock
+from .. import clock, waiting
 from ..calls import call_items
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
 from ..state import bind_thread
@@ -255,4 +255,4 @@ class ThreadBackend(Backend):
             me = threading.current_thread()
             for t, rec in threads.items():
                 if t is not me and not rec.abandoned:
-                    t.join()
+                    waiting.join(t)

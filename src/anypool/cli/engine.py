@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .. import waiting
 from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
 from .halt import Halt, exit_status
 from .inputs import Job
@@ -211,12 +212,23 @@ class Engine:
         return not self._stopping
 
     def _next_done(self, timeout: float | None) -> _Entry:
-        """The next finished job; output is flushed before any wait, so it shows promptly."""
+        """The next finished job; output is flushed before any wait, so it shows promptly.
+
+        Raises:
+            queue.Empty: ``timeout`` seconds passed first.
+        """
         try:
             return self._done.get_nowait()
         except queue.Empty:
             self.printer.flush()
-        return self._done.get(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # in slices, so that SIGTERM's handler runs whichever thread it hit
+            left = None if deadline is None else deadline - time.monotonic()
+            try:
+                return self._done.get(timeout=waiting.slice_of(left))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
         self._done.put(entry)

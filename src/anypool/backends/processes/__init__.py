@@ -38,6 +38,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ... import waiting
 from ...errors import PoolClosed, SerializationError
 from ...serialize import dumps_args, dumps_callable, dumps_initializer, explain_args, explain_item
 from ...tasks import Task
@@ -156,7 +157,7 @@ class ProcessBackend(Backend):
             return
         manager.stop()
         if wait:
-            manager.thread.join()
+            waiting.join(manager.thread)
 
 
 class AsyncProcessBackend(ProcessBackend):
