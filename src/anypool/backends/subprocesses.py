@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import clock
+from .. import clock, waiting
 from ..commands import SHELL, CommandResult, Spec, prepare
 from ..errors import CommandFailed, PoolClosed, TaskTimeout
 from ..tasks import CALL, ONE, STAR, Failure, Task
@@ -371,8 +371,14 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
                                  time.perf_counter() - t0, 0)
         with _lock:
             proc.pid = pid
-            if proc.stop == "killed":  # a killing shutdown came while it started
-                _signal_group(pid, signal.SIGKILL)
+            late = proc.stop == "killed"
+            if late:
+                # A killing shutdown came while Popen had not yet returned (the
+                # job itself may have been running for a while on a loaded
+                # machine): it gets what the others got, SIGTERM and a grace.
+                _signal_group(pid, signal.SIGTERM)
+        if late:
+            clock.call_later(GRACE, _force, proc)
         if timeout is not None:
             handle = clock.call_later(timeout, _expire, proc)
         captured: dict[int, list[bytes]] = {1: [], 2: []}
@@ -605,7 +611,7 @@ class SubprocessBackend(Backend):
             me = threading.current_thread()
             for t in threads:
                 if t is not me:
-                    t.join()
+                    waiting.join(t)
 
     def _kill_running(self) -> None:
         """SIGTERM every running job's group; SIGKILL what is left after GRACE."""
