@@ -43,7 +43,8 @@ class AsyncFuture(Future[T]):
         # Every attribute is set here, never later: instances then share one
         # key table (a late attribute costs each future a private dict, ~460 B).
         self._atask: asyncio.Task[Any] | None = None  # the coroutine's task, once started
-        # the thread of the caller's own loop, when the task runs on it
+        # the caller's own loop and its thread, when the task runs on it
+        self._home: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         # asyncio-style callbacks: one entry, or a list of them
         self._aio_callbacks: Any = None
@@ -60,20 +61,38 @@ class AsyncFuture(Future[T]):
         return True
 
     def _blocks_own_loop(self) -> bool:
-        return self._loop_thread == threading.get_ident() and not self.done()
+        return self._state not in _DONE and self._loop_thread == threading.get_ident()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop running in this thread, if any.
+
+        On the thread of the loop the task runs on, that loop, known without
+        asking asyncio: its lookup costs a ``getpid()`` system call each time
+        (to notice a fork), and gather, await and the done callbacks would
+        ask three times per task.
+        """
+        if self._loop_thread is not None and self._loop_thread == threading.get_ident():
+            return self._home
+        return asyncio._get_running_loop()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop of whoever asks (this future belongs to no single loop)."""
-        return asyncio.get_running_loop()
+        """The running loop of whoever asks (this future belongs to no single loop).
+
+        Raises:
+            RuntimeError: no event loop runs in this thread.
+        """
+        loop = self._running_loop()
+        if loop is None:
+            raise RuntimeError("no running event loop")
+        return loop
 
     def add_done_callback(self, fn: Callable[..., object], *, context: Any = None) -> None:
         """Call ``fn(future)`` when done: asyncio's way inside a running loop, else the stdlib's."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = self._running_loop()
+        if loop is None:
             super().add_done_callback(fn)
             return
-        entry = (fn, loop, context, threading.get_ident())
+        entry = (fn, loop, context)
         with self._condition:
             if self._state not in _DONE:
                 held = self._aio_callbacks
@@ -101,10 +120,10 @@ class AsyncFuture(Future[T]):
         held, self._aio_callbacks = self._aio_callbacks, None
         if held is None:
             return
-        here = threading.get_ident()
-        for fn, loop, context, thread in _entries(held):
+        here = self._running_loop()
+        for fn, loop, context in _entries(held):
             try:
-                if thread == here:
+                if loop is here:
                     loop.call_soon(fn, self, context=context)
                 else:
                     loop.call_soon_threadsafe(fn, self, context=context)
@@ -147,7 +166,7 @@ class AsyncFuture(Future[T]):
     __iter__ = __await__
 
 
-def _entries(held: Any) -> list[tuple[Any, asyncio.AbstractEventLoop, Any, int]]:
+def _entries(held: Any) -> list[tuple[Any, asyncio.AbstractEventLoop, Any]]:
     if held is None:
         return []
     return held if isinstance(held, list) else [held]

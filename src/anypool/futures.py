@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     import asyncio
 
 _PENDING = cf._base.PENDING
-_DONE = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
+_FINISHED = cf._base.FINISHED
+_CANCELLED = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
+_DONE = (*_CANCELLED, _FINISHED)
 
 __all__ = ["Attempt", "Future", "as_completed"]
 
@@ -55,14 +57,17 @@ class _Condition(_thread.RLock):  # type: ignore[misc]
     ``repr(self)``, which takes the condition again.
     """
 
-    __slots__ = ("_waiters",)
-    _waiters: list[Any] | None
+    # A class default, not a slot: reading an unset slot raises (and
+    # getattr's default catches) an AttributeError on every set_result.
+    # The instance dict this allows costs no more than the slot did and is
+    # made only when a thread waits.
+    _waiters: list[Any] | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, sleep until notified or ``timeout``, take the lock again."""
         waiter = _thread.allocate_lock()
         waiter.acquire()
-        waiters: list[Any] | None = getattr(self, "_waiters", None)
+        waiters = self._waiters
         if waiters is None:
             waiters = self._waiters = []
         waiters.append(waiter)
@@ -83,7 +88,7 @@ class _Condition(_thread.RLock):  # type: ignore[misc]
                     pass  # notified just as the wait ran out
 
     def notify_all(self) -> None:
-        waiters = getattr(self, "_waiters", None)
+        waiters = self._waiters
         if waiters:
             self._waiters = None
             for w in waiters:
@@ -101,6 +106,10 @@ class Future(cf.Future[T]):
 
     # Set on an instance only after a retry (rare), so most futures carry none.
     _history: list[Attempt] | None = None
+    # Likewise a list only once a stdlib-style callback is added: most futures
+    # get none, and 100,000 pending ones would hold 100,000 empty lists for
+    # the garbage collector to walk.
+    _done_callbacks: Any = ()
 
     def __init__(self) -> None:
         # concurrent.futures.Future.__init__ without its heavy Condition
@@ -109,7 +118,20 @@ class Future(cf.Future[T]):
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[cf.Future[T]], object]] = []
+
+    def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
+        """Call ``fn(future)`` once the task is final; at once, in this thread, if it is already."""
+        with self._condition:
+            if self._state not in _DONE:
+                if self._done_callbacks:
+                    self._done_callbacks.append(fn)
+                else:
+                    self._done_callbacks = [fn]
+                return
+        try:
+            fn(self)
+        except Exception:
+            cf._base.LOGGER.exception("exception calling callback for %r", self)
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
@@ -167,13 +189,27 @@ class Future(cf.Future[T]):
             BaseException: whatever the task raised (as itself), or an anypool
                 error (``TaskTimeout``, ``WorkerCrashed``, ``TaskError``...).
         """
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]  # the lock-free common case
         self._guard_blocking()
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like ``result``."""
+        if self._state == _FINISHED:
+            return self._exception
         self._guard_blocking()
         return super().exception(timeout)
+
+    # Read without the lock: the state is one reference, and a finished
+    # future's result is stored before its state says FINISHED.
+    def done(self) -> bool:
+        """Whether the task finished or was cancelled."""
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled."""
+        return self._state in _CANCELLED
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self.done():
