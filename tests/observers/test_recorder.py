@@ -16,7 +16,7 @@ def test_rows_describe_each_attempt() -> None:
     rows = pool.timeline()
     assert all(isinstance(r, Row) for r in rows)
     ok = next(r for r in rows if r.outcome == "ok")
-    assert ok.args == "((1,), {'b': 2})"
+    assert ok.args == "1, b=2"  # a submit's arguments read as the call's
     assert ok.fn == "add"
     assert ok.worker.startswith("thread-")
     assert ok.ended >= ok.started

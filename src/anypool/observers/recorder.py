@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ..events import TaskEvent
 
-__all__ = ["Recorder", "Row", "describe_args", "describe_error"]
+__all__ = ["Recorder", "Row", "describe_args", "describe_error", "item_text"]
 
 
 class Row(NamedTuple):
@@ -46,16 +46,25 @@ def _short(text: str, limit: int) -> str:
 ARGS_LIMIT = 120  # characters of a task's arguments kept in its row
 
 
+def item_text(item: Any) -> str:
+    """One item as text: a ``submit``'s ``(args, kwargs)`` as a call's arguments (``1, b=2``)."""
+    try:
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is tuple and type(item[1]) is dict:
+            args, kwargs = item
+            if not kwargs:
+                return ", ".join(map(repr, args))
+            return ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        return repr(item)
+    except Exception:
+        return f"<{type(item).__name__}>"
+
+
 def describe_args(items: Sequence[Any], limit: int = ARGS_LIMIT) -> str:
-    """A bounded text of a task's arguments (``submit``: ``(args, kwargs)``)."""
+    """A bounded text of a task's arguments (see :func:`item_text`)."""
     if not items:
         return ""
-    first = items[0]
-    try:
-        text = repr(first) if len(items) == 1 else \
-            f"{_short(repr(first), limit // 2)} … ({len(items)} items)"
-    except Exception:
-        text = f"<{type(first).__name__}>"
+    first = item_text(items[0])
+    text = first if len(items) == 1 else f"{_short(first, limit // 2)} … ({len(items)} items)"
     return _short(text, limit)
 
 
@@ -90,10 +99,7 @@ class Recorder:
             return
         items = event.items
         if len(items) == 1:  # the common case, inline: describe_args costs a call more
-            try:
-                args = repr(items[0])
-            except Exception:
-                args = f"<{type(items[0]).__name__}>"
+            args = item_text(items[0])
             if len(args) > ARGS_LIMIT:
                 args = _short(args, ARGS_LIMIT)
         else:
