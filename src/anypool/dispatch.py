@@ -127,14 +127,12 @@ class Dispatch:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every unit is final; False if ``timeout`` ran out first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._outstanding:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._idle.wait(waiting.slice_of(left))
-            return True
+            for step in waiting.slices(timeout):
+                if not self._outstanding:
+                    return True
+                self._idle.wait(step)
+            return not self._outstanding
 
     def idle_future(self) -> cf.Future[None]:
         """A future that completes when every unit is final (for ``await``)."""

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["POLL", "acquire", "join", "slice_of"]
+__all__ = ["POLL", "acquire", "join", "slice_of", "slices"]
 
 POLL = 0.2  # the longest a pending signal waits for the main thread's handler
 
@@ -40,17 +41,24 @@ def slice_of(timeout: float | None) -> float | None:
     return POLL if timeout is None else min(timeout, POLL)
 
 
+def slices(timeout: float | None) -> Iterator[float | None]:
+    """The timeouts of successive slices of a wait of ``timeout`` seconds (None: no limit).
+
+    The caller waits once per slice and stops at the first that succeeds;
+    the iteration ends when the time is up.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        yield slice_of(None if deadline is None else deadline - time.monotonic())
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+
+
 def acquire(lock: Any, timeout: float | None = None) -> bool:
     """``lock.acquire(True, timeout)``, interruptible by signals in the main thread."""
     if threading.get_ident() != _main:
         return bool(lock.acquire(True, -1 if timeout is None else timeout))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if lock.acquire(True, slice_of(left)):
-            return True
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
+    return any(lock.acquire(True, step) for step in slices(timeout))
 
 
 def join(thread: threading.Thread) -> None:

@@ -221,14 +221,12 @@ class Engine:
             return self._done.get_nowait()
         except queue.Empty:
             self.printer.flush()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:  # in slices, so that SIGTERM's handler runs whichever thread it hit
-            left = None if deadline is None else deadline - time.monotonic()
+        for step in waiting.slices(timeout):  # so SIGTERM's handler runs, whichever thread it hit
             try:
-                return self._done.get(timeout=waiting.slice_of(left))
+                return self._done.get(timeout=step)
             except queue.Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
+                pass
+        raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
         self._done.put(entry)
