@@ -75,7 +75,7 @@ def test_ctrl_c_on_another_thread_interrupts_a_blocked_main_thread(
         pool.shutdown(wait=True)
 
 
-def test_ctrl_c_while_a_process_task_runs(gate: threading.Event) -> None:
+def test_ctrl_c_while_a_process_task_runs() -> None:
     # the autouse fixture then checks that the killed pool left no worker behind
     pool = anypool.Pool("process", 1)
     try:

@@ -1,4 +1,4 @@
-"""How long a thread or process has waited for a CPU (Linux's schedstat).
+"""How long a thread has waited for a CPU (Linux's schedstat).
 
 The second field of ``/proc/.../schedstat`` counts the nanoseconds a thread
 spent runnable but not running.  ``backend="auto"``'s probe needs it to tell
