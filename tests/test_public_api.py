@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import subprocess
+import sys
 
 import anypool
 
@@ -46,3 +48,21 @@ def test_errors_pickle_by_their_public_path() -> None:
     assert type(back) is anypool.WorkerCrashed
     assert (str(back), back.exitcode, back.pid) == ("gone", -9, 123)
     assert b"anypool" in pickle.dumps(err)
+
+
+def test_importing_anypool_leaves_multiprocessing_and_asyncio_unloaded() -> None:
+    """Threads and shell commands start without the ~40 ms of those imports; WorkerCrashed still works."""
+    code = (
+        "import sys, pickle\n"
+        "import anypool, anypool.cli.run, anypool.backends.processes.worker\n"
+        "assert 'multiprocessing' not in sys.modules, 'multiprocessing'\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio'\n"
+        "from concurrent.futures.process import BrokenProcessPool\n"
+        "from anypool.errors import WorkerCrashed, is_worker_crash\n"
+        "assert WorkerCrashed is anypool.WorkerCrashed and issubclass(WorkerCrashed, BrokenProcessPool)\n"
+        "assert is_worker_crash(WorkerCrashed('gone')) and not is_worker_crash(ValueError())\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"

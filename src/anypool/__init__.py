@@ -14,6 +14,8 @@ One ``concurrent.futures.Executor`` over every execution model::
 This module holds the public names and nothing else.
 """
 
+import typing  # as a module, so its names stay out of dir(anypool)
+
 from .backends import available_backends
 from .commands import CommandResult
 from .errors import (
@@ -26,7 +28,6 @@ from .errors import (
     SerializationError,
     TaskError,
     TaskTimeout,
-    WorkerCrashed,
 )
 from .events import Observer, TaskEvent
 from .futures import Attempt, Future, as_completed
@@ -36,6 +37,9 @@ from .sharedmem import share
 from .state import worker_state
 from .stats import PoolStats, Summary
 from .tasks import POOL_DEFAULT, TaskOptions
+
+if typing.TYPE_CHECKING:
+    from .crashed import WorkerCrashed
 
 __all__ = [
     "POOL_DEFAULT",
@@ -75,7 +79,7 @@ def _fix_module_names() -> None:
     # Public objects say they live in `anypool`: tracebacks, docs and
     # pickles then name the path users import from.
     for name in __all__:
-        obj = globals()[name]
+        obj = globals().get(name)  # WorkerCrashed is made on first use: it names itself
         if getattr(obj, "__module__", "").startswith("anypool."):
             try:
                 obj.__module__ = "anypool"
@@ -84,3 +88,16 @@ def _fix_module_names() -> None:
 
 
 _fix_module_names()
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "WorkerCrashed"})
+
+
+def __getattr__(name: str) -> typing.Any:
+    # WorkerCrashed's base class imports multiprocessing: made when first asked for
+    if name == "WorkerCrashed":
+        from . import errors
+
+        return errors.WorkerCrashed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

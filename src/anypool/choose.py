@@ -13,8 +13,9 @@
     pickled and there is more than one CPU).
 
 The probe runs tasks for at most ``PROBE_SECONDS`` (a long first task is
-judged mid-run from its thread's CPU clock); later tasks of that callable
-wait, then go to the chosen backend.  Time the probe thread spent *ready to
+judged mid-run from its thread's CPU clock), or for ``PROBE_EARLY`` when the
+GIL sampler already found the GIL free nearly all the time; later tasks of
+that callable wait, then go to the chosen backend.  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
 time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
@@ -45,7 +46,6 @@ from .calls import call_items
 from .dispatch import fn_name
 from .errors import InitializerFailed, SerializationError
 from .futures import Future
-from .serialize import dumps_callable
 from .state import bind_thread
 from .tasks import Failure, Task
 
@@ -60,6 +60,11 @@ PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
 PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on what it has
 MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
+# A sampler that woke this often this soon found the GIL free nearly all the time
+# (code holding it lets the sampler in once a 5 ms switch interval, ~3 times in
+# PROBE_EARLY): the evidence is in, and every task held meanwhile waits on one thread.
+PROBE_EARLY = 0.015
+EARLY_SAMPLES = 4 * MIN_SAMPLES
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 1000  # tiny tasks seen before judging them tiny without more probing
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
@@ -282,7 +287,10 @@ class _Probe:
         """Whether the measurements so far can decide (caller holds the lock)."""
         if self.items >= TINY_ITEMS and self.wall / self.items < TINY_TASK:
             return True  # tiny tasks: the GIL does not matter, threads win
-        return time.perf_counter() - self.began >= PROBE_SECONDS and self._enough()
+        elapsed = time.perf_counter() - self.began
+        if elapsed < PROBE_SECONDS:
+            return elapsed >= PROBE_EARLY and self.sampler.samples >= EARLY_SAMPLES
+        return self._enough()
 
     def _enough(self) -> bool:
         return self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX
@@ -346,6 +354,10 @@ class _Probe:
         return held
 
     def _pickle_problem(self) -> str | None:
+        # cloudpickle is imported only for a callable that may go to processes:
+        # a run on threads is spared its ~5 ms import
+        from .serialize import dumps_callable
+
         try:
             dumps_callable(self.fn)
         except SerializationError as exc:

@@ -38,6 +38,8 @@ __all__ = ["Dispatch"]
 
 log = logging.getLogger("anypool")
 
+_new_event: Any = tuple.__new__
+
 # Failure kinds that another attempt cannot fix.
 _NEVER_RETRY = frozenset({"cancelled", "unsendable"})
 
@@ -72,6 +74,7 @@ class Dispatch:
         self._closed = False
         self._idle_waiters: list[cf.Future[None]] = []
         self.broken_exc: BaseException | None = None
+        self._last_name: tuple[Any, str] = (None, "")  # (callable, fn_name of it)
 
     # -- accounting ---------------------------------------------------------
 
@@ -345,9 +348,15 @@ class Dispatch:
                        outcome: str, error: BaseException | None, results: Sequence[Any],
                        final: bool) -> None:
         shown = [r.exc if type(r) is Failure else r for r in results] if outcome != "ok" else results
-        self.emit(TaskEvent("finished", task.id, task.seq, len(task.items), task.attempt, ended,
-                            fn_name(task.fn), worker.name, started, outcome, error, final,
-                            task.items, shown))
+        fn = task.fn
+        named, name = self._last_name  # one callable for a whole run, mostly: name it once
+        if fn is not named:
+            name = fn_name(fn)
+            self._last_name = (fn, name)  # one assignment: threads never see a torn pair
+        # tuple.__new__ skips TaskEvent's Python-level __new__: this runs once a task when recording
+        self.emit(_new_event(TaskEvent, ("finished", task.id, task.seq, len(task.items), task.attempt,
+                                         ended, name, worker.name, started, outcome, error,
+                                         final, task.items, shown)))
 
     def emit(self, event: TaskEvent) -> None:
         """Send ``event`` to the observers that want it; one that raises is logged and removed."""

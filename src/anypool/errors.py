@@ -22,6 +22,12 @@ worker and the attempt.  ``TaskError`` stands in only when the original cannot
 be sent back (an unpicklable exception).
 
 Every class survives pickling, so errors cross process boundaries intact.
+
+``WorkerCrashed`` lives in :mod:`anypool.crashed` and is made on first use:
+its standard-library base, ``BrokenProcessPool``, comes with
+``multiprocessing`` (~20 ms to import), which threads, coroutines and shell
+commands never need.  ``anypool.WorkerCrashed`` and
+``anypool.errors.WorkerCrashed`` both find it.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from __future__ import annotations
 import signal
 import subprocess
 from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .crashed import WorkerCrashed
 
 __all__ = [
     "AnypoolError",
@@ -44,6 +52,7 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "describe_exit",
+    "is_worker_crash",
 ]
 
 
@@ -88,25 +97,6 @@ class TaskTimeout(AnypoolError, TimeoutError):
     def __str__(self) -> str:
         what = f"task {self.task}" if self.task else "task"
         return f"{what} ran past its timeout of {self.seconds:g} s and was stopped"
-
-
-class WorkerCrashed(AnypoolError, BrokenProcessPool):
-    """The worker running a task died before the task finished.
-
-    ``exitcode`` is the worker's exit status (negative: killed by that
-    signal), ``pid`` its process id.  Unlike the standard library's
-    ``BrokenProcessPool`` (which this subclasses, so old ``except`` clauses
-    still match), only the task that was running fails: the worker is
-    replaced and the pool goes on.
-    """
-
-    def __init__(self, message: str, exitcode: int | None = None, pid: int | None = None) -> None:
-        super().__init__(message, exitcode, pid)
-        self.exitcode = exitcode
-        self.pid = pid
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class SerializationError(AnypoolError, TypeError):
@@ -174,3 +164,26 @@ def describe_exit(code: int | None) -> str:
             name = f"signal {-code}"
         return f"was killed by signal {name} ({-code})"
     return f"exited with code {code}"
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "WorkerCrashed"})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerCrashed":
+        from .crashed import WorkerCrashed
+
+        globals()["WorkerCrashed"] = WorkerCrashed
+        return WorkerCrashed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_worker_crash(exc: BaseException) -> bool:
+    """Whether ``exc`` is a :class:`WorkerCrashed`, without importing ``multiprocessing`` to ask.
+
+    No instance can exist before the class was made, so a run that never
+    made it is answered False at once.
+    """
+    crashed = globals().get("WorkerCrashed")
+    return crashed is not None and isinstance(exc, crashed)

@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from ..observers.joblog import JobLog, JobLogError
-from ..observers.report import write_report
 
 __all__ = ["configure", "main"]
 
@@ -60,6 +59,10 @@ def main(opts: argparse.Namespace) -> int:
     output = opts.output or os.path.splitext(opts.joblog)[0] + ".html"
     title = opts.title or f"anypool run: {os.path.basename(opts.joblog)}"
     try:
+        # the report renderer is imported here, not with the CLI: every
+        # `anypool run` builds this subcommand's parser and would pay for it
+        from ..observers.report import write_report
+
         path = write_report(output, rows, title=title)
     except OSError as exc:
         print(f"anypool report: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)

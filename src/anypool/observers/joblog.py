@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Set
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..commands import CommandResult
-from ..errors import AnypoolError, CommandFailed, PoolClosed, TaskTimeout, WorkerCrashed
+from ..errors import AnypoolError, CommandFailed, PoolClosed, TaskTimeout, is_worker_crash
 from ..events import TaskEvent
 from .recorder import Row, describe_error
 
@@ -454,7 +454,7 @@ def outcome_of(value: Any, ok: bool) -> str:
         return "ok"
     if isinstance(value, TaskTimeout):
         return "timeout"
-    if isinstance(value, WorkerCrashed):
+    if is_worker_crash(value):
         return "crash"
     if isinstance(value, PoolClosed) or type(value).__name__ == "CancelledError":
         return "killed"

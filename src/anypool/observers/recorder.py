@@ -9,6 +9,7 @@ stays bounded on endless runs; a report says when it shows a sample.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections.abc import Sequence
@@ -90,41 +91,58 @@ class Recorder:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, not {limit!r}")
         self.limit = limit
-        self.seen = 0
         self._rows: list[tuple[Any, ...]] = []
-        self._lock = threading.Lock()
+        # Below the limit a row costs one next() and one append, both atomic
+        # under the GIL: no lock on the path every finished attempt takes.
+        self._arrivals = itertools.count()
+        self._over = 0  # rows that came after the limit (sampled in or dropped)
+        self._lock = threading.Lock()  # for the reservoir, past the limit
 
     def __call__(self, event: TaskEvent) -> None:
-        if event.kind != "finished":
+        (kind, task_id, seq, size, attempt, ended, fn, worker, started, outcome, error, _final,
+         items, _results) = event  # one unpacking: cheaper than a dozen attribute reads
+        if kind != "finished":
             return
-        items = event.items
-        if len(items) == 1:  # the common case, inline: describe_args costs a call more
-            args = item_text(items[0])
+        if size == 1:
+            item = items[0]
+            # submit(fn, x): ((x,), {}), the commonest call, written out inline
+            if (type(item) is tuple and len(item) == 2 and not item[1] and type(item[0]) is tuple
+                    and len(item[0]) == 1):
+                try:
+                    args = repr(item[0][0])
+                except Exception:
+                    args = item_text(item)
+            else:
+                args = item_text(item)
             if len(args) > ARGS_LIMIT:
                 args = _short(args, ARGS_LIMIT)
         else:
             args = describe_args(items)
-        error = event.error
-        row = (event.task_id, event.seq, event.size, event.attempt, event.worker or "",
-               event.started or event.time, event.time, event.outcome or "ok", event.fn, args,
-               "" if error is None else describe_error(error))
+        row = (task_id, seq, size, attempt, worker or "", started or ended, ended, outcome or "ok", fn,
+               args, "" if error is None else describe_error(error))
+        n = next(self._arrivals)
+        if n < self.limit:
+            self._rows.append(row)
+            return
         with self._lock:
-            self.seen += 1
-            if len(self._rows) < self.limit:
-                self._rows.append(row)
-            else:
-                k = random.randrange(self.seen)
-                if k < self.limit:
-                    self._rows[k] = row
+            self._over += 1
+            k = random.randrange(n + 1)
+            if k < len(self._rows):  # < limit; an append racing this one may not have landed yet
+                self._rows[k] = row
+
+    @property
+    def seen(self) -> int:
+        """How many finished attempts were recorded (kept or not)."""
+        return len(self._rows) + self._over
 
     @property
     def sampled(self) -> bool:
         """True when more attempts finished than the timeline keeps."""
-        return self.seen > len(self._rows)
+        return self._over > 0
 
     def rows(self) -> list[Row]:
         """The kept rows, ordered by start time."""
         with self._lock:
-            rows = list(self._rows)
+            rows = list(self._rows)  # appends need no lock: list() copies atomically under the GIL
         rows.sort(key=lambda r: r[5])
         return [Row._make(r) for r in rows]

@@ -19,9 +19,7 @@ process sentinel.
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
-import inspect
 import os
 import pickle
 import signal
@@ -84,6 +82,8 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
     send_frame(sock, pickle.dumps((READY, os.getpid()), PROTOCOL))
     worker = _Worker(sock, slots, base, cfg)
     if cfg["mode"] == "async":
+        import asyncio  # only process+async workers pay its ~20 ms import
+
         asyncio.run(worker.serve_async(cfg["concurrency"]))
     else:
         worker.serve()
@@ -294,6 +294,9 @@ class _Worker:
     # -- process+async workers ----------------------------------------------
 
     async def serve_async(self, concurrency: int) -> None:
+        import asyncio
+        import inspect
+
         loop = asyncio.get_running_loop()
         sock = self.sock
         sock.setblocking(False)
