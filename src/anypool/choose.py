@@ -60,11 +60,12 @@ PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
 PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on what it has
 MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
-# A sampler that woke this often this soon found the GIL free nearly all the time
-# (code holding it lets the sampler in once a 5 ms switch interval, ~3 times in
-# PROBE_EARLY): the evidence is in, and every task held meanwhile waits on one thread.
-PROBE_EARLY = 0.015
-EARLY_SAMPLES = 4 * MIN_SAMPLES
+# A sampler that woke EARLY_SAMPLES times within PROBE_EARLY found the GIL free
+# nearly all the time (code holding it lets the sampler in about once a 5 ms switch
+# interval: twice in PROBE_EARLY): the evidence is in, and every task held meanwhile
+# waits on one thread, so the probe stops there.
+PROBE_EARLY = 0.008
+EARLY_SAMPLES = 3 * MIN_SAMPLES
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 1000  # tiny tasks seen before judging them tiny without more probing
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
