@@ -226,7 +226,7 @@ def auto_choices(port: int) -> None:
         for name, run in kinds:  # one kind at a time, so each is measured on its own
             t0 = time.perf_counter()
             n = len(run(pool))
-            choice = pool.stats.choices.get(name, "async: a coroutine function (no measuring needed)")
+            choice = pool.stats.choices[name]
             print(f"   {name:<15} {n:>6,} tasks in {time.perf_counter() - t0:5.2f} s -> {choice}")
     print("\n   print(pool.stats):")
     print("   " + str(pool.stats).replace("\n", "\n   "))

@@ -64,7 +64,8 @@ def main() -> None:
     took = time.perf_counter() - t0
     print(f"walks {walks[0]} (x{len(walks)}) in {took:.2f} s, side by side "
           f"(one after another: {5 * 3 * 0.2:.1f} s); backend {pool.stats.backend}, "
-          f"coroutines run: {pool.stats.done}, probed: {pool.stats.choices or 'none (known coroutine)'}")
+          f"coroutines run: {pool.stats.done}")
+    print(f"auto chose {pool.stats.choices['jumping_wait']}")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,13 @@ def cpu(n: int = 2_000_000) -> int:
     return total
 
 
+async def fetch_then_parse(x: int, n: int = 200_000) -> tuple[int, int]:
+    """A coroutine that waits a moment, then does some ms of pure-Python CPU work: (x, its pid)."""
+    await asyncio.sleep(0.001)
+    cpu(n)
+    return x, os.getpid()
+
+
 def leak(mb: int) -> int:
     """Grow this worker's memory by ``mb`` MiB and keep it (a memory leak)."""
     hoard = anypool.worker_state().setdefault("hoard", [])

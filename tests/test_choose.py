@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 import threading
 import time
 import types
@@ -16,7 +17,7 @@ import pytest
 
 import anypool
 import tasks
-from anypool.choose import decide
+from anypool.choose import ASYNC_PROBE_ITEMS, decide, decide_async
 
 
 def _choice(pool: anypool.Pool, fn: Any) -> str:
@@ -50,6 +51,58 @@ def test_coroutine_functions_go_to_async() -> None:
     with anypool.Pool() as pool:
         assert pool.submit(tasks.asquare, 3).result(10) == 9
         assert pool._backend.plan(tasks.asquare).name == "async"  # type: ignore[attr-defined]
+
+
+def test_cpu_heavy_coroutines_go_to_process_async_after_a_few_timed_on_the_loop() -> None:
+    """Only the first ASYNC_PROBE_ITEMS run on the pool's own loop; the rest on worker processes."""
+    with anypool.Pool() as pool:
+        out = list(pool.map(tasks.fetch_then_parse, range(40)))
+        choice = _choice(pool, tasks.fetch_then_parse)
+    assert [x for x, _ in out] == list(range(40))
+    assert choice.startswith("process+async: coroutines doing CPU work"), choice
+    here = [x for x, pid in out if pid == os.getpid()]
+    assert here == list(range(ASYNC_PROBE_ITEMS))  # the probe cut the first batch to its head
+
+
+def test_cpu_heavy_coroutines_that_cannot_be_pickled_stay_on_the_loop_and_say_why() -> None:
+    lock = threading.Lock()
+
+    async def parse(x: int) -> int:
+        with lock:
+            tasks.cpu(200_000)
+        await asyncio.sleep(0)
+        return x
+
+    with anypool.Pool() as pool:
+        assert list(pool.map(parse, range(12))) == list(range(12))
+        (reason,) = pool.stats.choices.values()
+    assert reason.startswith("async: coroutines doing CPU work, but they cannot go to processes"), reason
+
+
+def test_coroutines_on_the_callers_loop_are_not_probed() -> None:
+    """Attached to a running loop, whose CPU time is also the caller's: async, no probe."""
+
+    async def main() -> list[Any]:
+        async with anypool.Pool() as pool:
+            out = [await pool.submit(tasks.fetch_then_parse, i, 10_000) for i in range(3)]
+            assert pool.stats.choices == {}
+            return out
+
+    assert [pid for _, pid in asyncio.run(main())] == [os.getpid()] * 3
+
+
+def test_a_probed_coroutine_is_cancelled_like_any_other() -> None:
+    """The step timer passes a cancellation through to the coroutine it drives."""
+    with anypool.Pool() as pool:
+        timed_out = pool.with_options(timeout=0.3).submit(tasks.asleep, 30)
+        cancelled = pool.submit(tasks.asleep, 30)  # both are timed: fewer than ASYNC_PROBE_ITEMS
+        time.sleep(0.1)
+        assert not cancelled.done(), (cancelled.exception(), pool.stats.choices, pool.stats)
+        assert cancelled.cancel()
+        with pytest.raises(anypool.TaskTimeout):
+            timed_out.result(10)
+        assert cancelled.cancelled()
+        assert pool.submit(tasks.asquare, 4).result(10) == 16
 
 
 def test_workers_sizes_threads_and_processes_not_coroutines() -> None:
@@ -102,6 +155,15 @@ class TestDecide:
     def test_one_cpu_means_threads(self) -> None:
         assert "only one CPU" in decide(0.99, 1.0, 10, 0.9, 1, self.ok).reason
 
+    def test_coroutines_that_wait_stay_on_the_loop(self) -> None:
+        assert decide_async(0.00005, 0.1, 8, False, 8, self.ok).backend == "async"
+
+    def test_cpu_heavy_coroutines_go_to_process_async(self) -> None:
+        assert decide_async(0.001, 0.05, 8, True, 8, self.ok).backend == "process+async"
+
+    def test_cpu_heavy_coroutines_on_one_cpu_stay_on_the_loop(self) -> None:
+        assert "only one CPU" in decide_async(0.001, 0.05, 8, True, 1, self.ok).reason
+
     def test_an_unpicklable_callable_stays_on_threads_and_says_why(self) -> None:
         d = decide(0.99, 1.0, 10, 0.9, 8, lambda: "the lock cannot be pickled")
         assert d.backend == "thread"
@@ -138,4 +200,5 @@ def test_generator_based_coroutines_go_to_async() -> None:
         assert list(pool.map(generator_coroutine, range(5))) == list(range(5))
         assert time.perf_counter() - t0 < 1.0  # concurrent, not 5 x 0.2 s
         assert pool.submit(functools.partial(generator_coroutine, 7)).result(10) == 7
-    assert pool.stats.choices == {}  # routed by what it is, never probed
+    # timed on the event loop (never probed on a thread, which would return generator objects)
+    assert pool.stats.choices["generator_coroutine"].startswith("async: coroutines that mostly wait")

@@ -19,6 +19,9 @@ __all__ = ["AsyncFuture"]
 
 T = TypeVar("T")
 
+# In ``_atask`` from the moment the loop claims the task until its asyncio task exists.
+STARTING: Any = object()
+
 
 class AsyncFuture(Future[T]):
     """A Future of the ``async`` backend: also a native asyncio future.
@@ -42,7 +45,8 @@ class AsyncFuture(Future[T]):
         super().__init__()
         # Every attribute is set here, never later: instances then share one
         # key table (a late attribute costs each future a private dict, ~460 B).
-        self._atask: asyncio.Task[Any] | None = None  # the coroutine's task, once started
+        # the coroutine's task once started; STARTING while the loop is creating it
+        self._atask: asyncio.Task[Any] | None = None
         # the caller's own loop and its thread, when the task runs on it
         self._home: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -51,6 +55,8 @@ class AsyncFuture(Future[T]):
 
     def _cancel_running(self) -> bool:
         atask = self._atask
+        if atask is STARTING:
+            return True  # the loop will see the cancelled state and cancel what it starts
         if atask is None or atask.done():
             return False
         loop = atask.get_loop()
@@ -132,7 +138,13 @@ class AsyncFuture(Future[T]):
 
     def cancel(self, msg: Any = None) -> bool:
         """Cancel the task, running or not (asyncio's ``msg`` is accepted and ignored)."""
-        return super().cancel()
+        if not super().cancel():
+            return False
+        # Cancelled while the loop was starting it: the loop cancels the task
+        # it creates once it sees this state, and if it created it meanwhile,
+        # this cancels it (twice is harmless).
+        self._cancel_running()
+        return True
 
     def _make_cancelled_error(self) -> BaseException:
         return asyncio.CancelledError()

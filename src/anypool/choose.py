@@ -1,6 +1,13 @@
 """``backend="auto"``: pick the execution model per callable, and say why.
 
-* a coroutine function (or a callable returning awaitables) → ``async``;
+* a coroutine function (or a callable returning awaitables) → ``async``,
+  unless its coroutines keep the event loop busy: the first
+  ``ASYNC_PROBE_ITEMS`` run on the loop with each step timed on the thread's
+  CPU clock, and at ``ASYNC_HEAVY`` (0.2 ms) of CPU work a coroutine or more
+  the rest go to ``process+async`` (a loop in each worker process), when the
+  function can be pickled and there is more than one CPU.  A pool attached
+  to the caller's running loop is not probed: that loop's CPU time is also
+  the caller's;
 * a command (a ``str`` or a list of ``str``) → ``subprocess``;
 * a sync callable → measured on its first tasks, run on a probe thread:
 
@@ -37,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import clock, schedstat, waiting
 from .backends import get_backend
@@ -50,6 +57,9 @@ from .state import bind_thread
 from .tasks import Failure, Task
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from .backends.coroutines import AsyncBackend
     from .dispatch import Dispatch
 
 __all__ = ["AutoBackend", "Decision", "decide"]
@@ -73,6 +83,11 @@ IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 
 # sampler wake-ups delayed by the GIL, per unit of probe CPU time, above which it holds
 # the GIL (seen on a loaded machine: GIL-bound code 0.3-1.0, hashlib 0-0.1)
 GIL_HELD = 0.25
+# Coroutine functions: the first ones run on the event loop with each step timed.
+ASYNC_PROBE_ITEMS = 8  # coroutines timed before judging
+ASYNC_PROBE_SECONDS = 0.1  # judged by then on what ran, however few finished
+ASYNC_HEAVY = 200e-6  # CPU seconds a coroutine keeps the loop busy above which processes pay
+ASYNC_BUSY = 0.5  # share of the loop unfinished probe coroutines took that counts as heavy
 _SAMPLE_SLEEP = 0.0002
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
 _UNEXPLAINED = 0.0003
@@ -152,6 +167,28 @@ def decide(cpu: float, wall: float, items: int, gil_held: float | None, cpus: in
                         f"{per * 1e3:.2f} ms a task)")
 
 
+def decide_async(per: float, wall: float, items: int, heavy: bool, cpus: int,
+                 picklable: Callable[[], str | None]) -> Decision:
+    """Choose between the event loop and ``process+async`` for a coroutine function.
+
+    ``per`` is the loop's CPU time a probed coroutine typically took (``items``
+    of them were measured), ``heavy`` whether that keeps one loop from keeping up.
+    """
+
+    def d(backend: str, reason: str) -> Decision:
+        return Decision(backend, reason, per * items, wall, items, 0.0)
+
+    if not heavy:
+        return d("async", f"coroutines that mostly wait ({per * 1e6:.0f} µs of CPU each on the event loop)")
+    if cpus < 2:
+        return d("async", "coroutines doing CPU work, but only one CPU is available")
+    problem = picklable()
+    if problem is not None:
+        return d("async", f"coroutines doing CPU work, but they cannot go to processes: {problem}")
+    return d("process+async", f"coroutines doing CPU work ({per * 1e3:.2f} ms each on the event loop): "
+                              "one loop cannot keep up, so a loop in each of several processes")
+
+
 class _GilSampler:
     """Measures how often a thread that wants the GIL is kept waiting for it."""
 
@@ -195,17 +232,59 @@ class _GilSampler:
         self._stop.set()
 
 
-class _Probe:
-    """Runs the first tasks of one callable on its own thread and measures them."""
+class _ProbeBase:
+    """What both probes share: the tasks held until the choice, and recording it."""
 
-    def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any], first: Task) -> None:
+    def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any]) -> None:
         self.router = router
         self.key = key
         self.fn = fn
-        self.held: deque[Task] = deque([first])
+        self.held: deque[Task] = deque()
         self.lock = threading.Lock()
-        self.more = threading.Condition(self.lock)  # a task was held
         self.decided = False
+
+    join_blocks = True  # join() waits for running tasks (False: it only makes the choice now)
+
+    def hold(self, task: Task) -> bool:
+        """Take ``task`` into the probe; False if the choice is already made (route it)."""
+        raise NotImplementedError
+
+    def join(self) -> None:
+        """Make the choice, if not made yet, and hand on the tasks held for it."""
+        raise NotImplementedError
+
+    def _record(self, decision: Decision) -> list[Task] | None:
+        """Make ``decision`` the router's choice; the held tasks, or None if another thread won."""
+        # the router's lock first, then ours: the order submit() takes them in
+        with self.router._lock, self.lock:
+            if self.decided:
+                return None
+            self.decided = True
+            self.router._choices[self.key] = decision.backend
+            self.router._probes.pop(self.key, None)
+            held = list(self.held)
+            self.held.clear()
+        return held
+
+    def _pickle_problem(self) -> str | None:
+        # cloudpickle is imported only for a callable that may go to processes:
+        # a run on threads is spared its ~5 ms import
+        from .serialize import dumps_callable
+
+        try:
+            dumps_callable(self.fn)
+        except SerializationError as exc:
+            return str(exc)
+        return None
+
+
+class _Probe(_ProbeBase):
+    """Runs the first tasks of one callable on its own thread and measures them."""
+
+    def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any], first: Task) -> None:
+        super().__init__(router, key, fn)
+        self.held.append(first)
+        self.more = threading.Condition(self.lock)  # a task was held
         self.cpu = 0.0
         self.wall = 0.0  # wall time less the time spent waiting for a CPU
         self.raw_wall = 0.0
@@ -341,29 +420,157 @@ class _Probe:
         if held is not None:
             self.router._decided(self.fn, decision, held)
 
-    def _record(self, decision: Decision) -> list[Task] | None:
-        """Make ``decision`` the router's choice; the held tasks, or None if another thread won."""
-        # the router's lock first, then ours: the order submit() takes them in
-        with self.router._lock, self.lock:
-            if self.decided:
-                return None
-            self.decided = True
-            self.router._choices[self.key] = decision.backend
-            self.router._probes.pop(self.key, None)
-            held = list(self.held)
-            self.held.clear()
-        return held
+    def join(self) -> None:
+        waiting.join(self.thread)
 
-    def _pickle_problem(self) -> str | None:
-        # cloudpickle is imported only for a callable that may go to processes:
-        # a run on threads is spared its ~5 ms import
-        from .serialize import dumps_callable
 
+class _Steps:
+    """Awaits a coroutine (or any awaitable) step by step, adding each step's CPU time to a total.
+
+    A step is what runs on the loop between two waits, so the sum is the time
+    this coroutine kept the loop busy: its own work, without the time it
+    waited and without other coroutines' turns.
+    """
+
+    __slots__ = ("awaitable", "cpu")
+
+    def __init__(self, awaitable: Any) -> None:
+        self.awaitable = awaitable
+        self.cpu = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        a = self.awaitable
+        it = a.__await__() if hasattr(a, "__await__") else a  # a generator-based coroutine is its own
+        cpu = time.thread_time
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            t = cpu()
+            try:
+                step = it.send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                self.cpu += cpu() - t
+                return stop.value
+            except BaseException:
+                self.cpu += cpu() - t
+                raise
+            self.cpu += cpu() - t
+            try:
+                value, exc = (yield step), None
+            except GeneratorExit:
+                it.close()
+                raise
+            except BaseException as e:  # a cancellation, thrown in at the wait: pass it on
+                value, exc = None, e
+
+
+class _Timed:
+    """A probed coroutine function: calls it and times the steps of what it returns.
+
+    It answers to the same name and key as the function (``__qualname__``,
+    ``func``), so events, logs and a retry treat it as the function itself.
+    """
+
+    def __init__(self, fn: Callable[..., Any], probe: _AsyncProbe) -> None:
+        self.func = fn
+        self.probe = probe
+        self.__qualname__ = fn_name(fn)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        r = self.func(*args, **kwargs)
+        if not inspect.isawaitable(r):
+            return r
+        steps = _Steps(r)
         try:
-            dumps_callable(self.fn)
-        except SerializationError as exc:
-            return str(exc)
-        return None
+            return await steps
+        finally:
+            self.probe.finished(steps.cpu)
+
+
+class _AsyncProbe(_ProbeBase):
+    """Runs the first coroutines of one function on the event loop, timing their CPU use.
+
+    The first ``ASYNC_PROBE_ITEMS`` coroutines run at once, as they would
+    anyway; later tasks wait until enough of those finished (or
+    ``ASYNC_PROBE_SECONDS`` passed), then go to the chosen backend.
+    """
+
+    join_blocks = False
+
+    def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any], first: Task,
+                 loop_backend: AsyncBackend) -> None:
+        super().__init__(router, key, fn)
+        self.loop_backend = loop_backend
+        self.timed = _Timed(fn, self)
+        self.items = 0  # coroutines sent to the loop, timed
+        self.cpu_done: list[float] = []  # CPU time of each finished one
+        self.began = time.perf_counter()
+        self.loop_cpu0 = self._loop_cpu()
+        clock.call_later(ASYNC_PROBE_SECONDS, self._decide_now)
+        self.hold(first)
+
+    def hold(self, task: Task) -> bool:
+        """Time ``task`` on the loop while too few ran, else keep it; False once decided.
+
+        A map batch bigger than the room left is cut: only its first items are
+        timed, so the rest can still go to processes if those prove CPU-heavy.
+        """
+        with self.lock:
+            if self.decided:
+                return False
+            room = ASYNC_PROBE_ITEMS - self.items
+            if room <= 0:
+                self.held.append(task)
+                return True
+            if task.future is None and len(task.items) > room:
+                self.held.append(task.subtask(room, task.items[room:]))
+                task = task.subtask(0, task.items[:room])
+            self.items += len(task.items)
+        task.fn = self.timed
+        self.loop_backend.submit(task)
+        return True
+
+    def finished(self, cpu: float) -> None:
+        """A timed coroutine ended (called on the loop thread): judge once enough did."""
+        with self.lock:
+            self.cpu_done.append(cpu)
+            enough = not self.decided and len(self.cpu_done) >= min(ASYNC_PROBE_ITEMS, self.items)
+        if enough:
+            clock.call_later(0, self._decide_now)  # off the loop: choosing may start processes
+
+    def join(self) -> None:
+        self._decide_now()
+
+    def _decide_now(self) -> None:
+        with self.lock:
+            if self.decided:
+                return
+            done, items = sorted(self.cpu_done), self.items
+        wall = time.perf_counter() - self.began
+        if done:
+            # the median: a first call's one-time costs (imports, opening a
+            # session) must not make a waiting coroutine look CPU-heavy
+            n = len(done)
+            per = done[n // 2]
+            heavy = per >= ASYNC_HEAVY
+        else:  # none finished yet: how busy they kept the loop
+            busy, n = max(0.0, self._loop_cpu() - self.loop_cpu0), items
+            per = busy / max(n, 1)
+            heavy = busy / max(wall, 1e-9) >= ASYNC_BUSY
+        decision = decide_async(per, wall, n, heavy, self.router.cpus, self._pickle_problem)
+        held = self._record(decision)
+        if held is not None:
+            self.router._decided(self.fn, decision, held)
+
+    def _loop_cpu(self) -> float:
+        """CPU time of the pool's loop thread so far (0 before it exists)."""
+        ident = self.loop_backend.loop_thread
+        if ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (AttributeError, OSError):
+            return 0.0
 
 
 def _key(fn: Any) -> Any:
@@ -393,7 +600,7 @@ class AutoBackend(Backend):
         self._lock = threading.Lock()
         self._subs: dict[str, Backend] = {}
         self._choices: dict[Any, str] = {}
-        self._probes: dict[Any, _Probe] = {}
+        self._probes: dict[Any, _ProbeBase] = {}
         self._closed = False
         self.cpus = default_workers()
 
@@ -419,13 +626,13 @@ class AutoBackend(Backend):
     def _static(self, fn: Any) -> str | None:
         if is_command(fn):
             return "subprocess"
-        if is_coroutine_callable(fn):
-            return "async"
         return self._choices.get(_key(fn))
 
     def plan(self, fn: Callable[..., Any]) -> Backend:
         name = self._static(fn)
-        return self._sub(name or "thread")
+        if name is None:
+            name = "async" if is_coroutine_callable(fn) else "thread"
+        return self._sub(name)
 
     def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
         if is_coroutine_callable(fn):
@@ -435,15 +642,25 @@ class AutoBackend(Backend):
         return Future
 
     def submit(self, task: Task) -> None:
-        name = self._static(task.fn)
+        fn = task.fn
+        name = self._static(fn)
         if name is None:
-            key = _key(task.fn)
+            loop: AsyncBackend | None = None
+            if is_coroutine_callable(fn):
+                loop = cast("AsyncBackend", self._sub("async"))
+                if loop.on_callers_loop():
+                    # that loop also runs the caller's own code: its CPU time
+                    # cannot be told apart from the coroutines', so no probe
+                    loop.submit(task)
+                    return
+            key = _key(fn)
             with self._lock:
                 name = self._choices.get(key)
                 if name is None:
                     probe = self._probes.get(key)
                     if probe is None:
-                        self._probes[key] = _Probe(self, key, task.fn, task)
+                        self._probes[key] = (_AsyncProbe(self, key, fn, task, loop) if loop is not None
+                                             else _Probe(self, key, fn, task))
                         return
                     if probe.hold(task):
                         return
@@ -457,11 +674,19 @@ class AutoBackend(Backend):
         log.debug("anypool: auto chose %s for %s: %s", decision.backend, label, decision.reason)
         if held:
             backend = self._sub(decision.backend)
+            fixed = backend.fixed_batch()
             for task in held:
-                try:
-                    backend.submit(task)
-                except Exception as exc:  # e.g. an argument that does not pickle
-                    self.dispatch.fail_unrun(task, exc)
+                pieces = [task]
+                if fixed and task.future is None and len(task.items) > fixed:
+                    # a batch sized for the probing backend: cut to the chosen one's
+                    # size, or a few big batches would leave its workers unevenly loaded
+                    pieces = [task.subtask(i, task.items[i:i + fixed])
+                              for i in range(0, len(task.items), fixed)]
+                for piece in pieces:
+                    try:
+                        backend.submit(piece)
+                    except Exception as exc:  # e.g. an argument that does not pickle
+                        self.dispatch.fail_unrun(piece, exc)
 
     def cancel_pending(self) -> None:
         with self._lock:
@@ -482,9 +707,10 @@ class AutoBackend(Backend):
         self._closed = True
         with self._lock:
             probes = list(self._probes.values())
-            subs = list(self._subs.values())
         for p in probes:
-            if wait and not kill:
-                waiting.join(p.thread)
+            if not kill and (wait or not p.join_blocks):
+                p.join()
+        with self._lock:
+            subs = list(self._subs.values())  # after the probes: their choices may have made one
         for b in subs:
             b.shutdown(wait=wait, kill=kill)

@@ -151,18 +151,18 @@ class Future(cf.Future[T]):
         """
         if super().cancel():
             return True
-        if self._cancel_running():
-            with self._condition:
-                if self._state == cf._base.RUNNING:
-                    self._state = cf._base.CANCELLED_AND_NOTIFIED
-                    self._condition.notify_all()
-                else:
-                    return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._invoke_callbacks()  # type: ignore[attr-defined]
-            return True
-        return False
+        with self._condition:
+            # Asked to stop and marked cancelled under one lock: the runner's
+            # own report of the stop (a CancelledError) cannot land in between
+            # and make this cancel() look refused.
+            if self._state != cf._base.RUNNING or not self._cancel_running():
+                return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
+            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            self._condition.notify_all()
+        for waiter in self._waiters:
+            waiter.add_cancelled(self)
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
 
     def _cancel_running(self) -> bool:
         """Stop a running task, where the model allows it (the async backend's futures)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import sys
 import time
 import types
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -23,6 +26,40 @@ def test_ten_thousand_concurrent_sleeps_finish_in_about_a_second() -> None:
         assert [f.result(30) for f in futs] == list(range(10_000))
         took = time.monotonic() - t
     assert took < 4.0, f"10,000 one-second sleeps took {took:.1f} s"
+
+
+async def wait_weakly_held(x: int) -> int:
+    """Wait on a future that only a weak reference can complete, as asyncio streams do.
+
+    (A StreamReaderProtocol holds its reader weakly: a coroutine in
+    ``readline()`` is kept alive by a reference cycle and by its task alone.)
+    """
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    ref = weakref.ref(fut)
+
+    def wake() -> None:
+        f = ref()
+        if f is not None:
+            f.set_result(x)
+
+    loop.call_later(0.3, wake)
+    return await fut
+
+
+@pytest.mark.parametrize("backend", ["async", "auto"])
+def test_a_garbage_collection_mid_wait_does_not_lose_running_coroutines(backend: str) -> None:
+    """Regression: the pool's own loop kept no strong reference to map items' tasks.
+
+    asyncio references tasks weakly, so a collection while they waited
+    destroyed them ("Task was destroyed but it is pending!") and the map
+    never ended.
+    """
+    with anypool.Pool(backend) as pool:
+        it = pool.map(wait_weakly_held, range(20), timeout=10)
+        time.sleep(0.1)
+        gc.collect()
+        assert list(it) == list(range(20))
 
 
 def test_map_runs_a_sleep_per_item_concurrently() -> None:
@@ -170,3 +207,25 @@ async def _apid(_: int) -> int:
 async def _sleep_then_die(seconds: float) -> None:
     await asyncio.sleep(seconds)
     os._exit(13)
+
+
+def test_cancelling_a_running_coroutine_is_never_reported_as_refused() -> None:
+    """Regression: the loop could report the stop (a CancelledError) before cancel() marked the
+    future cancelled, and cancel() then returned False although it had cancelled the coroutine."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: the loop may act inside cancel()
+    try:
+        _cancel_running_coroutines(200)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _cancel_running_coroutines(n: int) -> None:
+    with anypool.Pool("async") as pool:
+        for _ in range(n):
+            fut = pool.submit(tasks.asleep, 30)
+            deadline = time.monotonic() + 5
+            while not fut.running() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert fut.cancel()
+            assert fut.cancelled()

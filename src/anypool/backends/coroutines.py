@@ -36,8 +36,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..asyncfuture import AsyncFuture
+from ..asyncfuture import STARTING, AsyncFuture
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..futures import _CANCELLED
 from ..state import bind_context
 from ..tasks import ONE, Failure, Task
 from .base import Backend, BackendConfig
@@ -126,6 +127,11 @@ class AsyncBackend(Backend):
 
     def window(self) -> int:
         return 34
+
+    def on_callers_loop(self) -> bool:
+        """Whether coroutines run on the loop of the code using the pool (settled on first use)."""
+        self._ensure_loop()
+        return self.attached
 
     def describe(self) -> str:
         where = "the caller's loop" if self.attached else "its own loop thread"
@@ -301,6 +307,9 @@ class AsyncBackend(Backend):
             self._launch(waiting.popleft())
 
     def _launch(self, task: Task) -> None:
+        fut: Any = task.future
+        if fut is not None:
+            fut._atask = STARTING  # a cancel() from now on is left to _start_item to carry out
         if not task.claim():
             self.dispatch.discard(task)
             return
@@ -342,20 +351,24 @@ class AsyncBackend(Backend):
             atask = loop.create_task(coro, context=self._ctx)
         else:
             atask = self._ctx.run(loop.create_task, coro)
-        if self.attached:
-            self._running.add(atask)  # the pool's own loop has asyncio.all_tasks for that
+        # asyncio keeps only weak references to tasks: a coroutine waiting on a
+        # stream is otherwise held by a reference cycle alone, which the
+        # garbage collector may destroy mid-wait (and the map would never end)
+        self._running.add(atask)
         if task.options.timeout is not None:
             self._timers[atask] = loop.call_later(task.options.timeout, self._expire, atask)
         if run is None:
             task.started = now
             atask.add_done_callback(_OneDone(self, task))
-            task.future._atask = atask  # type: ignore[union-attr]
+            fut: Any = task.future
+            fut._atask = atask
+            if fut._state in _CANCELLED:  # cancel() came while this task was being made
+                atask.cancel()
         else:
             atask.add_done_callback(functools.partial(self._finished, task, run, i))
 
     def _outcome(self, task: Task, atask: asyncio.Task[Any]) -> Any:
-        if self._running:
-            self._running.discard(atask)
+        self._running.discard(atask)
         timer = self._timers.pop(atask, None) if self._timers else None
         if timer is not None:
             timer.cancel()
