@@ -77,7 +77,7 @@ MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 PROBE_EARLY = 0.008
 EARLY_SAMPLES = 3 * MIN_SAMPLES
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
-TINY_ITEMS = 1000  # tiny tasks seen before judging them tiny without more probing
+TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
                  # on a saturated, throttled machine was seen as low as 30 %)
 # sampler wake-ups delayed by the GIL, per unit of probe CPU time, above which it holds
