@@ -53,7 +53,8 @@ def item_text(item: Any) -> str:
         if type(item) is tuple and len(item) == 2 and type(item[0]) is tuple and type(item[1]) is dict:
             args, kwargs = item
             if not kwargs:
-                return ", ".join(map(repr, args))
+                # submit(fn, x), the commonest call: one repr, no join
+                return repr(args[0]) if len(args) == 1 else ", ".join(map(repr, args))
             return ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
         return repr(item)
     except Exception:
@@ -103,17 +104,8 @@ class Recorder:
          items, _results) = event  # one unpacking: cheaper than a dozen attribute reads
         if kind != "finished":
             return
-        if size == 1:
-            item = items[0]
-            # submit(fn, x): ((x,), {}), the commonest call, written out inline
-            if (type(item) is tuple and len(item) == 2 and not item[1] and type(item[0]) is tuple
-                    and len(item[0]) == 1):
-                try:
-                    args = repr(item[0][0])
-                except Exception:
-                    args = item_text(item)
-            else:
-                args = item_text(item)
+        if size == 1:  # the common case, inline: describe_args costs a call more
+            args = item_text(items[0])
             if len(args) > ARGS_LIMIT:
                 args = _short(args, ARGS_LIMIT)
         else:
