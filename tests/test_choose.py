@@ -114,6 +114,28 @@ def test_workers_sizes_threads_and_processes_not_coroutines() -> None:
         assert pool._backend.plan(tasks.sleep).workers == 2  # type: ignore[attr-defined]
 
 
+def test_a_long_first_task_is_judged_while_it_runs() -> None:
+    """Tasks held by the probe do not wait for its first task to end."""
+    with anypool.Pool(workers=2) as pool:
+        first = pool.submit(tasks.sleep, 3.0, "first")
+        second = pool.submit(tasks.sleep, 0.01, "second")
+        assert second.result(timeout=2.0) == "second"
+        assert not first.done()
+        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
+        assert first.result(timeout=10) == "first"
+
+
+def test_hashing_judged_mid_task_goes_to_threads_while_the_first_task_runs() -> None:
+    """The early verdict (the GIL plainly free) judges a long first task without waiting for it."""
+    big = bytes(512 << 20)  # ~0.4 s of hashing here, more under load
+    with anypool.Pool(workers=2) as pool:
+        first = pool.submit(sha, big)
+        assert pool.submit(sha, b"x" * 4096).result(timeout=30) == sha(b"x" * 4096)
+        assert not first.done()
+        assert _choice(pool, sha).startswith("thread: CPU-bound but releases the GIL")
+        assert first.result(timeout=30) == sha(big)
+
+
 def test_tiny_tasks_stay_on_threads() -> None:
     with anypool.Pool() as pool:
         assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]

@@ -19,10 +19,12 @@
   - CPU-bound Python holding the GIL → ``process`` (when the callable can be
     pickled and there is more than one CPU).
 
-The probe runs tasks for at most ``PROBE_SECONDS`` (a long first task is
-judged mid-run from its thread's CPU clock), or for ``PROBE_EARLY`` when the
-GIL sampler already found the GIL free nearly all the time; later tasks of
-that callable wait, then go to the chosen backend.  Time the probe thread spent *ready to
+The probe runs tasks for at most ``PROBE_SECONDS``, or for ``PROBE_EARLY``
+when the GIL sampler already found the GIL free nearly all the time (and the
+probe thread was not kept waiting for a CPU); a task still running then is
+judged mid-run from its thread's CPU clock.  Later tasks of that callable
+wait, then go to the chosen backend, whose threads were started with the
+probe (threads are the likely pick).  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
 time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
@@ -72,10 +74,11 @@ PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on w
 MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 # A sampler that woke EARLY_SAMPLES times within PROBE_EARLY found the GIL free
 # nearly all the time (code holding it lets the sampler in about once a 5 ms switch
-# interval: twice in PROBE_EARLY): the evidence is in, and every task held meanwhile
-# waits on one thread, so the probe stops there.
-PROBE_EARLY = 0.008
+# interval; a free GIL, every ~0.3 ms): the evidence is in, and every task held
+# meanwhile waits on one thread, so the probe stops there.
+PROBE_EARLY = 0.004
 EARLY_SAMPLES = 3 * MIN_SAMPLES
+EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
@@ -88,6 +91,7 @@ ASYNC_PROBE_ITEMS = 8  # coroutines timed before judging
 ASYNC_PROBE_SECONDS = 0.1  # judged by then on what ran, however few finished
 ASYNC_HEAVY = 200e-6  # CPU seconds a coroutine keeps the loop busy above which processes pay
 ASYNC_BUSY = 0.5  # share of the loop unfinished probe coroutines took that counts as heavy
+_TICK = 0.002  # how often a running first task is checked for the early verdict
 _SAMPLE_SLEEP = 0.0002
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
 _UNEXPLAINED = 0.0003
@@ -295,8 +299,9 @@ class _Probe(_ProbeBase):
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
         self.sampler = _GilSampler()
         self.began = time.perf_counter()
+        self.delay0 = 0.0  # the probe thread's run-queue time when it started
         self.thread.start()
-        clock.call_later(PROBE_SECONDS, self._deadline)
+        clock.call_later(PROBE_EARLY, self._tick)
 
     def hold(self, task: Task) -> bool:
         """Keep ``task`` until the decision; False if it is already made."""
@@ -311,6 +316,7 @@ class _Probe(_ProbeBase):
         router = self.router
         dispatch = router.dispatch
         ws = dispatch.stats.worker("probe")
+        self.delay0 = schedstat.thread_delay(threading.get_native_id())
         bind_thread({})
         init = router.config.initializer
         if init is not None:
@@ -367,20 +373,41 @@ class _Probe(_ProbeBase):
         """Whether the measurements so far can decide (caller holds the lock)."""
         if self.items >= TINY_ITEMS and self.wall / self.items < TINY_TASK:
             return True  # tiny tasks: the GIL does not matter, threads win
+        return self._early() or self._enough()
+
+    def _early(self) -> bool:
+        """Whether the sampler already found the GIL free nearly all the time.
+
+        Only on a machine that lets the probe thread run: one kept waiting
+        for a CPU drops the GIL at a switch and may wait a few ms to take it
+        back, and the sampler runs freely meanwhile even beside GIL-bound
+        code (bursts of 20-30 wake-ups were seen under load).
+        """
         elapsed = time.perf_counter() - self.began
-        if elapsed < PROBE_SECONDS:
-            return elapsed >= PROBE_EARLY and self.sampler.samples >= EARLY_SAMPLES
-        return self._enough()
+        if elapsed < PROBE_EARLY or self.sampler.samples < EARLY_SAMPLES:
+            return False
+        waited = schedstat.thread_delay(self.thread.native_id) - self.delay0
+        return waited < EARLY_STARVED * elapsed
 
     def _enough(self) -> bool:
-        return self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX
+        """Whether the full probe time has passed with enough samples to judge the GIL."""
+        elapsed = time.perf_counter() - self.began
+        if elapsed < PROBE_SECONDS:
+            return False
+        return self.sampler.samples >= MIN_SAMPLES or elapsed >= PROBE_MAX
 
-    def _deadline(self) -> None:
-        """Clock callback: a first task still running after PROBE_SECONDS is judged mid-run."""
+    def _tick(self) -> None:
+        """Clock callback: a task still running once the probe has seen enough is judged mid-run.
+
+        Without it a long first task would keep every other task waiting
+        until it ends; the early verdict (the GIL plainly free) is checked
+        every ``_TICK`` until ``PROBE_SECONDS``.
+        """
         if self.decided:
             return
-        if not self._enough():
-            clock.call_later(PROBE_SECONDS / 2, self._deadline)
+        if not (self._early() or self._enough()):
+            elapsed = time.perf_counter() - self.began
+            clock.call_later(_TICK if elapsed < PROBE_SECONDS else PROBE_SECONDS / 2, self._tick)
             return
         with self.lock:
             if self.decided or self.current_start is None:
@@ -506,6 +533,7 @@ class _AsyncProbe(_ProbeBase):
         self.cpu_done: list[float] = []  # CPU time of each finished one
         self.began = time.perf_counter()
         self.loop_cpu0 = self._loop_cpu()
+        self.loop_delay0 = schedstat.thread_delay(loop_backend.loop_tid)
         clock.call_later(ASYNC_PROBE_SECONDS, self._decide_now)
         self.hold(first)
 
@@ -556,7 +584,10 @@ class _AsyncProbe(_ProbeBase):
         else:  # none finished yet: how busy they kept the loop
             busy, n = max(0.0, self._loop_cpu() - self.loop_cpu0), items
             per = busy / max(n, 1)
-            heavy = busy / max(wall, 1e-9) >= ASYNC_BUSY
+            # less the time the loop thread waited for a CPU: on a busy machine
+            # a loop kept fully busy by its coroutines still gets only a share of one
+            waited = schedstat.thread_delay(self.loop_backend.loop_tid) - self.loop_delay0
+            heavy = busy / max(wall - waited, 1e-9) >= ASYNC_BUSY
         decision = decide_async(per, wall, n, heavy, self.router.cpus, self._pickle_problem)
         held = self._record(decision)
         if held is not None:
@@ -659,12 +690,20 @@ class AutoBackend(Backend):
                 if name is None:
                     probe = self._probes.get(key)
                     if probe is None:
-                        self._probes[key] = (_AsyncProbe(self, key, fn, task, loop) if loop is not None
-                                             else _Probe(self, key, fn, task))
+                        if loop is not None:
+                            self._probes[key] = _AsyncProbe(self, key, fn, task, loop)
+                            return
+                        self._probes[key] = _Probe(self, key, fn, task)
+                    elif probe.hold(task):
                         return
-                    if probe.hold(task):
-                        return
-                    name = self._choices[key]  # decided and recorded under this lock
+                    else:
+                        name = self._choices[key]  # decided and recorded under this lock
+            if name is None:
+                # Threads are the likely pick (the probe's answer for all but
+                # GIL-bound Python): started now, while a CPU is free, rather
+                # than at the choice, when the probe's task may be busy on one.
+                self._sub("thread").start()
+                return
         self._sub(name).submit(task)
 
     def _decided(self, fn: Any, decision: Decision, held: list[Task]) -> None:

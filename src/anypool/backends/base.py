@@ -92,6 +92,13 @@ class Backend(ABC):
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         """Stop the workers (all submitted work is already final unless ``kill``)."""
 
+    def start(self) -> None:
+        """Start the workers now instead of on the first task (a router warming its likely pick).
+
+        Backends whose workers are cheap to start on demand need not do anything.
+        """
+        return
+
     def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
         """The future class ``submit(fn, ...)`` returns (a router answers per callable)."""
         return self.future_class

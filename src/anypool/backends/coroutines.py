@@ -102,6 +102,7 @@ class AsyncBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.loop_thread: int | None = None  # ident of the thread running the loop
+        self.loop_tid: int | None = None  # and its kernel thread id (for its CPU statistics)
         self.attached = False
         self._inbox: deque[Task] = deque()
         self._drain_scheduled = False
@@ -153,6 +154,7 @@ class AsyncBackend(Backend):
             if running is not None and not self.config.extra.get("own_loop", False):
                 self.attached = True
                 self.loop_thread = threading.get_ident()
+                self.loop_tid = threading.get_native_id()
                 self._loop = running
                 self._initialize_here()
                 return running
@@ -169,6 +171,7 @@ class AsyncBackend(Backend):
     def _run_loop(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         self.loop_thread = threading.get_ident()
+        self.loop_tid = threading.get_native_id()
         loop.call_soon(started.set)
         loop.call_soon(self._heartbeat, loop)
         clock.call_later(BLOCKED_WARNING, self._watch, 0.0)

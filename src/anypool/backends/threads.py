@@ -76,14 +76,14 @@ class ThreadBackend(Backend):
 
     def submit(self, task: Task) -> None:
         if not self._started:
-            self._start()
+            self.start()
         if self._stopping:
             raise PoolClosed("the thread backend is shut down")
         self._queue.put(task)
 
-    def _start(self) -> None:
+    def start(self) -> None:
         with self._lock:
-            if self._started:
+            if self._started or self._stopping:
                 return
             self._started = True
             for _ in range(self.workers):
