@@ -155,6 +155,22 @@ class TestPipe:
         assert frames(screen) == []
 
 
+    def test_the_bar_leaves_the_start_method_to_the_program(self) -> None:
+        """tqdm's own first bar takes a multiprocessing lock, which fixes the start method."""
+        code = ("import multiprocessing, sys, anypool, tqdm\n"
+                "with anypool.Pool('thread', 2, progress='always') as pool:\n"
+                "    print('results', sum(pool.map(abs, range(1000))))\n"
+                "print('mp imported', 'multiprocessing.synchronize' in sys.modules)\n"
+                "multiprocessing.set_start_method('spawn')\n"
+                "print('start method', multiprocessing.get_start_method())\n"
+                "bar = tqdm.tqdm(range(3), file=sys.stderr)\n"  # the program's own bar still works
+                "print('own bar', sum(bar))\n")
+        err, out = run_in_pipe(code)
+        assert out.split("\n")[:4] == ["results 499500", "mp imported False", "start method spawn",
+                                       "own bar 3"], out
+        assert "1000/1000" in err
+
+
 class TestInProcess:
     def test_a_bad_progress_value_is_refused_before_anything_starts(self) -> None:
         with pytest.raises(ValueError, match=r"progress must be True, False or 'always', not 'yes'"):

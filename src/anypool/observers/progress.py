@@ -53,6 +53,35 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+_BAR_CLASSES: dict[bool, Any] = {}
+
+
+def _bar_class(notebook: bool) -> Any:
+    """tqdm's bar class (the widget in a notebook), made not to touch multiprocessing.
+
+    tqdm's first bar takes a write lock that includes a multiprocessing
+    RLock: that imports multiprocessing (~8 ms), makes a semaphore, and fixes
+    the program's default start method, so a later
+    ``multiprocessing.set_start_method()`` raises.  Our bars are drawn from
+    one thread of this process, so a subclass uses tqdm's thread lock alone
+    (the one its own bars also take, so their output does not interleave);
+    tqdm's class and the user's bars are left as they are.
+    """
+    cls = _BAR_CLASSES.get(notebook)
+    if cls is None:
+        if notebook:
+            from tqdm.auto import tqdm as base
+        else:
+            from tqdm.std import tqdm as base
+        from tqdm.std import TqdmDefaultWriteLock
+
+        cls = type("AnypoolBar", (base,), {"__module__": __name__})
+        if getattr(base, "_lock", None) is None:  # else: the lock tqdm already made, shared
+            cls.set_lock(TqdmDefaultWriteLock.th_lock)
+        _BAR_CLASSES[notebook] = cls
+    return cls
+
+
 def _size(file: Any) -> tuple[int, int]:
     """(columns, lines) of the terminal behind ``file``; zeros where it reports none."""
     try:
@@ -67,11 +96,7 @@ class Progress:
 
     def __init__(self, pool: Pool, total: int | None = None, desc: str = "anypool",
                  file: Any = None) -> None:
-        if _in_notebook():
-            from tqdm.auto import tqdm
-        else:
-            from tqdm.std import tqdm
-
+        tqdm = _bar_class(_in_notebook())
         self._pool = pool
         self._fixed_total = total
         self._runs: weakref.WeakKeyDictionary[MapRun, int] = weakref.WeakKeyDictionary()
