@@ -67,7 +67,7 @@ def _bar_class(notebook: bool) -> Any:
     (the one its own bars also take, so their output does not interleave);
     tqdm's class and the user's bars are left as they are.
     """
-    cls = _BAR_CLASSES.get(notebook)
+    cls: Any = _BAR_CLASSES.get(notebook)
     if cls is None:
         if notebook:
             from tqdm.auto import tqdm as base
