@@ -66,3 +66,31 @@ def test_importing_anypool_leaves_multiprocessing_and_asyncio_unloaded() -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "ok\n"
+
+
+def test_the_command_line_starts_without_the_heavy_stdlib_modules() -> None:
+    """`anypool run` is started once per shell loop iteration: each of these cost 2-10 ms of its start.
+
+    (dataclasses brings inspect and ast; json, ctypes, pickle and random are
+    imported where a job log, shared memory, processes or retries need them.)
+    """
+    code = (
+        "import sys\n"
+        "from anypool.cli import build_parser\n"
+        "build_parser('run').parse_args(['run', 'true', ':::', '1'])\n"
+        "import anypool.backends.subprocesses, anypool.backends.threads\n"
+        "heavy = {'dataclasses', 'inspect', 'ast', 'json', 'ctypes', 'pickle', 'random', 'sqlite3',\n"
+        "         'tqdm', 'multiprocessing', 'asyncio'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[]\n"
+
+
+def test_lazy_share_is_the_same_function_under_its_public_name() -> None:
+    from anypool.sharedmem import share
+
+    assert anypool.share is share
+    assert share.__module__ == "anypool"
+    assert "share" in dir(anypool)

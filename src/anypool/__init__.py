@@ -33,13 +33,13 @@ from .events import Observer, TaskEvent
 from .futures import Attempt, Future, as_completed
 from .mapping import MapIterator
 from .pool import Pool, PoolView, imap, map
-from .sharedmem import share
 from .state import worker_state
 from .stats import PoolStats, Summary
 from .tasks import POOL_DEFAULT, TaskOptions
 
 if typing.TYPE_CHECKING:
     from .crashed import WorkerCrashed
+    from .sharedmem import share
 
 __all__ = [
     "POOL_DEFAULT",
@@ -79,25 +79,36 @@ def _fix_module_names() -> None:
     # Public objects say they live in `anypool`: tracebacks, docs and
     # pickles then name the path users import from.
     for name in __all__:
-        obj = globals().get(name)  # WorkerCrashed is made on first use: it names itself
-        if getattr(obj, "__module__", "").startswith("anypool."):
-            try:
-                obj.__module__ = "anypool"
-            except (AttributeError, TypeError):
-                pass
+        _rename(globals().get(name))  # the lazy names are renamed when first asked for
+
+
+def _rename(obj: object) -> None:
+    if getattr(obj, "__module__", "").startswith("anypool."):
+        try:
+            obj.__module__ = "anypool"
+        except (AttributeError, TypeError):
+            pass
 
 
 _fix_module_names()
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "WorkerCrashed"})
+    return sorted({*globals(), "WorkerCrashed", "share"})
 
 
 def __getattr__(name: str) -> typing.Any:
-    # WorkerCrashed's base class imports multiprocessing: made when first asked for
+    # Made or imported when first asked for, to keep `import anypool` (and every
+    # `anypool run`) quick: WorkerCrashed's base class imports multiprocessing
+    # (~20 ms); share's module imports ctypes and pickle (~6 ms).
     if name == "WorkerCrashed":
         from . import errors
 
         return errors.WorkerCrashed
+    if name == "share":
+        from .sharedmem import share
+
+        _rename(share)
+        globals()["share"] = share
+        return share
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -45,7 +45,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from . import clock, schedstat, waiting
@@ -649,7 +648,7 @@ class AutoBackend(Backend):
                     if name == "async":
                         # workers= sizes the thread and process pools; coroutines are
                         # cheap, and capping them at a CPU count would serialise IO
-                        config = replace(config, workers=config.concurrency)
+                        config = config._replace(workers=config.concurrency)
                     b = get_backend(name)(config, self.dispatch)
                     self._subs[name] = b
         return b

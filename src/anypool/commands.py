@@ -48,16 +48,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from .records import Frozen
 
 __all__ = ["SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "prepare", "split_words"]
 
 SHELL = "/bin/sh"
 
 
-@dataclass(frozen=True, slots=True)
-class CommandResult:
+class CommandResult(Frozen):
     """How one run of a command went.
 
     The ``subprocess`` backend returns this for a command that exited with
@@ -77,6 +77,10 @@ class CommandResult:
         pid: its process id (also its process group id).
     """
 
+    __slots__ = (  # noqa: RUF023 - field order: repr and positional arguments follow it
+        "command", "args", "returncode", "stdout", "stderr", "started", "duration", "pid",
+    )
+
     command: str
     args: tuple[str, ...]
     returncode: int
@@ -85,6 +89,18 @@ class CommandResult:
     started: float
     duration: float
     pid: int
+
+    def __init__(self, command: str, args: tuple[str, ...], returncode: int, stdout: bytes,
+                 stderr: bytes, started: float, duration: float, pid: int) -> None:
+        put = object.__setattr__
+        put(self, "command", command)
+        put(self, "args", args)
+        put(self, "returncode", returncode)
+        put(self, "stdout", stdout)
+        put(self, "stderr", stderr)
+        put(self, "started", started)
+        put(self, "duration", duration)
+        put(self, "pid", pid)
 
     @property
     def ok(self) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+
+from .records import Frozen
 
 __all__ = ["UNASSIGNED", "PoolStats", "StatsCollector", "Summary", "WorkerStats"]
 
@@ -81,15 +82,27 @@ class Histogram:
         return self.max
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(Frozen):
     """A distribution of durations in seconds."""
 
-    count: int = 0
-    mean: float = 0.0
-    median: float = 0.0
-    p95: float = 0.0
-    max: float = 0.0
+    __slots__ = (  # noqa: RUF023 - field order: repr and positional arguments follow it
+        "count", "mean", "median", "p95", "max",
+    )
+
+    count: int
+    mean: float
+    median: float
+    p95: float
+    max: float
+
+    def __init__(self, count: int = 0, mean: float = 0.0, median: float = 0.0, p95: float = 0.0,
+                 max: float = 0.0) -> None:  # noqa: A002 - the field's name
+        put = object.__setattr__
+        put(self, "count", count)
+        put(self, "mean", mean)
+        put(self, "median", median)
+        put(self, "p95", p95)
+        put(self, "max", max)
 
     @classmethod
     def of(cls, h: Histogram) -> Summary:
@@ -143,8 +156,7 @@ class WorkerStats:
             self.last = ended
 
 
-@dataclass(frozen=True)
-class PoolStats:
+class PoolStats(Frozen):
     """A snapshot of what a pool has done.  ``str()`` gives a short table.
 
     Every count is of tasks (a ``map`` item is a task), not of batches.
@@ -175,6 +187,12 @@ class PoolStats:
             during the run appear under their own names.
     """
 
+    __slots__ = (  # noqa: RUF023 - field order: repr and positional arguments follow it
+        "backend", "choices", "workers", "submitted", "done", "failed", "retried", "timed_out",
+        "crashed", "cancelled", "running", "run_time", "queue_wait", "elapsed", "throughput",
+        "worker_busy",
+    )
+
     backend: str
     choices: dict[str, str]
     workers: int
@@ -190,7 +208,29 @@ class PoolStats:
     queue_wait: Summary
     elapsed: float
     throughput: float
-    worker_busy: dict[str, float] = field(default_factory=dict)
+    worker_busy: dict[str, float]
+
+    def __init__(self, backend: str, choices: dict[str, str], workers: int, submitted: int, done: int,
+                 failed: int, retried: int, timed_out: int, crashed: int, cancelled: int, running: int,
+                 run_time: Summary, queue_wait: Summary, elapsed: float, throughput: float,
+                 worker_busy: dict[str, float] | None = None) -> None:
+        put = object.__setattr__
+        put(self, "backend", backend)
+        put(self, "choices", choices)
+        put(self, "workers", workers)
+        put(self, "submitted", submitted)
+        put(self, "done", done)
+        put(self, "failed", failed)
+        put(self, "retried", retried)
+        put(self, "timed_out", timed_out)
+        put(self, "crashed", crashed)
+        put(self, "cancelled", cancelled)
+        put(self, "running", running)
+        put(self, "run_time", run_time)
+        put(self, "queue_wait", queue_wait)
+        put(self, "elapsed", elapsed)
+        put(self, "throughput", throughput)
+        put(self, "worker_busy", {} if worker_busy is None else worker_busy)
 
     def __str__(self) -> str:
         def ms(s: float) -> str:

@@ -9,11 +9,11 @@ return a value.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
+
+from .records import Frozen
 
 if TYPE_CHECKING:
     from .futures import Future
@@ -45,8 +45,7 @@ POOL_DEFAULT: Final = _PoolDefault()
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-@dataclass(frozen=True)
-class TaskOptions:
+class TaskOptions(Frozen):
     """Per-task policies; a pool has one set, ``Pool.with_options`` derives others.
 
     Attributes:
@@ -64,28 +63,44 @@ class TaskOptions:
         backoff_max: the cap on that delay.
     """
 
-    timeout: float | None = None
-    retries: int = 0
-    retry_on: RetryOn = (Exception,)
-    backoff: float = 0.1
-    backoff_max: float = 30.0
+    __slots__ = (  # noqa: RUF023 - field order: repr and positional arguments follow it
+        "timeout", "retries", "retry_on", "backoff", "backoff_max",
+    )
 
-    def __post_init__(self) -> None:
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, not {self.timeout!r}")
-        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {self.retries!r}")
-        if self.backoff < 0 or self.backoff_max < 0:
+    timeout: float | None
+    retries: int
+    retry_on: RetryOn
+    backoff: float
+    backoff_max: float
+
+    def __init__(self, timeout: float | None = None, retries: int = 0, retry_on: RetryOn = (Exception,),
+                 backoff: float = 0.1, backoff_max: float = 30.0) -> None:
+        """Check and keep the options.
+
+        Raises:
+            ValueError: an out-of-range timeout, retry count or back-off.
+            TypeError: ``retry_on`` is neither exception types nor a callable.
+        """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if backoff < 0 or backoff_max < 0:
             raise ValueError("backoff and backoff_max must be >= 0")
-        rule = self.retry_on
-        if not callable(rule) and not (
-            isinstance(rule, tuple)
-            and all(isinstance(t, type) and issubclass(t, BaseException) for t in rule)
+        if not callable(retry_on) and not (
+            isinstance(retry_on, tuple)
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on)
         ):
             raise TypeError(
                 "retry_on must be a tuple of exception types or a predicate "
-                f"taking the exception, not {rule!r}"
+                f"taking the exception, not {retry_on!r}"
             )
+        put = object.__setattr__
+        put(self, "timeout", timeout)
+        put(self, "retries", retries)
+        put(self, "retry_on", retry_on)
+        put(self, "backoff", backoff)
+        put(self, "backoff_max", backoff_max)
 
     def merged(self, **changes: Any) -> TaskOptions:
         """Return a copy with ``changes`` applied; ``POOL_DEFAULT`` values are skipped.
@@ -98,7 +113,7 @@ class TaskOptions:
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         real = {k: v for k, v in changes.items() if v is not POOL_DEFAULT}
-        return replace(self, **real) if real else self
+        return self._replace(**real) if real else self
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``retry_on`` selects ``exc`` (attempts left are checked elsewhere)."""
@@ -111,6 +126,8 @@ class TaskOptions:
         """Back-off before attempt ``attempt + 1``: full jitter under an exponential cap."""
         if self.backoff <= 0:
             return 0.0
+        import random  # here, not at the top: ~2 ms of start, wanted only by retries
+
         cap = min(self.backoff_max, self.backoff * (2 ** (attempt - 1)))
         return random.uniform(0, cap)
 

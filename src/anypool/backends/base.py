@@ -30,10 +30,10 @@ import os
 import queue
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..futures import Future
+from ..records import Record
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
@@ -42,19 +42,28 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "BackendConfig", "default_workers", "drain"]
 
 
-@dataclass
-class BackendConfig:
+class BackendConfig(Record):
     """The pool settings a backend may use (each backend reads what applies)."""
 
-    workers: int | None = None
-    initializer: Callable[..., Any] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_worker: int | None = None
-    max_memory_per_worker: int | None = None
-    start_method: str | None = None
-    concurrency: int | None = None
-    address: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = (  # noqa: RUF023 - field order: repr and positional arguments follow it
+        "workers", "initializer", "initargs", "max_tasks_per_worker", "max_memory_per_worker",
+        "start_method", "concurrency", "address", "extra",
+    )
+
+    def __init__(self, workers: int | None = None, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,
+                 max_memory_per_worker: int | None = None, start_method: str | None = None,
+                 concurrency: int | None = None, address: str | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.workers = workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_memory_per_worker = max_memory_per_worker
+        self.start_method = start_method
+        self.concurrency = concurrency
+        self.address = address
+        self.extra: dict[str, Any] = {} if extra is None else extra
 
 
 class Backend(ABC):

@@ -29,7 +29,6 @@ run the same way, with status 141.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import queue
 import signal
@@ -332,6 +331,8 @@ class Engine:
         if cr is not None:
             started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
         else:
+            import json
+
             started, runtime = time.time(), 0.0
             stdout = json.dumps(value, default=repr).encode() if ok else None
             stderr = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -46,6 +45,8 @@ class Job:
     @property
     def args_json(self) -> str:
         """The values as JSON text, the form the job log keeps (ASCII-safe)."""
+        import json  # only with a job log: not worth ~3 ms of every start
+
         return json.dumps(list(self.values))
 
     def __repr__(self) -> str:

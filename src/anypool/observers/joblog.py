@@ -33,7 +33,6 @@ cannot run SQL functions with side effects either (``trusted_schema=OFF``).
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import threading
 import time
@@ -48,7 +47,7 @@ from .recorder import Row, describe_error
 if TYPE_CHECKING:
     import sqlite3
 
-# sqlite3, hashlib, socket and urllib are imported where used: the command
+# json, sqlite3, hashlib, socket and urllib are imported where used: the command
 # line imports this module for its helpers on every run, job log or not.
 
 __all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "outcome_of"]
@@ -166,6 +165,7 @@ class SeqSet(Set[int]):
 def fingerprint(description: Any) -> str:
     """The SHA-256 of a run's input description (canonical JSON)."""
     import hashlib
+    import json
 
     text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
@@ -256,6 +256,8 @@ class JobLog:
             JobLogError: ``resume`` is set and the log was written for a
                 different description (the message shows both).
         """
+        import json
+
         fp = fingerprint(description)
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
         with self._lock:
@@ -429,6 +431,8 @@ def _text(s: str) -> str:
 
 
 def _describe(text: str) -> str:
+    import json
+
     try:
         d = json.loads(text)
     except ValueError:
@@ -483,6 +487,8 @@ def args_json(item: Any, limit: int = 2000) -> str:
         value: Any = {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
     else:
         value = item
+    import json
+
     try:
         text = json.dumps(value, default=repr)
     except (TypeError, ValueError, RecursionError):
@@ -546,6 +552,8 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         command = cr.command
         stdout, stderr = cr.stdout, cr.stderr
     else:
+        import json
+
         command = event.fn
         stdout = json.dumps(value, ensure_ascii=False, default=repr).encode() if ok else None
         stderr = None
