@@ -136,6 +136,37 @@ def test_hashing_judged_mid_task_goes_to_threads_while_the_first_task_runs() -> 
         assert first.result(timeout=30) == sha(big)
 
 
+_FIRST_ENDED = threading.Event()
+
+
+def cpu_then_note(n: int) -> int:
+    """tasks.cpu, then note (in this process) that it ended."""
+    total = tasks.cpu(n)
+    _FIRST_ENDED.set()
+    return total
+
+
+def test_a_short_cpu_bound_first_task_waits_for_the_next_before_judging_the_gil() -> None:
+    """A ~20 ms task is too short to judge the GIL: the probe waits a moment for more tasks.
+
+    (A map's next batches come just after its first; the caller competes with
+    that very task for the GIL to send them.  Judged on the first task alone,
+    this was "thread: ... ran too briefly" 1 run in 3 under load.)
+    """
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    _FIRST_ENDED.clear()
+    with anypool.Pool(workers=2) as pool:
+        first = pool.submit(cpu_then_note, 300_000)
+        assert _FIRST_ENDED.wait(10)
+        rest = [pool.submit(cpu_then_note, 300_000) for _ in range(5)]
+        assert first.result(timeout=30) == tasks.cpu(300_000)
+        assert [f.result(timeout=30) for f in rest] == [tasks.cpu(300_000)] * 5
+    assert _choice(pool, cpu_then_note).startswith("process: CPU-bound Python holding the GIL")
+
+
 def test_tiny_tasks_stay_on_threads() -> None:
     with anypool.Pool() as pool:
         assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]

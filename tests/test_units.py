@@ -47,7 +47,8 @@ class TestTaskOptions:
 
     def test_options_are_frozen_values(self) -> None:
         opts = TaskOptions(timeout=5, retries=2)
-        assert opts == TaskOptions(5, 2) and hash(opts) == hash(TaskOptions(5, 2))
+        assert opts == TaskOptions(5, 2)
+        assert hash(opts) == hash(TaskOptions(5, 2))
         assert opts != TaskOptions(timeout=5)
         assert repr(opts) == ("TaskOptions(timeout=5, retries=2, retry_on=(<class 'Exception'>,), "
                               "backoff=0.1, backoff_max=30.0)")
@@ -60,14 +61,16 @@ class TestTaskOptions:
     def test_result_and_stats_values_pickle_and_compare(self) -> None:
         cr = anypool.CommandResult("true", ("true",), 0, b"", b"", 1.0, 0.5, 42)
         assert pickle.loads(pickle.dumps(cr)) == cr
-        assert cr._replace(returncode=1) != cr and cr._replace(returncode=1).returncode == 1
+        assert cr._replace(returncode=1) != cr
+        assert cr._replace(returncode=1).returncode == 1
         with pytest.raises(TypeError, match="has no field"):
             cr._replace(code=1)
         with anypool.Pool(backend="thread", workers=1) as pool:
             pool.submit(abs, -1).result()
         stats = pool.stats
         back = pickle.loads(pickle.dumps(stats))
-        assert back == stats and back.run_time.count == 1
+        assert back == stats
+        assert back.run_time.count == 1
         assert repr(stats).startswith("PoolStats(backend='thread', choices={}, workers=1, submitted=1,")
 
     def test_backoff_is_jittered_under_an_exponential_cap(self) -> None:

@@ -356,6 +356,12 @@ class _Probe(_ProbeBase):
                         self.cpu += time.thread_time() - c0
                         self.items += len(task.items)
                     last = self.decided or not self.held or self._seen_enough()
+                    if last and not self.decided and not self.held and self._gil_unknown():
+                        # CPU-bound, but too short to judge the GIL: a map's next batches
+                        # are usually on their way (the caller competes with this very
+                        # task for the GIL to send them), so wait a moment for them
+                        self.more.wait(PROBE_IDLE)
+                        last = self.decided or not self.held or self._seen_enough()
                 if last:
                     # decide before handing back this result: whoever waits for it
                     # then finds the choice already in pool.stats
@@ -373,6 +379,13 @@ class _Probe(_ProbeBase):
         if self.items >= TINY_ITEMS and self.wall / self.items < TINY_TASK:
             return True  # tiny tasks: the GIL does not matter, threads win
         return self._early() or self._enough()
+
+    def _gil_unknown(self) -> bool:
+        """Whether the tasks so far look CPU-bound but too few GIL samples came to judge it."""
+        if self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX:
+            return False
+        wall = self.wall
+        return wall > 0 and self.cpu / wall >= IO_BOUND and wall / max(self.items, 1) >= TINY_TASK
 
     def _early(self) -> bool:
         """Whether the sampler already found the GIL free nearly all the time.
