@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -122,6 +123,22 @@ class TestOutput:
         assert status == "status 141"
         assert b"Traceback" not in r.stderr
         assert b"Broken pipe" not in r.stderr
+
+
+    def test_finished_jobs_print_while_a_long_one_still_runs(self, tmp_path: Path) -> None:
+        """Past the full window the main thread gathers finished jobs (a few ms); none is held back."""
+        quick = ["0"] * 60  # far past the window (4 x 2 + 16), so the gathering path runs
+        proc = subprocess.Popen(cli_argv("run", "-j", "2", "sleep {}; echo {#}", ":::", "60", *quick),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            assert proc.stdout is not None
+            seen = [proc.stdout.readline().decode().strip() for _ in quick]
+            assert sorted(seen, key=int) == [str(n) for n in range(2, 62)]
+            assert proc.poll() is None  # job 1 still sleeps
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM
 
 
 class TestExitStatus:

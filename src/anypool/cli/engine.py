@@ -33,6 +33,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -52,6 +53,13 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Interrupted", "Resumer"]
 
 DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be reported
+# Once the window is full and this thread had to wait for a job, it is woken
+# again only when half the jobs queued ahead have finished, or GATHER_SECONDS
+# after the first of them: so it wakes once for several jobs, not once a job
+# (each wake also takes the GIL from the threads launching the jobs).  On
+# 1,000 x `true` -j 2 (2 cores, paired with xargs, 9 rounds): 0.72x xargs
+# waking per job, 0.87x gathering.  A late print of a few ms is not seen.
+GATHER_SECONDS = 0.002
 
 
 class Interrupted(BaseException):
@@ -134,7 +142,11 @@ class Engine:
         self.halted_by: Halt | None = None
         self.failing_code: int | None = None
         self.attempt_base: dict[int, int] = {}
-        self._done: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
+        # finished jobs; slot threads append, this thread pops, and _wake is set
+        # once `_want` of them are waiting (1 unless gathering: see _gather)
+        self._done: deque[_Entry] = deque()
+        self._want = 1
+        self._wake = threading.Event()
         self._order: deque[_Entry] = deque()
         self._open = 0
         self._stopping = False
@@ -206,9 +218,31 @@ class Engine:
 
     def _room(self) -> bool:
         """Wait until fewer than ``window`` jobs are open; False if the run is stopping."""
+        done = self._done
         while self._open >= self.window:
+            waited = not done
             self._handle(self._next_done(None))
+            if waited:
+                self._gather()
         return not self._stopping
+
+    def _gather(self) -> None:
+        """Wait for several jobs at once, then handle every finished one (see GATHER_SECONDS).
+
+        Only after this thread had to wait for a job, so only when the jobs,
+        not this thread, are what limits the run.
+        """
+        ahead = self.window - self.pool.workers  # jobs queued beyond the running ones
+        if ahead < 4:  # --halt keeps none queued: a slot would idle while this thread waits
+            return
+        done = self._done
+        self._want = ahead // 2
+        self._wake.clear()
+        if len(done) < self._want:
+            self._wake.wait(GATHER_SECONDS)
+        self._want = 1
+        while done:
+            self._handle(done.popleft())
 
     def _next_done(self, timeout: float | None) -> _Entry:
         """The next finished job; output is flushed before any wait, so it shows promptly.
@@ -216,19 +250,24 @@ class Engine:
         Raises:
             queue.Empty: ``timeout`` seconds passed first.
         """
-        try:
-            return self._done.get_nowait()
-        except queue.Empty:
-            self.printer.flush()
+        done = self._done
+        if done:
+            return done.popleft()
+        self.printer.flush()
         for step in waiting.slices(timeout):  # so SIGTERM's handler runs, whichever thread it hit
-            try:
-                return self._done.get(timeout=step)
-            except queue.Empty:
-                pass
+            self._wake.clear()
+            if done:  # appended before the clear: its set() may have been undone
+                return done.popleft()
+            self._wake.wait(step)
+            if done:
+                return done.popleft()
         raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
-        self._done.put(entry)
+        done = self._done
+        done.append(entry)
+        if len(done) >= self._want:
+            self._wake.set()
 
     def _drain(self, deadline: float | None) -> None:
         while self._open > 0:
