@@ -80,6 +80,7 @@ EARLY_SAMPLES = 3 * MIN_SAMPLES
 EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
+TINY_WAIT = 0.002  # how long fewer tiny tasks wait for more before being judged on their own
 IO_BOUND = 0.25  # CPU / wall under this: it mostly waits (sleep/IO measure 0-5 %; CPU-bound work
                  # on a saturated, throttled machine was seen as low as 30 %)
 # sampler wake-ups delayed by the GIL, per unit of probe CPU time, above which it holds
@@ -199,6 +200,9 @@ class _GilSampler:
         self.samples = 0
         self.late = 0
         self._stop = threading.Event()
+        # False while the probe waits for tasks: a free GIL then says nothing about
+        # them (sampling goes on, uncounted: pausing would cost GIL round trips)
+        self.counting = True
         self._thread = threading.Thread(target=self._run, name="anypool-gil-sampler", daemon=True)
         self._thread.start()
 
@@ -211,6 +215,7 @@ class _GilSampler:
         try:
             before = schedstat.read_delay(fd)
             while not self._stop.is_set():
+                counting = self.counting
                 t = perf()
                 sleep(_SAMPLE_SLEEP)
                 late = perf() - t - _SAMPLE_SLEEP
@@ -219,10 +224,11 @@ class _GilSampler:
                 # wake-up can be late by the scheduler's delay alone (measured
                 # here: all but ~0.1 ms of it is run-queue time), while a GIL
                 # wait leaves more (>= 0.6 ms seen) that the run queue does not explain.
-                if late > _SAMPLE_LATE and late - (after - before) > _UNEXPLAINED:
-                    self.late += 1
+                if counting:  # begun while a task ran: its lateness is that task's doing
+                    if late > _SAMPLE_LATE and late - (after - before) > _UNEXPLAINED:
+                        self.late += 1
+                    self.samples += 1
                 before = after
-                self.samples += 1
         finally:
             if fd is not None:
                 os.close(fd)
@@ -299,6 +305,8 @@ class _Probe(_ProbeBase):
         self.sampler = _GilSampler()
         self.began = time.perf_counter()
         self.delay0 = 0.0  # the probe thread's run-queue time when it started
+        # its schedstat, kept open: read 2-3 times a task, a fresh open costs ~20 µs a read
+        self._sched: int | None = None
         self.thread.start()
         clock.call_later(PROBE_EARLY, self._tick)
 
@@ -315,7 +323,8 @@ class _Probe(_ProbeBase):
         router = self.router
         dispatch = router.dispatch
         ws = dispatch.stats.worker("probe")
-        self.delay0 = schedstat.thread_delay(threading.get_native_id())
+        self._sched = schedstat.open_thread(threading.get_native_id())
+        self.delay0 = schedstat.read_delay(self._sched)
         bind_thread({})
         init = router.config.initializer
         if init is not None:
@@ -332,11 +341,13 @@ class _Probe(_ProbeBase):
                 with self.lock:
                     if not self.held and not self.decided and not self._seen_enough():
                         # too little measured yet: a map's next batch is usually on its way
+                        self.sampler.counting = False
                         self.more.wait(PROBE_IDLE)
+                        self.sampler.counting = True
                     if self.decided or not self.held:
                         break
                     task = self.held.popleft()
-                    self.current_delay0 = schedstat.thread_delay(self.thread.native_id)
+                    self.current_delay0 = schedstat.read_delay(self._sched)
                     self.current_start = time.perf_counter()
                     self.current_cpu0 = time.thread_time()
                 if not task.claim():
@@ -349,19 +360,23 @@ class _Probe(_ProbeBase):
                 with self.lock:
                     self.current_start = None
                     if not self.decided:
-                        delay = schedstat.thread_delay(self.thread.native_id) - d0
+                        delay = schedstat.read_delay(self._sched) - d0
                         raw = time.perf_counter() - w0
                         self.raw_wall += raw
                         self.wall += max(raw - delay, 1e-9)
                         self.cpu += time.thread_time() - c0
                         self.items += len(task.items)
                     last = self.decided or not self.held or self._seen_enough()
-                    if last and not self.decided and not self.held and self._gil_unknown():
-                        # CPU-bound, but too short to judge the GIL: a map's next batches
-                        # are usually on their way (the caller competes with this very
-                        # task for the GIL to send them), so wait a moment for them
-                        self.more.wait(PROBE_IDLE)
-                        last = self.decided or not self.held or self._seen_enough()
+                    if last and not self.decided and not self.held:
+                        # too little seen to judge: a map's next batches are usually on
+                        # their way (the caller competes with this very task for the GIL
+                        # to send them), so wait a moment for them
+                        pause = self._more_wanted()
+                        if pause:
+                            self.sampler.counting = False
+                            self.more.wait(pause)
+                            self.sampler.counting = True
+                            last = self.decided or not self.held or self._seen_enough()
                 if last:
                     # decide before handing back this result: whoever waits for it
                     # then finds the choice already in pool.stats
@@ -373,6 +388,9 @@ class _Probe(_ProbeBase):
             bind_thread(None)
             dispatch.stats.worker_gone("probe")
             self._decide_now()
+            fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
+            if fd is not None:
+                os.close(fd)
 
     def _seen_enough(self) -> bool:
         """Whether the measurements so far can decide (caller holds the lock)."""
@@ -380,12 +398,21 @@ class _Probe(_ProbeBase):
             return True  # tiny tasks: the GIL does not matter, threads win
         return self._early() or self._enough()
 
-    def _gil_unknown(self) -> bool:
-        """Whether the tasks so far look CPU-bound but too few GIL samples came to judge it."""
-        if self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX:
-            return False
+    def _more_wanted(self) -> float:
+        """How long to wait for more tasks before judging on these (0: judge now).
+
+        CPU-bound tasks need GIL samples (up to ``PROBE_IDLE``); tiny ones need
+        ``TINY_ITEMS`` of them (up to ``TINY_WAIT``: one item's time is mostly
+        the call's, and a map's first items may be its cheapest).
+        """
         wall = self.wall
-        return wall > 0 and self.cpu / wall >= IO_BOUND and wall / max(self.items, 1) >= TINY_TASK
+        if wall <= 0 or self.cpu / wall < IO_BOUND:
+            return 0.0  # it waits: no GIL to judge
+        if wall / max(self.items, 1) < TINY_TASK:
+            return TINY_WAIT if self.items < TINY_ITEMS else 0.0
+        if self.sampler.samples >= MIN_SAMPLES or time.perf_counter() - self.began >= PROBE_MAX:
+            return 0.0
+        return PROBE_IDLE
 
     def _early(self) -> bool:
         """Whether the sampler already found the GIL free nearly all the time.
@@ -398,7 +425,7 @@ class _Probe(_ProbeBase):
         elapsed = time.perf_counter() - self.began
         if elapsed < PROBE_EARLY or self.sampler.samples < EARLY_SAMPLES:
             return False
-        waited = schedstat.thread_delay(self.thread.native_id) - self.delay0
+        waited = schedstat.read_delay(self._sched) - self.delay0
         return waited < EARLY_STARVED * elapsed
 
     def _enough(self) -> bool:
@@ -429,7 +456,7 @@ class _Probe(_ProbeBase):
                 cpu_now = time.clock_gettime(clk)
             except (AttributeError, OSError):
                 return  # judged when the task ends instead
-            delay = schedstat.thread_delay(self.thread.native_id) - self.current_delay0
+            delay = schedstat.read_delay(self._sched) - self.current_delay0
             raw = time.perf_counter() - self.current_start
             # thread_time() and the pthread CPU clock are the same clock on Linux
             self.cpu += cpu_now - self.current_cpu0
