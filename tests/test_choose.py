@@ -167,6 +167,17 @@ def test_a_short_cpu_bound_first_task_waits_for_the_next_before_judging_the_gil(
     assert _choice(pool, cpu_then_note).startswith("process: CPU-bound Python holding the GIL")
 
 
+def test_a_lone_gil_bound_task_is_not_called_gil_free_after_the_probe_waited() -> None:
+    """While the probe waits for more tasks the GIL is free; those samples must not count."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    with anypool.Pool(workers=2) as pool:
+        assert pool.submit(tasks.cpu, 300_000).result(timeout=30) == tasks.cpu(300_000)
+    choice = _choice(pool, tasks.cpu)
+    assert not choice.startswith("thread: CPU-bound but releases the GIL"), choice
+    assert choice.startswith(("thread: CPU-bound, but it ran too briefly", "process: CPU-bound")), choice
+
+
 def test_tiny_tasks_stay_on_threads() -> None:
     with anypool.Pool() as pool:
         assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]
