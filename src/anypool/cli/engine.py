@@ -10,12 +10,13 @@
 
 Only the main thread reads the input, prints and records final attempts, so
 output is never interleaved and ``-k`` is a reorder buffer of at most
-``window`` jobs.  The window keeps a few jobs queued ahead of the slots, so a
-slot never waits for this thread; with ``--halt`` it is the slot count.  A
-job's final attempt is recorded *after* its output is printed and flushed:
-if anypool is killed in between, the job is not recorded and ``--resume``
-runs it again (its output may then appear twice:
-at-least-once, never lost).  Attempts that are retried are recorded by an
+``window`` jobs.  Once the window is full it takes finished jobs a few at a
+time (see ``GATHER_SECONDS``), not one wake-up per job.  The window keeps a
+few jobs queued ahead of the slots, so a slot never waits for this thread;
+with ``--halt`` it is the slot count.  A job's final attempt is recorded
+*after* its output is printed and flushed: if anypool is killed in between,
+the job is not recorded and ``--resume`` runs it again (its output may then
+appear twice: at-least-once, never lost).  Attempts that are retried are recorded by an
 observer as they end.
 
 Ctrl-C, SIGTERM and SIGHUP stop the run: the pool kills every running job's
