@@ -92,15 +92,7 @@ class CommandResult(Frozen):
 
     def __init__(self, command: str, args: tuple[str, ...], returncode: int, stdout: bytes,
                  stderr: bytes, started: float, duration: float, pid: int) -> None:
-        put = object.__setattr__
-        put(self, "command", command)
-        put(self, "args", args)
-        put(self, "returncode", returncode)
-        put(self, "stdout", stdout)
-        put(self, "stderr", stderr)
-        put(self, "started", started)
-        put(self, "duration", duration)
-        put(self, "pid", pid)
+        self._set(command, args, returncode, stdout, stderr, started, duration, pid)
 
     @property
     def ok(self) -> bool:

@@ -63,10 +63,15 @@ def _rebuild(cls: type[Record], values: tuple[Any, ...]) -> Record:
 class Frozen(Record):
     """An immutable :class:`Record`: assigning a field raises ``AttributeError``; hashable.
 
-    ``__init__`` sets fields with ``object.__setattr__``.
+    ``__init__`` sets the fields with :meth:`_set`.
     """
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
+
+    def _set(self, *values: Any) -> None:
+        """Set every field, in ``__slots__`` order (for ``__init__``)."""
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen: cannot assign to field {name!r}")

@@ -97,12 +97,7 @@ class Summary(Frozen):
 
     def __init__(self, count: int = 0, mean: float = 0.0, median: float = 0.0, p95: float = 0.0,
                  max: float = 0.0) -> None:  # noqa: A002 - the field's name
-        put = object.__setattr__
-        put(self, "count", count)
-        put(self, "mean", mean)
-        put(self, "median", median)
-        put(self, "p95", p95)
-        put(self, "max", max)
+        self._set(count, mean, median, p95, max)
 
     @classmethod
     def of(cls, h: Histogram) -> Summary:
@@ -214,23 +209,9 @@ class PoolStats(Frozen):
                  failed: int, retried: int, timed_out: int, crashed: int, cancelled: int, running: int,
                  run_time: Summary, queue_wait: Summary, elapsed: float, throughput: float,
                  worker_busy: dict[str, float] | None = None) -> None:
-        put = object.__setattr__
-        put(self, "backend", backend)
-        put(self, "choices", choices)
-        put(self, "workers", workers)
-        put(self, "submitted", submitted)
-        put(self, "done", done)
-        put(self, "failed", failed)
-        put(self, "retried", retried)
-        put(self, "timed_out", timed_out)
-        put(self, "crashed", crashed)
-        put(self, "cancelled", cancelled)
-        put(self, "running", running)
-        put(self, "run_time", run_time)
-        put(self, "queue_wait", queue_wait)
-        put(self, "elapsed", elapsed)
-        put(self, "throughput", throughput)
-        put(self, "worker_busy", {} if worker_busy is None else worker_busy)
+        self._set(backend, choices, workers, submitted, done, failed, retried, timed_out, crashed,
+                  cancelled, running, run_time, queue_wait, elapsed, throughput,
+                  {} if worker_busy is None else worker_busy)
 
     def __str__(self) -> str:
         def ms(s: float) -> str:

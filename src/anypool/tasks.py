@@ -95,12 +95,7 @@ class TaskOptions(Frozen):
                 "retry_on must be a tuple of exception types or a predicate "
                 f"taking the exception, not {retry_on!r}"
             )
-        put = object.__setattr__
-        put(self, "timeout", timeout)
-        put(self, "retries", retries)
-        put(self, "retry_on", retry_on)
-        put(self, "backoff", backoff)
-        put(self, "backoff_max", backoff_max)
+        self._set(timeout, retries, retry_on, backoff, backoff_max)
 
     def merged(self, **changes: Any) -> TaskOptions:
         """Return a copy with ``changes`` applied; ``POOL_DEFAULT`` values are skipped.

@@ -16,8 +16,8 @@ few jobs queued ahead of the slots, so a slot never waits for this thread;
 with ``--halt`` it is the slot count.  A job's final attempt is recorded
 *after* its output is printed and flushed: if anypool is killed in between,
 the job is not recorded and ``--resume`` runs it again (its output may then
-appear twice: at-least-once, never lost).  Attempts that are retried are recorded by an
-observer as they end.
+appear twice: at-least-once, never lost).  Attempts that are retried are
+recorded by an observer as they end.
 
 Ctrl-C, SIGTERM and SIGHUP stop the run: the pool kills every running job's
 process group (SIGTERM, then SIGKILL), the jobs that had finished are
