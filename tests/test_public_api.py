@@ -50,6 +50,13 @@ def test_errors_pickle_by_their_public_path() -> None:
     assert b"anypool" in pickle.dumps(err)
 
 
+def _fresh_python(code: str) -> str:
+    """What ``code`` printed, run in a new interpreter (which must exit 0)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_importing_anypool_leaves_multiprocessing_and_asyncio_unloaded() -> None:
     """Threads and shell commands start without the ~40 ms of those imports; WorkerCrashed still works."""
     code = (
@@ -63,9 +70,7 @@ def test_importing_anypool_leaves_multiprocessing_and_asyncio_unloaded() -> None
         "assert is_worker_crash(WorkerCrashed('gone')) and not is_worker_crash(ValueError())\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "ok\n"
+    assert _fresh_python(code) == "ok\n"
 
 
 def test_the_command_line_starts_without_the_heavy_stdlib_modules() -> None:
@@ -83,9 +88,7 @@ def test_the_command_line_starts_without_the_heavy_stdlib_modules() -> None:
         "         'tqdm', 'multiprocessing', 'asyncio'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "[]\n"
+    assert _fresh_python(code) == "[]\n"
 
 
 def test_lazy_share_is_the_same_function_under_its_public_name() -> None:
