@@ -296,7 +296,7 @@ class Pool(_Submitter, cf.Executor):
             from .observers.recorder import Recorder
 
             self._recorder = Recorder()
-            self._dispatch.add_observer(self._recorder)
+            self._dispatch.record(self._recorder)
         if joblog is not None:
             # an observer like the recorder; the log is closed with the pool
             from .observers.joblog import JobLog, JobLogObserver

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import anypool
-from anypool.observers.progress import Progress
+from anypool.observers.progress import DELAY, Progress
 
 TESTS = str(Path(__file__).resolve().parents[1])
 
@@ -157,15 +157,16 @@ class TestPipe:
 
     def test_the_bar_leaves_the_start_method_to_the_program(self) -> None:
         """tqdm's own first bar takes a multiprocessing lock, which fixes the start method."""
-        code = ("import multiprocessing, sys, anypool, tqdm\n"
+        code = ("import multiprocessing, sys, time, anypool, tqdm\n"
                 "with anypool.Pool('thread', 2, progress='always') as pool:\n"
                 "    print('results', sum(pool.map(abs, range(1000))))\n"
+                "    time.sleep(2 * DELAY)\n"
                 "print('mp imported', 'multiprocessing.synchronize' in sys.modules)\n"
                 "multiprocessing.set_start_method('spawn')\n"
                 "print('start method', multiprocessing.get_start_method())\n"
                 "bar = tqdm.tqdm(range(3), file=sys.stderr)\n"  # the program's own bar still works
                 "print('own bar', sum(bar))\n")
-        err, out = run_in_pipe(code)
+        err, out = run_in_pipe(code.replace("DELAY", repr(DELAY)))
         assert out.split("\n")[:4] == ["results 499500", "mp imported False", "start method spawn",
                                        "own bar 3"], out
         assert "1000/1000" in err
@@ -176,14 +177,24 @@ class TestInProcess:
         with pytest.raises(ValueError, match=r"progress must be True, False or 'always', not 'yes'"):
             anypool.Pool("thread", progress="yes")
 
+    def test_a_run_shorter_than_the_delay_draws_nothing_and_never_imports_tqdm(self) -> None:
+        code = ("import sys, anypool\n"
+                "with anypool.Pool('thread', 2, progress='always') as pool:\n"
+                "    print('results', sum(pool.map(abs, range(1000))))\n"
+                "print('tqdm imported', any(m.startswith('tqdm') for m in sys.modules))\n")
+        err, out = run_in_pipe(code)
+        assert out.split("\n")[:2] == ["results 499500", "tqdm imported False"], out
+        assert err == ""
+
     def test_the_bar_thread_ends_with_the_pool(self, capsys: pytest.CaptureFixture[str]) -> None:
         with anypool.Pool("thread", 2, progress="always") as pool:
+            pool.submit(time.sleep, 2 * DELAY).result()
             pool.submit(abs, -1).result()
             bar = pool._progress
             assert isinstance(bar, Progress)
             assert bar._thread.is_alive()
         assert not bar._thread.is_alive()
-        assert "1/1" in capsys.readouterr().err
+        assert "2/2" in capsys.readouterr().err
 
     def test_a_map_closed_early_no_longer_counts_in_the_total(
             self, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,10 @@ script the ~30 ms of importing asyncio that ``tqdm.auto`` costs.
 When to show it: ``progress=True`` shows it where someone can see it (stderr
 is a terminal, or a Jupyter kernel runs us) unless ``ANYPOOL_PROGRESS=0`` is
 set; ``progress="always"`` shows it on any stderr (a log file, a pipe).
+A pool's bar appears once the pool has run for ``DELAY`` seconds (tqdm's
+``delay``): a run that ends sooner draws nothing and never imports tqdm
+(~25 ms, most of it tqdm looking up its own version), which on a short run
+cost more than the run.  The command line's ``--bar`` draws at once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "visible"]
 
 REFRESH = 0.2  # seconds between refreshes
+DELAY = 0.2  # seconds a pool runs before its bar appears
 FALLBACK_COLUMNS, FALLBACK_LINES = 100, 24  # for a terminal that reports no size
 
 
@@ -95,30 +101,53 @@ class Progress:
     """A tqdm bar following one pool until ``close()``."""
 
     def __init__(self, pool: Pool, total: int | None = None, desc: str = "anypool",
-                 file: Any = None) -> None:
-        tqdm = _bar_class(_in_notebook())
+                 file: Any = None, delay: float = 0.0) -> None:
+        """Follow ``pool``; draw the bar now, or after ``delay`` seconds if the pool still runs."""
         self._pool = pool
         self._fixed_total = total
+        self._desc = desc
+        self._file = file or sys.stderr
         self._runs: weakref.WeakKeyDictionary[MapRun, int] = weakref.WeakKeyDictionary()
         self._runs_lock = threading.Lock()
-        out = file or sys.stderr
-        kw: dict[str, Any] = {"dynamic_ncols": True}
-        try:
-            tty = out.isatty()
-        except (AttributeError, ValueError):
-            tty = False
-        if tty:
-            # A terminal reporting no size (a fresh pty, `script`, some CI runners)
-            # would make tqdm draw nothing: zero lines hide every bar.
-            cols, lines = _size(out)
-            if not cols or not lines:
-                kw = {"ncols": cols or FALLBACK_COLUMNS, "nrows": lines or FALLBACK_LINES}
-        # We decide when to draw (every REFRESH seconds), so tqdm draws on every update.
-        self._bar = tqdm(total=total, desc=desc, unit="task", file=out, leave=True, mininterval=0,
-                         miniters=1, **kw)
+        self._bar: Any = None
+        self._bar_lock = threading.Lock()  # the first draw may come from either thread
+        self._delay = delay
+        self._started = time.time()  # tqdm's clock
+        if not delay:
+            self._draw()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="anypool-progress", daemon=True)
         self._thread.start()
+
+    def _draw(self, done: int = 0, total: int | None = None) -> Any:
+        """The tqdm bar, made (and first drawn, at ``done`` of ``total``) on the first call."""
+        with self._bar_lock:
+            if self._bar is not None:
+                return self._bar
+            tqdm = _bar_class(_in_notebook())
+            out = self._file
+            kw: dict[str, Any] = {"dynamic_ncols": True}
+            try:
+                tty = out.isatty()
+            except (AttributeError, ValueError):
+                tty = False
+            if tty:
+                # A terminal reporting no size (a fresh pty, `script`, some CI runners)
+                # would make tqdm draw nothing: zero lines hide every bar.
+                cols, lines = _size(out)
+                if not cols or not lines:
+                    kw = {"ncols": cols or FALLBACK_COLUMNS, "nrows": lines or FALLBACK_LINES}
+            # We decide when to draw (every REFRESH seconds), so tqdm draws on every update.
+            bar = tqdm(total=total or self._fixed_total, desc=self._desc, unit="task", file=out, leave=True,
+                       mininterval=0, miniters=1, initial=done, **kw)
+            bar.start_t = self._started  # a late bar counts the time from the pool's start
+            self._bar = bar
+            return bar
+
+    @property
+    def drawn(self) -> bool:
+        """Whether the bar has appeared (a pool's bar waits ``DELAY`` seconds)."""
+        return self._bar is not None
 
     @classmethod
     def for_pool(cls, pool: Pool, progress: bool | str) -> Progress | None:
@@ -133,7 +162,7 @@ class Progress:
             raise ValueError(f"progress must be True, False or 'always', not {progress!r}")
         if progress is True and not visible():
             return None
-        return cls(pool)
+        return cls(pool, delay=DELAY)
 
     def expect(self, run: MapRun, length: int) -> None:
         """Count the not-yet-submitted items of a map ``run`` over ``length`` items in the total."""
@@ -150,27 +179,34 @@ class Progress:
         return left
 
     def refresh(self) -> None:
-        """Bring the bar up to date with the pool's counters."""
+        """Bring the bar up to date with the pool's counters (drawing it if not yet shown)."""
+        unsubmitted = self._unsubmitted()  # before the counters: no item is counted in neither
         s = self._pool.stats
-        bar = self._bar
-        total = self._fixed_total or s.submitted + self._unsubmitted()
+        total = self._fixed_total or s.submitted + unsubmitted
+        final = s.submitted - s.running  # done, failed, or cancelled before it ran
+        # a late bar starts at the count reached, so its rate shows no burst
+        bar = self._bar or self._draw(final, total)
         if bar.total != total:
             bar.total = total
         bar.set_postfix_str(f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}",
                             refresh=False)
-        final = s.submitted - s.running  # done, failed, or cancelled before it ran
         if final > bar.n:
             bar.update(final - bar.n)  # draws, and feeds tqdm's rate (hence the ETA)
         else:
             bar.refresh()
 
     def _run(self) -> None:
+        if self._delay:
+            if self._stop.wait(self._delay):
+                return  # the run ended first: no bar
+            self.refresh()
         while not self._stop.wait(REFRESH):
             self.refresh()
 
     def close(self) -> None:
-        """Show the final counts and stop refreshing."""
+        """Show the final counts (if the bar appeared at all) and stop refreshing."""
         self._stop.set()
         self._thread.join()
-        self.refresh()
-        self._bar.close()
+        if self._bar is not None:
+            self.refresh()
+            self._bar.close()
