@@ -241,8 +241,10 @@ def test_an_unpicklable_cpu_bound_closure_still_runs() -> None:
         with lock:
             return tasks.cpu(n)
 
+    # ~0.3 s: long enough for the GIL verdict on a loaded machine (an 85 ms
+    # task once came back "ran too briefly to tell" while apt ran beside it)
     with anypool.Pool() as pool:
-        assert pool.submit(busy, 3_000_000).result(30) == tasks.cpu(3_000_000)
+        assert pool.submit(busy, 10_000_000).result(60) == tasks.cpu(10_000_000)
         (reason,) = pool.stats.choices.values()
         assert "cannot go to processes" in reason
 
