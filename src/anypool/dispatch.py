@@ -66,8 +66,8 @@ class Dispatch:
         self._lifecycle: list[Observer] = []
         self.observing = False  # an observer wants queued / started / retried events
         self.finishing = False  # an observer (or the timeline) wants finished events
-        # The pool's timeline, fed rows directly rather than TaskEvents: on a
-        # run of 100k submits that is ~0.4 us a task against ~1.2 us.
+        # The pool's timeline, fed rows directly rather than TaskEvents: a
+        # submitted task's row then costs ~0.65 us of CPU against ~1.2 us.
         self._timeline: Recorder | None = None
         self._set_observers(list(observers))
         self.unassigned = stats.worker(UNASSIGNED)  # tasks that failed before reaching any worker
