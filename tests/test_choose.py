@@ -158,12 +158,14 @@ def test_a_short_cpu_bound_first_task_waits_for_the_next_before_judging_the_gil(
     if default_workers() < 2:
         pytest.skip("auto picks processes only with more than one CPU")
     _FIRST_ENDED.clear()
+    # ~18 ms tasks here: six give the sampler ~20 looks at the GIL (one a 5 ms
+    # switch interval); at ~9 ms the first pool of a fresh process sometimes had too few
     with anypool.Pool(workers=2) as pool:
-        first = pool.submit(cpu_then_note, 300_000)
+        first = pool.submit(cpu_then_note, 600_000)
         assert _FIRST_ENDED.wait(10)
-        rest = [pool.submit(cpu_then_note, 300_000) for _ in range(5)]
-        assert first.result(timeout=30) == tasks.cpu(300_000)
-        assert [f.result(timeout=30) for f in rest] == [tasks.cpu(300_000)] * 5
+        rest = [pool.submit(cpu_then_note, 600_000) for _ in range(5)]
+        assert first.result(timeout=30) == tasks.cpu(600_000)
+        assert [f.result(timeout=30) for f in rest] == [tasks.cpu(600_000)] * 5
     assert _choice(pool, cpu_then_note).startswith("process: CPU-bound Python holding the GIL")
 
 

@@ -22,7 +22,8 @@
 The probe runs tasks for at most ``PROBE_SECONDS``, or for ``PROBE_EARLY``
 when the GIL sampler already found the GIL free nearly all the time (and the
 probe thread was not kept waiting for a CPU); a task still running then is
-judged mid-run from its thread's CPU clock.  Later tasks of that callable
+judged mid-run from its thread's CPU clock, on the clock thread, which the
+sampler calls in only once a verdict is possible.  Later tasks of that callable
 wait, then go to the chosen backend, whose threads were started with the
 probe (threads are the likely pick).  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
@@ -71,12 +72,14 @@ PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
 PROBE_IDLE = 0.05  # how long the probe waits for more tasks before judging on what it has
 MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
-# A sampler that woke EARLY_SAMPLES times within PROBE_EARLY found the GIL free
+# A sampler that woke EARLY_SAMPLES times by PROBE_EARLY found the GIL free
 # nearly all the time (code holding it lets the sampler in about once a 5 ms switch
 # interval; a free GIL, every ~0.3 ms): the evidence is in, and every task held
-# meanwhile waits on one thread, so the probe stops there.
-PROBE_EARLY = 0.004
-EARLY_SAMPLES = 3 * MIN_SAMPLES
+# meanwhile waits on one thread, so the probe stops there.  Judged at ~3 ms (was
+# 24 wake-ups, ~9 ms); under two and three CPU hogs GIL-bound work was misjudged
+# no more often than before (0/8 and 5/25 runs, against 0/8 and 8/25).
+PROBE_EARLY = 0.002
+EARLY_SAMPLES = MIN_SAMPLES
 EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
@@ -194,16 +197,26 @@ def decide_async(per: float, wall: float, items: int, heavy: bool, cpus: int,
 
 
 class _GilSampler:
-    """Measures how often a thread that wants the GIL is kept waiting for it."""
+    """Measures how often a thread that wants the GIL is kept waiting for it.
 
-    def __init__(self) -> None:
+    ``then``, if given, is called once from the sampler's thread, between two
+    samples, as soon as ``after`` seconds have passed with ``enough`` samples
+    counted, or ``by`` seconds have passed (unless stopped before).
+    """
+
+    def __init__(self, then: Callable[[], None] | None = None, after: float = 0.0, enough: int = 0,
+                 by: float = 0.0) -> None:
         self.samples = 0
         self.late = 0
         self._stop = threading.Event()
         # False while the probe waits for tasks: a free GIL then says nothing about
         # them (sampling goes on, uncounted: pausing would cost GIL round trips)
         self.counting = True
+        self._then = then
+        self._after, self._enough, self._by = after, enough, by
         self._thread = threading.Thread(target=self._run, name="anypool-gil-sampler", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
@@ -212,9 +225,16 @@ class _GilSampler:
         # thread costs a 5 ms switch interval: so one pread on a descriptor
         # kept open, once per sample, not an open/read/close pair twice.
         fd = schedstat.open_thread(threading.get_native_id())
+        then, enough = self._then, self._enough
+        start = perf()
+        soonest, latest = start + self._after, start + self._by
         try:
             before = schedstat.read_delay(fd)
             while not self._stop.is_set():
+                if then is not None and ((self.samples >= enough and perf() >= soonest) or perf() >= latest):
+                    then()
+                    then = None
+                    before = schedstat.read_delay(fd)  # its time is in no sample
                 counting = self.counting
                 t = perf()
                 sleep(_SAMPLE_SLEEP)
@@ -302,13 +322,22 @@ class _Probe(_ProbeBase):
         self.current_cpu0 = 0.0
         self.current_delay0 = 0.0
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
-        self.sampler = _GilSampler()
         self.began = time.perf_counter()
         self.delay0 = 0.0  # the probe thread's run-queue time when it started
         # its schedstat, kept open: read 2-3 times a task, a fresh open costs ~20 µs a read
         self._sched: int | None = None
+        # Started last: its thread may call back at once.  The mid-task check
+        # is armed by the sampler when an early verdict becomes possible, or at
+        # PROBE_SECONDS: not sooner (each check competes with the sampler for a
+        # GIL-bound task's GIL), nor later (an early verdict frees a waiting CPU).
+        # Tiny tasks, decided before either, never start the clock thread.
+        self.sampler = _GilSampler(self._arm, PROBE_EARLY, EARLY_SAMPLES, PROBE_SECONDS)
+        self.sampler.start()
         self.thread.start()
-        clock.call_later(PROBE_EARLY, self._tick)
+
+    def _arm(self) -> None:
+        if not self.decided:
+            clock.call_later(0, self._tick)
 
     def hold(self, task: Task) -> bool:
         """Keep ``task`` until the decision; False if it is already made."""
