@@ -6,6 +6,7 @@ import inspect
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import anypool
 
@@ -89,6 +90,19 @@ def test_the_command_line_starts_without_the_heavy_stdlib_modules() -> None:
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     assert _fresh_python(code) == "[]\n"
+
+
+def test_an_importable_function_reaches_processes_by_name_without_cloudpickle() -> None:
+    """cloudpickle (1.6-5 ms of a process pool's start) is loaded only for what pickle cannot name."""
+    tests = str(Path(__file__).resolve().parent)
+    code = (
+        f"import sys\nsys.path.insert(0, {tests!r})\n"
+        "import anypool, tasks\n"
+        "with anypool.Pool('process', 2) as pool:\n"
+        "    print(sum(pool.map(tasks.square, range(100))), 'cloudpickle' in sys.modules)\n"
+        "    print(pool.submit(lambda x: x + 1, 1).result(), 'cloudpickle' in sys.modules)\n"
+    )
+    assert _fresh_python(code) == "328350 False\n2 True\n"
 
 
 def test_lazy_share_is_the_same_function_under_its_public_name() -> None:
