@@ -77,7 +77,7 @@ MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 # interval; a free GIL, every ~0.3 ms): the evidence is in, and every task held
 # meanwhile waits on one thread, so the probe stops there.  Judged at ~3 ms (was
 # 24 wake-ups, ~9 ms); under two and three CPU hogs GIL-bound work was misjudged
-# no more often than before (0/8 and 5/25 runs, against 0/8 and 8/25).
+# less often than before (0/8 and 3/25 runs, against 0/8 and 8/25).
 PROBE_EARLY = 0.002
 EARLY_SAMPLES = MIN_SAMPLES
 EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
