@@ -178,6 +178,7 @@ class Dispatch:
         assert batch is not None
         n = len(results)
         retried = 0
+        retries: list[tuple[Task, Failure]] = []
         outcome = "ok"
         error: BaseException | None = None
         if failed:
@@ -188,8 +189,7 @@ class Dispatch:
                     outcome, error = f.kind, f.exc
                 if self._may_retry(task, f):
                     retried += 1
-                    sub = task.subtask(i, [task.items[i]])
-                    self._schedule_retry(sub, f, started, ended, worker)
+                    retries.append((task.subtask(i, [task.items[i]]), f))
                     results[i] = _RETRYING
                 else:
                     worker.failed += 1
@@ -203,7 +203,14 @@ class Dispatch:
         batch.run.observe(n, ended - started)
         if self.finishing:
             self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
-        if batch.deliver(task.offset, results, n - retried, bool(failed)):
+        complete = batch.deliver(task.offset, results, n - retried, bool(failed))
+        # Retries leave only now: one that finished before this delivery would
+        # complete the batch, and this delivery (its placeholder and all) would
+        # then complete it again, ending the unit twice (shutdown then waited
+        # forever) and overwriting the retry's result.
+        for sub, f in retries:
+            self._schedule_retry(sub, f, started, ended, worker)
+        if complete:
             self._end()
 
     def finish_one(self, task: Task, value: Any, started: float, ended: float, worker: WorkerStats) -> None:

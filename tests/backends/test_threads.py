@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,24 @@ def test_finished_tasks_free_their_arguments() -> None:
         assert ref() is None
 
 
+
+
+def test_a_map_retry_that_finishes_first_is_neither_lost_nor_counted_twice(tmp_path: Path) -> None:
+    """A batch's retried item may finish on another thread before the batch delivers the rest.
+
+    Before the fix, the job log's row write (done first) left room for that:
+    the unit ended twice, so shutdown waited forever for a count of -1 (seen
+    in CI), and the batch's placeholder could overwrite the retry's result.
+    """
+    for run in range(20):
+        pool = anypool.Pool("thread", 2, retries=1, backoff=0, joblog=tmp_path / f"jobs-{run}.db")
+        try:
+            out = list(pool.imap(tasks.fail_on, range(20), return_exceptions=True))
+        finally:
+            closer = threading.Thread(target=pool.shutdown, daemon=True)
+            closer.start()
+            closer.join(10)
+        assert not closer.is_alive(), f"run {run}: shutdown hung, {pool._dispatch.outstanding} outstanding"
+        assert [o if isinstance(o, int) else type(o).__name__ for o in out] == \
+            [0, 1, 2, "ValueError", *range(4, 20)]
+        assert pool.stats.retried == 1
