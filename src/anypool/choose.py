@@ -75,8 +75,8 @@ MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 # A sampler that woke EARLY_SAMPLES times by PROBE_EARLY found the GIL free
 # nearly all the time (code holding it lets the sampler in about once a 5 ms switch
 # interval; a free GIL, every ~0.3 ms): the evidence is in, and every task held
-# meanwhile waits on one thread, so the probe stops there.  Judged at ~3 ms (was
-# 24 wake-ups, ~9 ms); under two and three CPU hogs GIL-bound work was misjudged
+# meanwhile waits on one thread, so the probe stops there.  Judged at ~5 ms (was
+# 24 wake-ups by 4 ms, ~10 ms); under two and three CPU hogs GIL-bound work was misjudged
 # less often than before (0/8 and 3/25 runs, against 0/8 and 8/25).
 PROBE_EARLY = 0.002
 EARLY_SAMPLES = MIN_SAMPLES

@@ -144,11 +144,6 @@ class Progress:
             self._bar = bar
             return bar
 
-    @property
-    def drawn(self) -> bool:
-        """Whether the bar has appeared (a pool's bar waits ``DELAY`` seconds)."""
-        return self._bar is not None
-
     @classmethod
     def for_pool(cls, pool: Pool, progress: bool | str) -> Progress | None:
         """A bar for ``pool`` as its ``progress=`` argument asks, or None when none is wanted.
