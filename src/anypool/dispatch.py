@@ -251,11 +251,9 @@ class Dispatch:
                     named, name = self._last_name  # _name, inline: this runs once a task
                     timeline.ok(task, worker.name, started, ended,
                                 name if task.fn is named else self._name(task.fn))
-                    if self.observers:
-                        self._emit_finished(task, worker, started, ended, "ok", None, [value], True,
-                                            timeline=False)
-                elif self.observers:
-                    self._emit_finished(task, worker, started, ended, "ok", None, [value], True)
+                if self.observers:
+                    self._emit_finished(task, worker, started, ended, "ok", None, [value], True,
+                                        timeline=False)
         self._end()
 
     def discard(self, task: Task) -> None:

@@ -110,8 +110,6 @@ def test_finished_tasks_free_their_arguments() -> None:
         assert ref() is None
 
 
-
-
 def test_a_map_retry_that_finishes_first_is_neither_lost_nor_counted_twice(tmp_path: Path) -> None:
     """A batch's retried item may finish on another thread before the batch delivers the rest.
 

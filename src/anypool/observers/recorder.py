@@ -131,13 +131,14 @@ class Recorder:
     def ok(self, task: Task, worker: str, started: float, ended: float, fn: str) -> None:
         """Record a single-item ``task`` that succeeded: the pool's hot path, with no event built."""
         args = item_text(task.items[0])
+        if len(args) > ARGS_LIMIT:
+            args = _short(args, ARGS_LIMIT)
+        row = (task.id, task.seq, 1, task.attempt, worker, started, ended, "ok", fn, args, "")
         n = next(self._arrivals)
         if n < self.limit:  # _add, inline: this runs once a task
-            self._rows.append((task.id, task.seq, 1, task.attempt, worker, started, ended, "ok", fn,
-                               args if len(args) <= ARGS_LIMIT else _short(args, ARGS_LIMIT), ""))
+            self._rows.append(row)
             return
-        self._sample(n, (task.id, task.seq, 1, task.attempt, worker, started, ended, "ok", fn,
-                         _short(args, ARGS_LIMIT), ""))
+        self._sample(n, row)
 
     def _add(self, row: tuple[Any, ...]) -> None:
         n = next(self._arrivals)
