@@ -50,8 +50,11 @@ class AsyncFuture(Future[T]):
         # the caller's own loop and its thread, when the task runs on it
         self._home: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        # asyncio-style callbacks: one entry, or a list of them
+        # asyncio-style callbacks: None; the usual single awaiter on the home
+        # loop as a bare callable, its context in _aio_ctx (no tuple per future);
+        # or a list of (fn, loop, context) entries
         self._aio_callbacks: Any = None
+        self._aio_ctx: Any = None
 
     def _cancel_running(self) -> bool:
         atask = self._atask
@@ -98,23 +101,22 @@ class AsyncFuture(Future[T]):
         if loop is None:
             super().add_done_callback(fn)
             return
-        entry = (fn, loop, context)
         with self._condition:
             if self._state not in _DONE:
                 held = self._aio_callbacks
-                if held is None:
-                    self._aio_callbacks = entry  # the usual case: one awaiter
-                elif isinstance(held, list):
-                    held.append(entry)
+                if held is None and loop is self._home:
+                    self._aio_callbacks, self._aio_ctx = fn, context
                 else:
-                    self._aio_callbacks = [held, entry]
+                    entries = self._entries()
+                    entries.append((fn, loop, context))
+                    self._aio_callbacks = entries
                 return
         loop.call_soon(fn, self, context=context)
 
     def remove_done_callback(self, fn: Callable[..., object]) -> int:
         """Forget ``fn`` (asyncio's API); returns how many registrations were removed."""
         with self._condition:
-            entries = _entries(self._aio_callbacks)
+            entries = self._entries()
             before = len(self._done_callbacks) + len(entries)
             self._done_callbacks = [f for f in self._done_callbacks if f != fn]
             kept = [e for e in entries if e[0] != fn]
@@ -123,11 +125,12 @@ class AsyncFuture(Future[T]):
 
     def _invoke_callbacks(self) -> None:
         super()._invoke_callbacks()  # type: ignore[misc]
-        held, self._aio_callbacks = self._aio_callbacks, None
-        if held is None:
+        if self._aio_callbacks is None:
             return
+        entries = self._entries()
+        self._aio_callbacks = self._aio_ctx = None
         here = self._running_loop()
-        for fn, loop, context in _entries(held):
+        for fn, loop, context in entries:
             try:
                 if loop is here:
                     loop.call_soon(fn, self, context=context)
@@ -135,6 +138,16 @@ class AsyncFuture(Future[T]):
                     loop.call_soon_threadsafe(fn, self, context=context)
             except RuntimeError:
                 pass  # that loop is closed: nobody is waiting there any more
+
+    def _entries(self) -> list[tuple[Any, asyncio.AbstractEventLoop, Any]]:
+        """The asyncio-style callbacks as a list of (fn, loop, context) entries."""
+        held = self._aio_callbacks
+        if held is None:
+            return []
+        if isinstance(held, list):
+            return held
+        assert self._home is not None
+        return [(held, self._home, self._aio_ctx)]
 
     def cancel(self, msg: Any = None) -> bool:
         """Cancel the task, running or not (asyncio's ``msg`` is accepted and ignored)."""
@@ -176,12 +189,6 @@ class AsyncFuture(Future[T]):
         return self.result()
 
     __iter__ = __await__
-
-
-def _entries(held: Any) -> list[tuple[Any, asyncio.AbstractEventLoop, Any]]:
-    if held is None:
-        return []
-    return held if isinstance(held, list) else [held]
 
 
 def _in_loop() -> bool:

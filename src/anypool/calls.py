@@ -11,7 +11,7 @@ plain loop.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .tasks import ONE, STAR
@@ -21,7 +21,7 @@ __all__ = ["call_items"]
 
 def call_items(
     fn: Callable[..., Any],
-    items: list[Any],
+    items: Sequence[Any],
     style: int,
     on_error: Callable[[BaseException], Any],
     reraise: tuple[type[BaseException], ...] = (),

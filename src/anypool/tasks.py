@@ -10,7 +10,7 @@ return a value.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .records import Frozen
@@ -179,7 +179,7 @@ class Task:
         self,
         task_id: int,
         fn: Callable[..., Any],
-        items: list[Any],
+        items: Sequence[Any],
         style: int,
         options: TaskOptions,
         future: Future[Any] | None = None,
@@ -222,7 +222,7 @@ class Task:
         """This task if it has ``n`` items, else a batch task for its first ``n``."""
         return self if n == len(self.items) else self.subtask(0, self.items[:n])
 
-    def subtask(self, index: int, items: list[Any]) -> Task:
+    def subtask(self, index: int, items: Sequence[Any]) -> Task:
         """A new batch task for ``items``, starting at ``index`` of this one (same attempt)."""
         t = Task(
             self.id + index, self.fn, items, self.style, self.options, None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import functools
 import inspect
 import logging
 import sys
@@ -70,23 +69,6 @@ class _BatchRun:
         self.started = started
 
 
-class _OneDone:
-    """The done callback of a submitted call's asyncio task.
-
-    A partial of a bound method would do, at 3 objects and ~170 bytes per
-    pending coroutine; this is one object of ~60.
-    """
-
-    __slots__ = ("backend", "task")
-
-    def __init__(self, backend: AsyncBackend, task: Task) -> None:
-        self.backend = backend
-        self.task = task
-
-    def __call__(self, atask: asyncio.Task[Any]) -> None:
-        self.backend._finished_one(self.task, atask)
-
-
 class AsyncBackend(Backend):
     """Coroutine functions on an event loop (see the module docstring)."""
 
@@ -108,7 +90,11 @@ class AsyncBackend(Backend):
         self._drain_scheduled = False
         self._waiting: deque[Task] = deque()
         self._active = 0
-        self._running: set[asyncio.Task[Any]] = set()
+        # every asyncio task not yet finished -> its Task (a submitted call) or
+        # (batch run, item index); also what keeps it alive (see _start_item)
+        self._running: dict[asyncio.Task[Any], Any] = {}
+        # one bound method for every task's done callback, not one per task
+        self._on_done_cb = self._on_done
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled by their timeout
         self._timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
         self._ready = True
@@ -335,8 +321,8 @@ class AsyncBackend(Backend):
                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Call the task's function on one item and run what it returns to its end.
 
-        Per item this allocates the coroutine, its asyncio task and one small
-        callback: with 100,000 coroutines pending, every object counts.
+        Per item this allocates the coroutine and its asyncio task, nothing
+        more: with 100,000 coroutines pending, every object counts.
         """
         self._active += 1
         try:
@@ -357,21 +343,26 @@ class AsyncBackend(Backend):
         # asyncio keeps only weak references to tasks: a coroutine waiting on a
         # stream is otherwise held by a reference cycle alone, which the
         # garbage collector may destroy mid-wait (and the map would never end)
-        self._running.add(atask)
+        self._running[atask] = task if run is None else (run, i)
         if task.options.timeout is not None:
             self._timers[atask] = loop.call_later(task.options.timeout, self._expire, atask)
+        atask.add_done_callback(self._on_done_cb)
         if run is None:
             task.started = now
-            atask.add_done_callback(_OneDone(self, task))
             fut: Any = task.future
             fut._atask = atask
             if fut._state in _CANCELLED:  # cancel() came while this task was being made
                 atask.cancel()
+
+    def _on_done(self, atask: asyncio.Task[Any]) -> None:
+        job = self._running.pop(atask)
+        if type(job) is Task:
+            self._settle(job, None, 0, job.started, self._outcome(job, atask))
         else:
-            atask.add_done_callback(functools.partial(self._finished, task, run, i))
+            run, i = job
+            self._settle(run.task, run, i, run.started, self._outcome(run.task, atask))
 
     def _outcome(self, task: Task, atask: asyncio.Task[Any]) -> Any:
-        self._running.discard(atask)
         timer = self._timers.pop(atask, None) if self._timers else None
         if timer is not None:
             timer.cancel()
@@ -384,12 +375,6 @@ class AsyncBackend(Backend):
             return Failure(cf.CancelledError("the coroutine was cancelled"), "cancelled")
         exc = atask.exception()
         return Failure(exc) if exc is not None else atask.result()
-
-    def _finished_one(self, task: Task, atask: asyncio.Task[Any]) -> None:
-        self._settle(task, None, 0, task.started, self._outcome(task, atask))
-
-    def _finished(self, task: Task, run: _BatchRun, i: int, atask: asyncio.Task[Any]) -> None:
-        self._settle(task, run, i, run.started, self._outcome(task, atask))
 
     def _settle(self, task: Task, run: _BatchRun | None, i: int, t0: float, value: Any) -> None:
         self._active -= 1
