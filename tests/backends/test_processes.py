@@ -67,6 +67,22 @@ class TestCrashes:
         assert "segfault" in str(info.value)  # the frame of the task that crashed
         assert "Fatal Python error" in str(info.value)
 
+    def test_last_words_keep_the_crash_when_the_pool_starts_deep_in_a_stack(self) -> None:
+        """A worker forked from deep inside the caller inherits that stack; the dump
+        must still lead with the error and the crashing frames, not the outermost ones."""
+        def deep(n: int) -> str:
+            if n:
+                return deep(n - 1)
+            with anypool.Pool("process", 1) as p, pytest.raises(anypool.WorkerCrashed) as info:
+                p.submit(tasks.segfault).result(30)
+            return str(info.value)
+
+        msg = deep(60)
+        assert "Fatal Python error: Segmentation fault" in msg
+        assert "in segfault" in msg
+        assert "outer frames left out" in msg
+        assert "in watch" not in msg  # the watchdog thread's stack is noise
+
     def test_a_worker_killed_from_outside_mid_task(self, pool: anypool.Pool) -> None:
         """Like the OOM killer: SIGKILL from another process while a task runs."""
         victim = pool.submit(tasks.sleep, 30)
@@ -402,12 +418,16 @@ def _ignore_sigterm_and_sleep() -> None:
 
 
 def _workers() -> list[psutil.Process]:
-    """This test process's pool workers: the children of its fork server."""
+    """This test process's pool workers: forked from it directly (a pool's first
+    workers, while it has one thread) or by its fork server."""
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process().children():
         try:
-            if "forkserver" in " ".join(p.cmdline()) and p.ppid() == os.getpid():
+            cmd = " ".join(p.cmdline())
+            if "forkserver" in cmd:
                 out.extend(p.children())
+            elif "resource_tracker" not in cmd:
+                out.append(p)
         except psutil.Error:
             pass
     return out

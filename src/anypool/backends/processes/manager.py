@@ -789,9 +789,31 @@ def _drain(conn: Any) -> str:
             chunks.append(data)
     except (BlockingIOError, OSError):
         pass
-    text = b"".join(chunks).decode("utf-8", "replace").strip()
+    return _last_words(b"".join(chunks).decode("utf-8", "replace").strip())
+
+
+def _last_words(text: str, frames: int = 15) -> str:
+    """The useful part of what a dead worker wrote to its fault pipe.
+
+    A faulthandler dump lists every thread, innermost call first, and a
+    worker forked from a deep stack inherits all of it: keep the error line,
+    the crashing thread's innermost ``frames`` and the extension modules
+    (a segfault's usual suspects).  Anything else: its last 25 lines.
+    """
     lines = text.splitlines()
-    return "\n".join(lines[-25:])
+    errors = [ln for ln in lines if ln.startswith("Fatal Python error")]
+    current = next((i for i, ln in enumerate(lines) if ln.startswith("Current thread")), None)
+    if not errors or current is None:
+        return "\n".join(lines[-25:])
+    block = [lines[current]]
+    for ln in lines[current + 1:]:
+        if not ln.startswith("  "):
+            break
+        block.append(ln)
+    if len(block) > frames + 1:
+        block = [*block[:frames + 1], f"  ... ({len(block) - frames - 1} outer frames left out)"]
+    modules = [ln for ln in lines if ln.startswith("Extension modules")]
+    return "\n".join([*errors, "", *block, *(["", *modules] if modules else [])])
 
 
 _HINTS = {
