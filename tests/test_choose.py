@@ -125,6 +125,18 @@ def test_a_long_first_task_is_judged_while_it_runs() -> None:
         assert first.result(timeout=10) == "first"
 
 
+def test_a_long_first_task_behind_a_slow_initializer_is_still_judged_while_it_runs() -> None:
+    """The probe's checks fell due while the initializer ran (no task yet to judge);
+    they must look again once the first task starts, not leave the others waiting for it."""
+    with anypool.Pool(workers=2, initializer=time.sleep, initargs=(0.15,)) as pool:
+        first = pool.submit(tasks.sleep, 3.0, "first")
+        second = pool.submit(tasks.sleep, 0.01, "second")
+        assert second.result(timeout=2.0) == "second"
+        assert not first.done()
+        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
+        assert first.result(timeout=10) == "first"
+
+
 def test_hashing_judged_mid_task_goes_to_threads_while_the_first_task_runs() -> None:
     """The early verdict (the GIL plainly free) judges a long first task without waiting for it."""
     big = bytes(512 << 20)  # ~0.4 s of hashing here, more under load

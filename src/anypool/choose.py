@@ -80,6 +80,7 @@ MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 # less often than before (0/8 and 3/25 runs, against 0/8 and 8/25).
 PROBE_EARLY = 0.002
 EARLY_SAMPLES = MIN_SAMPLES
+MIN_RUN = 0.001  # how long a task must have run before it is judged mid-run
 EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
@@ -479,6 +480,19 @@ class _Probe(_ProbeBase):
             return
         with self.lock:
             if self.decided or self.current_start is None:
+                if not self.decided and not self.items:
+                    # the first task has not started (an initializer, or a probe
+                    # thread slow to start): look again, or a long first task
+                    # would hold every other one until it ends
+                    clock.call_later(PROBE_EARLY, self._tick)
+                return
+            # The probe's clock started before this task did (the probe thread
+            # may have been slow to start, or waited for a batch): a task judged
+            # in its first microseconds shows only its start-up, CPU-heavy even
+            # when it then sleeps for a second.
+            ran = time.perf_counter() - self.current_start
+            if ran < MIN_RUN:
+                clock.call_later(MIN_RUN - ran, self._tick)
                 return
             try:
                 clk = time.pthread_getcpuclockid(self.thread.ident or 0)

@@ -73,7 +73,10 @@ class TestCrashes:
         def deep(n: int) -> str:
             if n:
                 return deep(n - 1)
-            with anypool.Pool("process", 1) as p, pytest.raises(anypool.WorkerCrashed) as info:
+            # fork by name: with other threads alive (as in a full test run) the
+            # default would use the fork server, whose stack is short
+            with anypool.Pool("process", 1, start_method="fork") as p, \
+                    pytest.raises(anypool.WorkerCrashed) as info:
                 p.submit(tasks.segfault).result(30)
             return str(info.value)
 
