@@ -114,21 +114,15 @@ def test_workers_sizes_threads_and_processes_not_coroutines() -> None:
         assert pool._backend.plan(tasks.sleep).workers == 2  # type: ignore[attr-defined]
 
 
-def test_a_long_first_task_is_judged_while_it_runs() -> None:
+@pytest.mark.parametrize("options", [
+    {},
+    # the probe's checks fall due while the initializer runs, with no task yet to
+    # judge: they must look again once the first task starts
+    {"initializer": time.sleep, "initargs": (0.15,)},
+], ids=["plain", "behind a slow initializer"])
+def test_a_long_first_task_is_judged_while_it_runs(options: dict[str, Any]) -> None:
     """Tasks held by the probe do not wait for its first task to end."""
-    with anypool.Pool(workers=2) as pool:
-        first = pool.submit(tasks.sleep, 3.0, "first")
-        second = pool.submit(tasks.sleep, 0.01, "second")
-        assert second.result(timeout=2.0) == "second"
-        assert not first.done()
-        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
-        assert first.result(timeout=10) == "first"
-
-
-def test_a_long_first_task_behind_a_slow_initializer_is_still_judged_while_it_runs() -> None:
-    """The probe's checks fell due while the initializer ran (no task yet to judge);
-    they must look again once the first task starts, not leave the others waiting for it."""
-    with anypool.Pool(workers=2, initializer=time.sleep, initargs=(0.15,)) as pool:
+    with anypool.Pool(workers=2, **options) as pool:
         first = pool.submit(tasks.sleep, 3.0, "first")
         second = pool.submit(tasks.sleep, 0.01, "second")
         assert second.result(timeout=2.0) == "second"
