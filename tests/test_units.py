@@ -301,6 +301,59 @@ class TestFutureInternals:
         assert per(anypool.Future) < per(cf.Future) / 2
 
 
+    def test_stdlib_wait_and_as_completed_see_outcomes_that_come_while_they_wait(self) -> None:
+        """The waiter list stdlib ``wait`` installs exists only once it does (none per future)."""
+        import threading
+
+        futs: list[anypool.Future[int]] = [anypool.Future() for _ in range(3)]
+        assert all(f._waiter_list is None for f in futs)
+
+        def finish() -> None:
+            time.sleep(0.05)
+            futs[2].set_result(2)
+            time.sleep(0.05)
+            futs[0].set_exception(ValueError("no"))
+
+        t = threading.Thread(target=finish)
+        t.start()
+        done, not_done = cf.wait(futs, timeout=10, return_when=cf.FIRST_EXCEPTION)
+        assert done == {futs[0], futs[2]}
+        assert not_done == {futs[1]}
+        t.join()
+        t = threading.Thread(target=lambda: (time.sleep(0.05), futs[1].set_result(1)))
+        t.start()
+        order = list(cf.as_completed(futs, timeout=10))
+        t.join()
+        assert order[-1] is futs[1]
+        assert set(order) == set(futs)
+        assert all(not f._waiters for f in futs)  # every waiter was removed again
+        with pytest.raises(cf.InvalidStateError):
+            futs[1].set_exception(ValueError("twice"))
+
+    def test_a_pending_submit_holds_few_objects_for_the_garbage_collector(self) -> None:
+        """Its full collections walk every one of them, for each pending task, each time.
+
+        A submit without keyword arguments is its task record, its future and
+        the future's lock: the arguments' tuples hold no dict, so the collector
+        untracks them, and the future has no waiter list until one is needed.
+        """
+        import gc
+        import threading
+
+        gate = threading.Event()
+        with anypool.Pool("thread", 1) as pool:
+            pool.submit(gate.wait, 30)  # the worker is busy: the rest stay pending
+            gc.collect()
+            before = len(gc.get_objects())
+            futs = [pool.submit(tasks.square, i) for i in range(2000)]
+            gc.collect()
+            gc.collect()  # an outer tuple seen before its inner one is untracked the next time
+            per = (len(gc.get_objects()) - before) / 2000
+            gate.set()
+            assert [f.result(30) for f in futs] == [i * i for i in range(2000)]
+        assert per <= 3.1, per  # task, future, lock (was 6: + two tuples and a list)
+
+
 class TestAsyncFutures:
     def test_asyncio_takes_an_async_backend_future_as_it_is(self) -> None:
         async def main() -> None:

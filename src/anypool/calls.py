@@ -49,7 +49,7 @@ def call_items(
                 out.append(on_error(exc))
     for args, kwargs in items:
         try:
-            out.append(fn(*args, **kwargs))
+            out.append(fn(*args, **kwargs) if kwargs else fn(*args))
         except reraise:
             raise
         except BaseException as exc:

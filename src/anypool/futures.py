@@ -110,14 +110,58 @@ class Future(cf.Future[T]):
     # get none, and 100,000 pending ones would hold 100,000 empty lists for
     # the garbage collector to walk.
     _done_callbacks: Any = ()
+    # The same for the waiters of ``concurrent.futures.wait``/``as_completed``,
+    # which reach them as ``_waiters`` (the property below).
+    _waiter_list: list[Any] | None = None
 
     def __init__(self) -> None:
         # concurrent.futures.Future.__init__ without its heavy Condition
+        # and its list of waiters
         self._condition = _Condition()  # type: ignore[assignment]
         self._state = _PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    def set_result(self, result: T) -> None:
+        """Mark the task finished with ``result`` (for backends: one call, once).
+
+        Raises:
+            concurrent.futures.InvalidStateError: the future is already done.
+        """
+        with self._condition:
+            if self._state in _DONE:
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = _FINISHED
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_result(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Mark the task failed with ``exception`` (for backends: one call, once).
+
+        Raises:
+            concurrent.futures.InvalidStateError: the future is already done.
+        """
+        with self._condition:
+            if self._state in _DONE:
+                raise cf.InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = _FINISHED
+            if self._waiter_list:
+                for waiter in self._waiter_list:
+                    waiter.add_exception(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
         """Call ``fn(future)`` once the task is final; at once, in this thread, if it is already."""
@@ -159,7 +203,7 @@ class Future(cf.Future[T]):
                 return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
             self._state = cf._base.CANCELLED_AND_NOTIFIED
             self._condition.notify_all()
-        for waiter in self._waiters:
+        for waiter in self._waiter_list or ():
             waiter.add_cancelled(self)
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True

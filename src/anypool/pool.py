@@ -45,7 +45,6 @@ __all__ = ["Pool", "PoolView", "imap", "map"]
 
 T = TypeVar("T")
 
-_NO_KWARGS: dict[str, Any] = {}
 log = logging.getLogger("anypool")
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -84,9 +83,9 @@ class _Submitter:
         dispatch = pool._dispatch
         fut: Future[T] = pool._backend.future_for(fn)()
         tid = dispatch.begin(1)
-        # an empty **kwargs is a fresh dict per call: keep a shared one instead (64 B a task);
+        # no kwargs: None, not the fresh empty dict of each call (see CALL);
         # a one-item tuple, not a list: one object, not two (16 B less per pending task)
-        task = Task(tid, fn, ((args, kwargs or _NO_KWARGS),), CALL, self._options, fut, seq=tid)
+        task = Task(tid, fn, ((args, kwargs or None),), CALL, self._options, fut, seq=tid)
         try:
             pool._backend.submit(task)
         except BaseException:

@@ -130,6 +130,9 @@ class TaskOptions(Frozen):
 # How a backend calls a task's callable on each item.
 ONE: Final = 0  # fn(item)                  -- map over one iterable
 STAR: Final = 1  # fn(*item)                -- map over several iterables (zipped)
+# CALL's item is (args, kwargs), kwargs None when there are none: a tuple holding
+# no dict can be untracked by the garbage collector, whose full collections
+# otherwise walk two more objects for every pending submit.
 CALL: Final = 2  # fn(*item[0], **item[1])  -- submit(fn, *args, **kwargs)
 
 

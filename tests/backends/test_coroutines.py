@@ -62,6 +62,20 @@ def test_a_garbage_collection_mid_wait_does_not_lose_running_coroutines(backend:
         assert list(it) == list(range(20))
 
 
+def test_finished_futures_let_their_coroutines_go() -> None:
+    """Awaited together (gather keeps every future), 100,000 finished coroutines
+    and their asyncio tasks would otherwise stay in memory until the last one ends."""
+
+    async def main() -> int:
+        async with anypool.Pool("async") as pool:
+            futs = [pool.submit(tasks.asquare, i) for i in range(500)]
+            assert await asyncio.gather(*futs) == [i * i for i in range(500)]
+            gc.collect()
+            return sum(type(o) is asyncio.Task for o in gc.get_objects())
+
+    assert asyncio.run(main()) < 50
+
+
 def test_map_runs_a_sleep_per_item_concurrently() -> None:
     t = time.monotonic()
     assert anypool.map(tasks.asleep, [0.5] * 2000, range(2000), backend="async") == list(range(2000))

@@ -307,7 +307,7 @@ class AsyncBackend(Backend):
         now = time.time()
         if task.future is not None:
             args, kwargs = task.items[0]
-            self._start_item(task, None, 0, now, args, kwargs)
+            self._start_item(task, None, 0, now, args, kwargs or _NO_KWARGS)
             return
         run = _BatchRun(task, now)
         one = task.style == ONE
@@ -357,6 +357,9 @@ class AsyncBackend(Backend):
     def _on_done(self, atask: asyncio.Task[Any]) -> None:
         job = self._running.pop(atask)
         if type(job) is Task:
+            # a finished task is never cancelled, and the future may outlive it
+            # by far (gather holds them all): let it go, with its coroutine
+            job.future._atask = None  # type: ignore[union-attr]
             self._settle(job, None, 0, job.started, self._outcome(job, atask))
         else:
             run, i = job

@@ -351,7 +351,7 @@ class DaskBackend(Backend):
             try:
                 task.payload = (fn, dumps(task.items))
             except (Exception, SystemExit) as exc:
-                raise explain_args(args, kwargs, exc) from exc
+                raise explain_args(args, kwargs or {}, exc) from exc
             return [task]
         # a deadline is per item, and a Dask task's start is only seen once: one item per task
         units = [task] if task.options.timeout is None or len(task.items) == 1 else [

@@ -138,7 +138,7 @@ class ThreadBackend(Backend):
         if task.future is not None:
             args, kwargs = task.items[0]
             try:
-                r = task.fn(*args, **kwargs)
+                r = task.fn(*args, **kwargs) if kwargs else task.fn(*args)
             except BaseException as exc:
                 r = Failure(exc)
             dispatch.finish_one(task, r, t0, time.time(), ws)
@@ -196,7 +196,7 @@ class ThreadBackend(Backend):
                     r = fn(*item)
                 else:
                     assert style == CALL
-                    r = fn(*item[0], **item[1])
+                    r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
             except BaseException as exc:
                 r = Failure(exc)
             with lock:

@@ -482,7 +482,7 @@ def exit_fields(value: Any, ok: bool) -> tuple[int | None, int | None]:
 def args_json(item: Any, limit: int = 2000) -> str:
     """A task item as JSON text (``submit``'s ``(args, kwargs)`` as a list, or an object)."""
     if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], tuple)
-            and isinstance(item[1], dict)):
+            and (item[1] is None or isinstance(item[1], dict))):
         args, kwargs = item
         value: Any = {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
     else:

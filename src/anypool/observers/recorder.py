@@ -62,7 +62,8 @@ ARGS_LIMIT = 120  # characters of a task's arguments kept in its row
 def item_text(item: Any) -> str:
     """One item as text: a ``submit``'s ``(args, kwargs)`` as a call's arguments (``1, b=2``)."""
     try:
-        if type(item) is tuple and len(item) == 2 and type(item[0]) is tuple and type(item[1]) is dict:
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is tuple and (
+                item[1] is None or type(item[1]) is dict):
             args, kwargs = item
             if not kwargs:
                 # submit(fn, x), the commonest call: one repr, no join

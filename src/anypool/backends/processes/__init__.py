@@ -107,7 +107,7 @@ class ProcessBackend(Backend):
             try:
                 blob, shared = dumps_args(task.items[0])
             except (Exception, SystemExit) as exc:
-                raise explain_args(args, kwargs, exc) from exc
+                raise explain_args(args, kwargs or {}, exc) from exc
             task.payload = (fn_id, fn_bytes, True, [blob], shared)
             return
         try:

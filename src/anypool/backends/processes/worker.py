@@ -239,7 +239,7 @@ class _Worker:
             else:
                 try:
                     if style == CALL:
-                        r = fn(*item[0], **item[1])
+                        r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
                     elif style == ONE:
                         r = fn(item)
                     else:
@@ -340,7 +340,7 @@ class _Worker:
                 t0 = time.time()
                 try:
                     if style == CALL:
-                        r = fn(*item[0], **item[1])
+                        r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
                     elif style == ONE:
                         r = fn(item)
                     else:
