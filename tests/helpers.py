@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 # Process-wide helpers that live as long as the test session, by design:
-# multiprocessing's fork server (our workers' parent) and resource tracker.
-SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+# multiprocessing's fork server (our workers' parent) and resource tracker,
+# and the guard that stops our commands if the test process dies.
+SERVICES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker", "anypool-job-guard")
 
 
 def python(code: str) -> list[str]:

@@ -330,6 +330,59 @@ class TestStopping:
         assert not wait_gone([int(p) for p in pids.read_text().split()], 3.0)
 
 
+    @pytest.mark.parametrize("death", ["SIGKILL", "os._exit"])
+    def test_jobs_outlive_no_pool_that_dies_without_a_word(self, tmp_path: Path, death: str) -> None:
+        """The job guard stops the jobs (and what they started) of a pool whose process died."""
+        pids = tmp_path / "pids"
+        script = tmp_path / "user.py"
+        script.write_text(textwrap.dedent(f"""
+            import os, pathlib, time, anypool
+            pids = pathlib.Path({str(pids)!r})
+            pool = anypool.Pool("subprocess", 2)
+            futs = [pool.submit("sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 60")
+                    for _ in range(2)]
+            while not (pids.exists() and len(pids.read_text().split()) == 4):
+                time.sleep(0.02)
+            if {death == "os._exit"}:
+                os._exit(3)
+            time.sleep(60)
+        """))
+        proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            while not (pids.exists() and len(pids.read_text().split()) == 4):
+                assert time.monotonic() < deadline, "the jobs never started"
+                time.sleep(0.05)
+            guards = [p for p in psutil.Process(proc.pid).children() if "anypool-job-guard" in p.cmdline()]
+            assert len(guards) == 1, "no job guard"
+            if death == "SIGKILL":
+                proc.kill()
+            assert proc.wait(20) == (-signal.SIGKILL if death == "SIGKILL" else 3)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert not wait_gone([int(p) for p in pids.read_text().split()], 3.0), "a job outlived its pool"
+        assert not wait_gone([guards[0].pid], 3.0), "the guard outlived its work"
+
+    def test_the_guard_leaves_jobs_that_ended_alone(self, tmp_path: Path) -> None:
+        """A job that ended is off the guard's list: what it left running is not stopped at exit."""
+        mark = tmp_path / "bg"
+        script = tmp_path / "user.py"
+        script.write_text(textwrap.dedent(f"""
+            import anypool
+            with anypool.Pool("subprocess", 1) as pool:
+                pool.submit("sleep 30 > /dev/null 2>&1 & echo $! > {mark}").result()
+        """))
+        subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+        background = int(mark.read_text())
+        try:
+            time.sleep(0.5)  # past the guard's batch and grace
+            assert not gone(background), "the guard stopped a job that had ended"
+        finally:
+            os.kill(background, signal.SIGKILL)
+        assert not wait_gone([background])
+
+
 class TestLineOutput:
     def test_on_output_receives_each_line_as_it_comes(self) -> None:
         lines: list[tuple[Any, int, bytes]] = []

@@ -73,7 +73,7 @@ class TestKillAndResume:
         assert proc.returncode == -signal.SIGKILL
         first = {s for (s,) in query(db, "SELECT seq FROM attempt WHERE final = 1 AND outcome = 'ok'")}
         assert 15 <= len(first) < 60, "the kill came too late to test anything"
-        time.sleep(0.5)  # jobs orphaned by the kill run to their end (at-least-once), as in GNU parallel
+        time.sleep(0.5)  # the job guard stops the jobs the kill left running
 
         r = subprocess.run(cli_argv("run", "-j", "4", "--joblog", "log.db", "--resume", JOB, ":::", *args),
                            capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
@@ -172,6 +172,22 @@ class TestSignals:
         r = subprocess.run(cli_argv("run", "--joblog", "log.db", "--resume", "--dry-run", "-k", job, ":::",
                                     *"abcdef"), capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
         assert len(r.stdout.splitlines()) == 6
+
+
+    def test_kill_9_leaves_no_job_running(self, tmp_path: Path) -> None:
+        """Nothing can catch SIGKILL, so the job guard (a process of its own) stops the jobs."""
+        pids = tmp_path / "pids"
+        job = "sleep 60 & echo $! >> pids; echo $$ >> pids; wait; echo {}"
+        proc = subprocess.Popen(cli_argv("run", "-j", "3", job, ":::", *"abcdef"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 6, what="3 running jobs")
+            proc.kill()
+            proc.wait(30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert gone([int(p) for p in pids.read_text().split()]), "a job or its child outlived the run"
 
 
 class TestJoblogCommand:

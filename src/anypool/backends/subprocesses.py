@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import clock, waiting
+from .. import clock, jobguard, waiting
 from ..commands import SHELL, CommandResult, Spec, prepare
 from ..errors import CommandFailed, PoolClosed, TaskTimeout
 from ..tasks import CALL, ONE, STAR, Failure, Task
@@ -369,6 +369,7 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
             return CommandResult(spec.text, tuple(spec.argv), exc.code, b"",
                                  (exc.message + "\n").encode(), started,
                                  time.perf_counter() - t0, 0)
+        jobguard.started(pid)
         with _lock:
             proc.pid = pid
             late = proc.stop == "killed"
@@ -388,6 +389,7 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
             pipes = [out_r, err_r]
             _pump(pid, {out_r: 1, err_r: 2}, on_output, args, captured)
         _wait_exit(pid)
+        jobguard.ended(pid)
         with _lock:
             proc.reaped = True
         _, status = os.waitpid(pid, 0)
@@ -408,6 +410,7 @@ def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCa
             with _lock:
                 proc.reaped = True
                 _signal_group(pid, signal.SIGKILL)
+            jobguard.ended(pid)
             try:
                 _, status = os.waitpid(pid, 0)
                 if popen is not None:
