@@ -55,8 +55,12 @@ def _wait_shutdown(pool: anypool.Pool, gate: threading.Event) -> Any:
     pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("wait", [_wait_result, _iterate_map, _wait_shutdown],
-                         ids=["result", "map", "shutdown"])
+def _iterate_as_completed(pool: anypool.Pool, gate: threading.Event) -> Any:
+    return list(anypool.as_completed([pool.submit(gate.wait, TASK_SECONDS)]))
+
+
+@pytest.mark.parametrize("wait", [_wait_result, _iterate_map, _wait_shutdown, _iterate_as_completed],
+                         ids=["result", "map", "shutdown", "as_completed"])
 def test_ctrl_c_on_another_thread_interrupts_a_blocked_main_thread(
         gate: threading.Event, wait: Callable[[anypool.Pool, threading.Event], Any]) -> None:
     assert threading.current_thread() is threading.main_thread()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import concurrent.futures as cf
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -304,7 +305,31 @@ class as_completed(Iterable[cf.Future[Any]]):
         self._timeout = timeout
 
     def __iter__(self) -> Iterator[cf.Future[Any]]:
-        return cf.as_completed(self._fs, timeout=self._timeout)
+        if threading.get_ident() != threading.main_thread().ident:
+            return cf.as_completed(self._fs, timeout=self._timeout)
+        return self._sliced()
+
+    def _sliced(self) -> Iterator[cf.Future[Any]]:
+        """As ``cf.as_completed``, with waits a signal handler can cut into (see :mod:`anypool.waiting`).
+
+        One callback per future feeds a queue, so the cost stays one wake-up
+        per finished future, however many are pending.
+        """
+        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
+        for f in self._fs:
+            f.add_done_callback(done.put)
+        steps = waiting.slices(self._timeout)
+        for yielded in range(len(self._fs)):
+            while True:
+                try:
+                    f = done.get(timeout=next(steps))
+                    break
+                except queue.Empty:
+                    pass
+                except StopIteration:
+                    raise TimeoutError(
+                        f"{len(self._fs) - yielded} (of {len(self._fs)}) futures unfinished") from None
+            yield f
 
     def __aiter__(self) -> AsyncIterator[cf.Future[Any]]:
         return self._agen()
