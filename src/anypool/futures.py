@@ -290,7 +290,7 @@ def _settle(waiter: asyncio.Future[None]) -> None:
 
 
 # A class, so it can have __aiter__ too; named like the stdlib function it extends.
-class as_completed(Iterable[cf.Future[Any]]):
+class as_completed(Iterable[cf.Future[T]]):
     """Yield futures as they finish, from sync code (``for``) or a coroutine (``async for``).
 
     Works on any mix of anypool futures, from any backends, and
@@ -300,22 +300,22 @@ class as_completed(Iterable[cf.Future[Any]]):
         TimeoutError: ``timeout`` seconds passed before every future finished.
     """
 
-    def __init__(self, fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> None:
+    def __init__(self, fs: Iterable[cf.Future[T]], timeout: float | None = None) -> None:
         self._fs = list(dict.fromkeys(fs))
         self._timeout = timeout
 
-    def __iter__(self) -> Iterator[cf.Future[Any]]:
+    def __iter__(self) -> Iterator[cf.Future[T]]:
         if threading.get_ident() != threading.main_thread().ident:
             return cf.as_completed(self._fs, timeout=self._timeout)
         return self._sliced()
 
-    def _sliced(self) -> Iterator[cf.Future[Any]]:
+    def _sliced(self) -> Iterator[cf.Future[T]]:
         """As ``cf.as_completed``, with waits a signal handler can cut into (see :mod:`anypool.waiting`).
 
         One callback per future feeds a queue, so the cost stays one wake-up
         per finished future, however many are pending.
         """
-        done: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
+        done: queue.SimpleQueue[cf.Future[T]] = queue.SimpleQueue()
         for f in self._fs:
             f.add_done_callback(done.put)
         steps = waiting.slices(self._timeout)
@@ -331,23 +331,23 @@ class as_completed(Iterable[cf.Future[Any]]):
                         f"{len(self._fs) - yielded} (of {len(self._fs)}) futures unfinished") from None
             yield f
 
-    def __aiter__(self) -> AsyncIterator[cf.Future[Any]]:
+    def __aiter__(self) -> AsyncIterator[cf.Future[T]]:
         return self._agen()
 
-    async def _agen(self) -> AsyncIterator[cf.Future[Any]]:
+    async def _agen(self) -> AsyncIterator[cf.Future[T]]:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[cf.Future[Any]] = asyncio.Queue()
+        finished: asyncio.Queue[cf.Future[T]] = asyncio.Queue()
         for f in self._fs:
-            f.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
+            f.add_done_callback(lambda f: loop.call_soon_threadsafe(finished.put_nowait, f))
         deadline = None if self._timeout is None else loop.time() + self._timeout
         for yielded in range(len(self._fs)):
             if deadline is None:
-                yield await queue.get()
+                yield await finished.get()
                 continue
             try:
-                yield await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                yield await asyncio.wait_for(finished.get(), max(deadline - loop.time(), 0))
             except asyncio.TimeoutError:
                 raise TimeoutError(
                     f"{len(self._fs) - yielded} (of {len(self._fs)}) futures unfinished"

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import waiting
 from .errors import SerializationError
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from .dispatch import Dispatch
 
 __all__ = ["Batch", "BatchSizer", "MapRun"]
+
+T = TypeVar("T")
 
 
 class BatchSizer:
@@ -363,7 +365,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class MapIterator(Iterator[Any], AsyncIterator[Any]):
+class MapIterator(Iterator[T], AsyncIterator[T]):
     """What ``map``/``imap``/``imap_unordered`` return: iterate with ``for`` or ``async for``.
 
     Results are produced lazily; ``close()`` (or leaving the loop early)
@@ -372,11 +374,11 @@ class MapIterator(Iterator[Any], AsyncIterator[Any]):
 
     def __init__(self, run: MapRun, on_close: Callable[[], None] | None = None) -> None:
         self._run = run
-        self._gen: Iterator[Any] | None = None
-        self._agen: AsyncIterator[Any] | None = None
+        self._gen: Iterator[T] | None = None
+        self._agen: AsyncIterator[T] | None = None
         self._on_close = on_close
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         if self._gen is None:
             # the run's own iterator closes it when exhausted or dropped; the
             # wrapper (a generator frame per item) only when a callback needs it
@@ -386,24 +388,24 @@ class MapIterator(Iterator[Any], AsyncIterator[Any]):
                 self._gen = self._wrap(iter(self._run))
         return self._gen
 
-    def __next__(self) -> Any:
+    def __next__(self) -> T:
         return next(iter(self))
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[T]:
         if self._agen is None:
             self._agen = self._awrap(self._run._aiter())
         return self._agen
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> T:
         return await self.__aiter__().__anext__()
 
-    def _wrap(self, gen: Iterator[Any]) -> Iterator[Any]:
+    def _wrap(self, gen: Iterator[T]) -> Iterator[T]:
         try:
             yield from gen
         finally:
             self.close()
 
-    async def _awrap(self, agen: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _awrap(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
         try:
             async for r in agen:
                 yield r

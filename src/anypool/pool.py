@@ -24,9 +24,9 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig
@@ -38,12 +38,17 @@ from .stats import PoolStats, StatsCollector
 from .tasks import CALL, Task, TaskOptions
 
 if TYPE_CHECKING:
+    from .commands import CommandResult
     from .observers.progress import Progress
     from .observers.recorder import Recorder, Row
 
 __all__ = ["Pool", "PoolView", "imap", "map"]
 
 T = TypeVar("T")
+
+# What the subprocess backend runs: a shell command line or an argv list
+# (``submit`` on these gives a ``Future[CommandResult]``).
+Command = str | Sequence[str]
 
 log = logging.getLogger("anypool")
 
@@ -67,7 +72,15 @@ class _Submitter:
     _pool: Pool
     _options: TaskOptions
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    @overload
+    def submit(self, fn: Callable[..., Coroutine[Any, Any, T]], /,
+               *args: Any, **kwargs: Any) -> Future[T]: ...
+    @overload
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+    @overload
+    def submit(self, fn: Command, /, *args: Any, **kwargs: Any) -> Future[CommandResult]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` and return its :class:`~anypool.Future`.
 
         Every keyword goes to ``fn``; per-task options go through
@@ -81,7 +94,7 @@ class _Submitter:
         """
         pool = self._pool
         dispatch = pool._dispatch
-        fut: Future[T] = pool._backend.future_for(fn)()
+        fut: Future[Any] = pool._backend.future_for(fn)()
         tid = dispatch.begin(1)
         # no kwargs: None, not the fresh empty dict of each call (see CALL);
         # a one-item tuple, not a list: one object, not two (16 B less per pending task)
@@ -95,14 +108,25 @@ class _Submitter:
             dispatch.queued(task)
         return fut
 
+    @overload
+    def map(self, fn: Callable[..., Coroutine[Any, Any, T]],
+            *iterables: Iterable[Any], timeout: float | None = None, chunksize: int | None = None,
+            buffersize: int | None = None) -> MapIterator[T]: ...
+    @overload
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | None = None, buffersize: int | None = None) -> MapIterator[T]: ...
+    @overload
+    def map(self, fn: Command, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int | None = None, buffersize: int | None = None) -> MapIterator[CommandResult]: ...
+
     def map(
         self,
-        fn: Callable[..., T],
+        fn: Any,
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         buffersize: int | None = None,
-    ) -> MapIterator:
+    ) -> MapIterator[Any]:
         """Like ``Executor.map``: results in input order, lazily, with bounded work in flight.
 
         Args:
@@ -117,20 +141,45 @@ class _Submitter:
         """
         return self._map(fn, iterables, True, timeout, chunksize, buffersize, False)
 
+    @overload
+    def imap(self, fn: Callable[..., Coroutine[Any, Any, T]],
+             *iterables: Iterable[Any], chunksize: int | None = None, buffersize: int | None = None,
+             return_exceptions: bool = False) -> MapIterator[T]: ...
+    @overload
     def imap(self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None,
-             buffersize: int | None = None, return_exceptions: bool = False) -> MapIterator:
+             buffersize: int | None = None, return_exceptions: bool = False) -> MapIterator[T]: ...
+    @overload
+    def imap(self, fn: Command, *iterables: Iterable[Any], chunksize: int | None = None,
+             buffersize: int | None = None,
+             return_exceptions: bool = False) -> MapIterator[CommandResult]: ...
+
+    def imap(self, fn: Any, *iterables: Iterable[Any], chunksize: int | None = None,
+             buffersize: int | None = None, return_exceptions: bool = False) -> MapIterator[Any]:
         """Lazy ordered map; with ``return_exceptions`` a failed item yields its exception."""
         return self._map(fn, iterables, True, None, chunksize, buffersize, return_exceptions)
 
+    @overload
+    def imap_unordered(self, fn: Callable[..., Coroutine[Any, Any, T]],
+                       *iterables: Iterable[Any], chunksize: int | None = None,
+                       buffersize: int | None = None, return_exceptions: bool = False) -> MapIterator[T]: ...
+    @overload
     def imap_unordered(self, fn: Callable[..., T], *iterables: Iterable[Any],
                        chunksize: int | None = None, buffersize: int | None = None,
-                       return_exceptions: bool = False) -> MapIterator:
+                       return_exceptions: bool = False) -> MapIterator[T]: ...
+    @overload
+    def imap_unordered(self, fn: Command, *iterables: Iterable[Any],
+                       chunksize: int | None = None, buffersize: int | None = None,
+                       return_exceptions: bool = False) -> MapIterator[CommandResult]: ...
+
+    def imap_unordered(self, fn: Any, *iterables: Iterable[Any],
+                       chunksize: int | None = None, buffersize: int | None = None,
+                       return_exceptions: bool = False) -> MapIterator[Any]:
         """Lazy map yielding results as they finish (batch by batch), not in input order."""
         return self._map(fn, iterables, False, None, chunksize, buffersize, return_exceptions)
 
     def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], ordered: bool,
              timeout: float | None, chunksize: int | None, buffersize: int | None,
-             return_exceptions: bool) -> MapIterator:
+             return_exceptions: bool) -> MapIterator[Any]:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         pool = self._pool
@@ -471,8 +520,21 @@ class Pool(_Submitter, cf.Executor):
         return f"<anypool.Pool {self._backend.describe()} {state}>"
 
 
+@overload
+def map(fn: Callable[..., Coroutine[Any, Any, T]], *iterables: Iterable[Any],  # noqa: A001
+        backend: str = "auto", workers: int | None = None, chunksize: int | None = None,
+        **options: Any) -> list[T]: ...
+@overload
 def map(fn: Callable[..., T], *iterables: Iterable[Any], backend: str = "auto",  # noqa: A001
-        workers: int | None = None, chunksize: int | None = None, **options: Any) -> list[T]:
+        workers: int | None = None, chunksize: int | None = None, **options: Any) -> list[T]: ...
+@overload
+def map(fn: Command, *iterables: Iterable[Any], backend: str = "auto",  # noqa: A001
+        workers: int | None = None, chunksize: int | None = None,
+        **options: Any) -> list[CommandResult]: ...
+
+
+def map(fn: Any, *iterables: Iterable[Any], backend: str = "auto",  # noqa: A001
+        workers: int | None = None, chunksize: int | None = None, **options: Any) -> list[Any]:
     """Run ``fn`` over the iterables on a pool built for this call; return results in order.
 
     Keyword ``options`` are :class:`Pool` arguments (``timeout`` here is the
@@ -485,9 +547,23 @@ def map(fn: Callable[..., T], *iterables: Iterable[Any], backend: str = "auto", 
         return list(pool.imap(fn, *iterables, chunksize=chunksize))
 
 
+@overload
+def imap(fn: Callable[..., Coroutine[Any, Any, T]], *iterables: Iterable[Any], backend: str = "auto",
+         workers: int | None = None, ordered: bool = True, chunksize: int | None = None,
+         **options: Any) -> Iterator[T]: ...
+@overload
 def imap(fn: Callable[..., T], *iterables: Iterable[Any], backend: str = "auto",
          workers: int | None = None, ordered: bool = True, chunksize: int | None = None,
-         **options: Any) -> Iterator[T]:
+         **options: Any) -> Iterator[T]: ...
+@overload
+def imap(fn: Command, *iterables: Iterable[Any], backend: str = "auto",
+         workers: int | None = None, ordered: bool = True, chunksize: int | None = None,
+         **options: Any) -> Iterator[CommandResult]: ...
+
+
+def imap(fn: Any, *iterables: Iterable[Any], backend: str = "auto",
+         workers: int | None = None, ordered: bool = True, chunksize: int | None = None,
+         **options: Any) -> Iterator[Any]:
     """Lazily run ``fn`` over the iterables on a pool that closes when iteration ends.
 
     Input is read as results are consumed, with bounded work in flight, so an
