@@ -261,6 +261,16 @@ class TestFutures:
             with pytest.raises(TimeoutError, match="1 \\(of 1\\) futures unfinished"):
                 asyncio.run(main(fut))
 
+    def test_as_completed_yields_what_finished_before_a_zero_timeout_runs_out(self) -> None:
+        """As ``concurrent.futures.as_completed``: done futures first, then the timeout."""
+        futs: list[anypool.Future[int]] = [anypool.Future() for _ in range(4)]
+        for i, f in enumerate(futs[:3]):
+            f.set_result(i)
+        it = iter(anypool.as_completed(futs, timeout=0))
+        assert [next(it).result() for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(TimeoutError, match="1 \\(of 4\\) futures unfinished"):
+            next(it)
+
     def test_a_future_used_by_stdlib_wait(self) -> None:
         with anypool.Pool("thread", 2) as pool:
             futs = [pool.submit(tasks.square, i) for i in range(4)]

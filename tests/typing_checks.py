@@ -11,6 +11,7 @@ from typing import assert_type
 
 import anypool
 from anypool import CommandResult, Future
+from anypool.commands import Spec, prepare
 
 
 def square(x: int) -> int:
@@ -21,6 +22,13 @@ async def asquare(x: int) -> int:
     return x * x
 
 
+class Echo:
+    """A command object (as the command line's templates are)."""
+
+    def __anypool_command__(self, args: tuple[object, ...], slot: int) -> Spec:
+        return prepare(["echo", *map(str, args)], ())
+
+
 async def uses_every_entry_point() -> None:
     with anypool.Pool() as pool:
         assert_type(pool.submit(square, 2), Future[int])
@@ -29,6 +37,7 @@ async def uses_every_entry_point() -> None:
         assert_type(pool.submit(square, 2).result(), int)
         assert_type(pool.submit("echo {}", 1), Future[CommandResult])
         assert_type(pool.submit(["ls", "-l"]), Future[CommandResult])
+        assert_type(pool.submit(Echo(), "hi"), Future[CommandResult])
         assert_type(pool.with_options(timeout=1).submit(asquare, 1), Future[int])
         assert_type(list(pool.map(square, [1, 2])), list[int])
         assert_type(list(pool.map(asquare, [1, 2])), list[int])

@@ -320,15 +320,18 @@ class as_completed(Iterable[cf.Future[T]]):
             f.add_done_callback(done.put)
         steps = waiting.slices(self._timeout)
         for yielded in range(len(self._fs)):
-            while True:
-                try:
-                    f = done.get(timeout=next(steps))
-                    break
-                except queue.Empty:
-                    pass
-                except StopIteration:
-                    raise TimeoutError(
-                        f"{len(self._fs) - yielded} (of {len(self._fs)}) futures unfinished") from None
+            try:
+                f = done.get_nowait()  # finished already: yielded even past the deadline, as the stdlib does
+            except queue.Empty:
+                while True:
+                    try:
+                        f = done.get(timeout=next(steps))
+                        break
+                    except queue.Empty:
+                        pass
+                    except StopIteration:
+                        raise TimeoutError(
+                            f"{len(self._fs) - yielded} (of {len(self._fs)}) futures unfinished") from None
             yield f
 
     def __aiter__(self) -> AsyncIterator[cf.Future[T]]:

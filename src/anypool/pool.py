@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig
@@ -38,7 +38,7 @@ from .stats import PoolStats, StatsCollector
 from .tasks import CALL, Task, TaskOptions
 
 if TYPE_CHECKING:
-    from .commands import CommandResult
+    from .commands import CommandResult, Spec
     from .observers.progress import Progress
     from .observers.recorder import Recorder, Row
 
@@ -46,9 +46,15 @@ __all__ = ["Pool", "PoolView", "imap", "map"]
 
 T = TypeVar("T")
 
-# What the subprocess backend runs: a shell command line or an argv list
-# (``submit`` on these gives a ``Future[CommandResult]``).
-Command = str | Sequence[str]
+
+class _CommandObject(Protocol):
+    def __anypool_command__(self, args: tuple[Any, ...], slot: int) -> Spec: ...
+
+
+# What the subprocess backend runs: a shell command line, an argv list, or an
+# object that makes one per call (see anypool.commands); ``submit`` on one of
+# these gives a ``Future[CommandResult]``.
+Command = str | Sequence[str] | _CommandObject
 
 log = logging.getLogger("anypool")
 
