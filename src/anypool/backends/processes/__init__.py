@@ -29,6 +29,10 @@ data is then shared copy-on-write, even with threads around: your risk),
 ``"forkserver"`` never does, ``"spawn"`` starts a fresh interpreter per
 worker.  As with ``multiprocessing``, a script whose workers may come from
 the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard.
+A forked worker holds every file descriptor the pool's process had open at
+the fork (as ``multiprocessing``'s forked workers do): a pipe's write end it
+holds keeps the reader from seeing end-of-file until the pool closes.  Where
+that matters, ``start_method="forkserver"``.
 """
 
 from __future__ import annotations
