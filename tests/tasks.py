@@ -213,6 +213,19 @@ def attempt_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
     return (value, attempt)
 
 
+def mark_then_sleep(path: str, seconds: float) -> None:
+    """Create ``path``, then sleep: a test waits for the file to know the task runs."""
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+
+
+async def amark_then_sleep(path: str, seconds: float) -> None:
+    with open(path, "w"):
+        pass
+    await asyncio.sleep(seconds)
+
+
 def note_pid(path: str) -> None:
     """An initializer that records, one line each, the processes it ran in."""
     with open(path, "a") as f:

@@ -58,6 +58,11 @@ Command = str | Sequence[str] | _CommandObject
 
 log = logging.getLogger("anypool")
 
+# How long shutdown(kill=True) waits for the killed tasks to be reported
+# before it closes the job log and the bar (a process backend's take ~10 ms,
+# a command's its 0.25 s grace; a thread's call cannot be stopped).
+KILL_SETTLE = 2.0
+
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -461,7 +466,16 @@ class Pool(_Submitter, cf.Executor):
                 cancel()
         if kill:
             self._backend.shutdown(wait=False, kill=True)
-            self._finish_closing(first)
+            # The killed tasks are reported a moment later (a worker's death
+            # is noticed, a job's group gets its grace): the job log and the
+            # bar close after that, or those attempts would be missing from
+            # them.  Bounded: a thread cannot be killed and may run on.
+            if wait:
+                self._dispatch.wait_idle(KILL_SETTLE)
+                self._finish_closing(first)
+            else:
+                threading.Thread(target=self._close_when_killed, args=(first,),
+                                 name="anypool-shutdown", daemon=True).start()
             return
         if wait:
             self._dispatch.wait_idle()
@@ -474,6 +488,10 @@ class Pool(_Submitter, cf.Executor):
     def _close_when_idle(self, first: bool) -> None:
         self._dispatch.wait_idle()
         self._backend.shutdown(wait=True)
+        self._finish_closing(first)
+
+    def _close_when_killed(self, first: bool) -> None:
+        self._dispatch.wait_idle(KILL_SETTLE)
         self._finish_closing(first)
 
     def _finish_closing(self, first: bool) -> None:

@@ -226,3 +226,31 @@ class TestPoolJoblog:
         err = next(r for r in recs if r.outcome == "error")
         assert err.error.startswith("ValueError: invalid literal")
         assert err.command == "int"
+
+    @pytest.mark.parametrize("backend", ["process", "subprocess", "async"])
+    def test_shutdown_kill_records_the_running_tasks_as_killed(self, tmp_path: Path, backend: str) -> None:
+        """Each killed attempt is a row on its worker (not final: a resumed run does it again);
+        what never started has none; and the futures are settled when shutdown returns."""
+        import time
+
+        import tasks
+
+        path = tmp_path / "log.db"
+        marks = [tmp_path / f"started-{i}" for i in range(3)]
+        pool = anypool.Pool(backend, 2, joblog=path)
+        if backend == "subprocess":
+            futs = [pool.submit(f"touch {m}; sleep 30") for m in marks]
+        elif backend == "async":
+            futs = [pool.submit(tasks.amark_then_sleep, str(m), 30) for m in marks]
+        else:
+            futs = [pool.submit(tasks.mark_then_sleep, str(m), 30) for m in marks]
+        deadline = time.monotonic() + 20
+        while sum(m.exists() for m in marks) < 2:
+            assert time.monotonic() < deadline, "the tasks never started"
+            time.sleep(0.02)
+        pool.shutdown(kill=True)
+        assert all(f.done() for f in futs)
+        with JobLog(path, "read") as log:
+            recs = list(log.records())
+        assert sorted((r.outcome, r.final) for r in recs) == [("killed", False)] * 2
+        assert all(r.worker and r.worker != "-" for r in recs)

@@ -360,10 +360,7 @@ class Manager:
         w.inflight_items = 0
         now = time.time()
         if killed is not None and killed[0] == "kill":
-            exc = PoolClosed("the pool was shut down with kill=True while this task ran")
-            for wire in wires:
-                for task in wire.units:
-                    self.dispatch.fail_unrun(task, exc, "cancelled")
+            self._settle_killed(w, wires, now)
             return
         if self.mode == "async":
             # every coroutine in the process was running: all of them lost their worker
@@ -400,6 +397,50 @@ class Manager:
 
         start = self.slots[base + 2] or first.started
         self._settle_started(w, first, culprit, failure, start, now)
+
+    def _settle_killed(self, w: _Worker, wires: list[_Wire], now: float) -> None:
+        """Fail the tasks of a worker killed by ``shutdown(kill=True)``.
+
+        What was running is an attempt on that worker, killed (the job log
+        records it so); what had not started never ran, as if cancelled.
+        """
+        exc = PoolClosed("the pool was shut down with kill=True while this task ran")
+        base = w.slot * SLOT_WIDTH
+        for k, wire in enumerate(wires):
+            if self.mode == "async":  # every coroutine in the process was running
+                for task in wire.units:
+                    self._fail_items(task, exc, "cancelled", w.ws, wire, now)
+                continue
+            if k or self.slots[base] != wire.id:
+                for task in wire.units:
+                    self.dispatch.fail_unrun(task, exc, "cancelled")
+                continue
+            start = self.slots[base + 2] or wire.started
+            running = int(self.slots[base + 1])  # the item running, if the wire marks items
+            d = wire.delivered
+            pos = 0
+            for task in wire.units:
+                n = len(task.items)
+                lo = pos
+                pos += n
+                if pos <= d:
+                    continue  # finished and settled already
+                a = max(d - lo, 0)
+                if a > 0:  # a map batch reported in part: that part stands
+                    assert wire.results is not None
+                    res = wire.results[lo:lo + a]
+                    failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
+                    self.dispatch.finish(task.subtask(0, task.items[:a]), res, wire.started, now, w.ws,
+                                         failed)
+                c = running - lo
+                if not a <= c < n:
+                    c = a if running < 0 else n  # unmarked: the first unreported item ran
+                for i, item in enumerate(task.items[a:], a):
+                    one = task if n == 1 else task.subtask(i, [item])
+                    if i == c:
+                        self.dispatch.finish(one, [Failure(exc, "cancelled")], start, now, w.ws, [0])
+                    else:
+                        self.dispatch.fail_unrun(one, exc, "cancelled")
 
     def _settle_started(self, w: _Worker, wire: _Wire, culprit: int | None,
                         failure: Any, start: float, now: float) -> None:
