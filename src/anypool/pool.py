@@ -60,7 +60,7 @@ log = logging.getLogger("anypool")
 
 # How long shutdown(kill=True) waits for the killed tasks to be reported
 # before it closes the job log and the bar (a process backend's take ~10 ms,
-# a command's its 0.25 s grace; a thread's call cannot be stopped).
+# a command's its 0.25 s grace), on backends that can kill a running task.
 KILL_SETTLE = 2.0
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -469,9 +469,10 @@ class Pool(_Submitter, cf.Executor):
             # The killed tasks are reported a moment later (a worker's death
             # is noticed, a job's group gets its grace): the job log and the
             # bar close after that, or those attempts would be missing from
-            # them.  Bounded: a thread cannot be killed and may run on.
+            # them.  Not where tasks cannot be killed (threads run on).
             if wait:
-                self._dispatch.wait_idle(KILL_SETTLE)
+                if self._backend.can_kill:
+                    self._dispatch.wait_idle(KILL_SETTLE)
                 self._finish_closing(first)
             else:
                 threading.Thread(target=self._close_when_killed, args=(first,),
@@ -491,7 +492,8 @@ class Pool(_Submitter, cf.Executor):
         self._finish_closing(first)
 
     def _close_when_killed(self, first: bool) -> None:
-        self._dispatch.wait_idle(KILL_SETTLE)
+        if self._backend.can_kill:
+            self._dispatch.wait_idle(KILL_SETTLE)
         self._finish_closing(first)
 
     def _finish_closing(self, first: bool) -> None:
