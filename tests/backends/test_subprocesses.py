@@ -32,6 +32,14 @@ def gone(pid: int) -> bool:
         return True
 
 
+def _wait_for_lines(path: Path, n: int, seconds: float = 20.0) -> None:
+    """Wait until the jobs have written ``n`` words (their pids) to ``path``."""
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and len(path.read_text().split()) == n):
+        assert time.monotonic() < deadline, "the jobs never started"
+        time.sleep(0.05)
+
+
 def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:
     deadline = time.monotonic() + seconds
     left = [p for p in pids if not gone(p)]
@@ -317,10 +325,7 @@ class TestStopping:
         """))
         proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 20
-            while not (pids.exists() and len(pids.read_text().split()) == 4):
-                assert time.monotonic() < deadline, "the jobs never started"
-                time.sleep(0.05)
+            _wait_for_lines(pids, 4)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=20)
         finally:
@@ -349,10 +354,7 @@ class TestStopping:
         """))
         proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 20
-            while not (pids.exists() and len(pids.read_text().split()) == 4):
-                assert time.monotonic() < deadline, "the jobs never started"
-                time.sleep(0.05)
+            _wait_for_lines(pids, 4)
             guards = [p for p in psutil.Process(proc.pid).children() if "anypool-job-guard" in p.cmdline()]
             assert len(guards) == 1, "no job guard"
             if death == "SIGKILL":

@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...errors import (
@@ -405,51 +406,34 @@ class Manager:
         records it so); what had not started never ran, as if cancelled.
         """
         exc = PoolClosed("the pool was shut down with kill=True while this task ran")
+
+        def unrun(task: Task) -> None:
+            self.dispatch.fail_unrun(task, exc, "cancelled")
+
         base = w.slot * SLOT_WIDTH
         for k, wire in enumerate(wires):
             if self.mode == "async":  # every coroutine in the process was running
                 for task in wire.units:
                     self._fail_items(task, exc, "cancelled", w.ws, wire, now)
-                continue
-            if k or self.slots[base] != wire.id:
+            elif k == 0 and self.slots[base] == wire.id:
+                running = int(self.slots[base + 1])  # -1: the wire does not mark its items
+                culprit = running if running >= 0 else wire.delivered  # unmarked: the first unreported
+                start = self.slots[base + 2] or wire.started
+                self._settle_started(w, wire, culprit, lambda _: Failure(exc, "cancelled"), start, now, unrun)
+            else:
                 for task in wire.units:
-                    self.dispatch.fail_unrun(task, exc, "cancelled")
-                continue
-            start = self.slots[base + 2] or wire.started
-            running = int(self.slots[base + 1])  # the item running, if the wire marks items
-            d = wire.delivered
-            pos = 0
-            for task in wire.units:
-                n = len(task.items)
-                lo = pos
-                pos += n
-                if pos <= d:
-                    continue  # finished and settled already
-                a = max(d - lo, 0)
-                if a > 0:  # a map batch reported in part: that part stands
-                    assert wire.results is not None
-                    res = wire.results[lo:lo + a]
-                    failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
-                    self.dispatch.finish(task.subtask(0, task.items[:a]), res, wire.started, now, w.ws,
-                                         failed)
-                c = running - lo
-                if not a <= c < n:
-                    c = a if running < 0 else n  # unmarked: the first unreported item ran
-                for i, item in enumerate(task.items[a:], a):
-                    one = task if n == 1 else task.subtask(i, [item])
-                    if i == c:
-                        self.dispatch.finish(one, [Failure(exc, "cancelled")], start, now, w.ws, [0])
-                    else:
-                        self.dispatch.fail_unrun(one, exc, "cancelled")
+                    unrun(task)
 
-    def _settle_started(self, w: _Worker, wire: _Wire, culprit: int | None,
-                        failure: Any, start: float, now: float) -> None:
+    def _settle_started(self, w: _Worker, wire: _Wire, culprit: int | None, failure: Any, start: float,
+                        now: float, others: Callable[[Task], None] | None = None) -> None:
         """Split a started wire of a dead sync worker: what came back, the culprit, the rest.
 
         Items report in order, so ``wire.delivered`` items (a prefix) are done.
         Between them and the culprit, items finished but their results died
         with the worker: they run again.  After the culprit, nothing started.
+        ``others`` takes the items other than the culprit (default: run again).
         """
+        others = others or self.dispatch.requeue
         d = wire.delivered
         pos = 0
         for task in wire.units:
@@ -466,18 +450,18 @@ class Manager:
                 self.dispatch.finish(task.subtask(0, task.items[:a]), res, wire.started, now, w.ws, failed)
             if culprit is None:
                 for i in range(a, n):
-                    self.dispatch.requeue(task if n == 1 else task.subtask(i, [task.items[i]]))
+                    others(task if n == 1 else task.subtask(i, [task.items[i]]))
                 continue
             c = culprit - lo
             if not a <= c < n:
-                self.dispatch.requeue(task if a == 0 else task.subtask(a, task.items[a:]))
+                others(task if a == 0 else task.subtask(a, task.items[a:]))
                 continue
             if c > a:
-                self.dispatch.requeue(task.subtask(a, task.items[a:c]))
+                others(task.subtask(a, task.items[a:c]))
             blamed = task if n == 1 else task.subtask(c, [task.items[c]])
             self.dispatch.finish(blamed, [failure(blamed)], start, now, w.ws, [0])
             if c + 1 < n:
-                self.dispatch.requeue(task.subtask(c + 1, task.items[c + 1:]))
+                others(task.subtask(c + 1, task.items[c + 1:]))
 
     def _fail_items(self, task: Task, exc: BaseException, kind: str, ws: WorkerStats,
                     wire: _Wire, now: float) -> None:
