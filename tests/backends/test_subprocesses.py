@@ -339,14 +339,15 @@ class TestStopping:
     def test_jobs_outlive_no_pool_that_dies_without_a_word(self, tmp_path: Path, death: str) -> None:
         """The job guard stops the jobs (and what they started) of a pool whose process died."""
         pids = tmp_path / "pids"
+        go = tmp_path / "go"  # the test has seen the guard: the script may die
         script = tmp_path / "user.py"
         script.write_text(textwrap.dedent(f"""
             import os, pathlib, time, anypool
-            pids = pathlib.Path({str(pids)!r})
+            go = pathlib.Path({str(go)!r})
             pool = anypool.Pool("subprocess", 2)
             futs = [pool.submit("sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 60")
                     for _ in range(2)]
-            while not (pids.exists() and len(pids.read_text().split()) == 4):
+            while not go.exists():
                 time.sleep(0.02)
             if {death == "os._exit"}:
                 os._exit(3)
@@ -357,6 +358,7 @@ class TestStopping:
             _wait_for_lines(pids, 4)
             guards = [p for p in psutil.Process(proc.pid).children() if "anypool-job-guard" in p.cmdline()]
             assert len(guards) == 1, "no job guard"
+            go.touch()
             if death == "SIGKILL":
                 proc.kill()
             assert proc.wait(20) == (-signal.SIGKILL if death == "SIGKILL" else 3)
