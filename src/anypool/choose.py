@@ -80,7 +80,7 @@ MIN_SAMPLES = 8  # GIL sampler wake-ups needed to judge the GIL
 # less often than before (0/8 and 3/25 runs, against 0/8 and 8/25).
 PROBE_EARLY = 0.002
 EARLY_SAMPLES = MIN_SAMPLES
-MIN_RUN = 0.005  # how long a task must have run (on a CPU or blocked, not queued) to be judged mid-run
+MIN_RUN = 0.001  # how long a task must have run (on a CPU or blocked, not queued) to be judged mid-run
 EARLY_STARVED = 0.1  # share of the probe time its thread waited for a CPU that rules out the early verdict
 TINY_TASK = 20e-6  # seconds per task under which processes cannot pay for themselves
 TINY_ITEMS = 256  # tiny tasks seen before judging them tiny without more probing
@@ -490,12 +490,11 @@ class _Probe(_ProbeBase):
             # may have been slow to start, or waited for a batch): a task judged
             # in its first microseconds shows only its start-up, CPU-heavy even
             # when it then sleeps for a second.  Its own time counts, not the
-            # time it waited for a CPU (1.2 ms in, 1.0 of them queued, a task
-            # that had used 0.1 ms of CPU and then blocked on a socket would
-            # look 50% CPU-bound), and 5 ms of it, not 1: a blocking call's
-            # set-up (a socket, a request built) is often a few tenths of a ms
-            # of CPU.  The demo's socket fetch was once called "CPU-bound but
-            # releases the GIL" in a full test run (right backend, wrong reason).
+            # time it waited for a CPU: 1.2 ms in, 1.0 of them queued, a task
+            # that had used 0.1 ms of CPU and then blocked on a socket looked
+            # 50% CPU-bound (the demo's socket fetch was once called "CPU-bound
+            # but releases the GIL" in a full test run).  5 ms instead of 1
+            # made sha256 auto 2% slower (its first 4 ms hash ended unjudged).
             delay = schedstat.read_delay(self._sched) - self.current_delay0
             raw = time.perf_counter() - self.current_start
             own = raw - delay
