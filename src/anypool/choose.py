@@ -814,6 +814,15 @@ class AutoBackend(Backend):
                     except Exception as exc:  # e.g. an argument that does not pickle
                         self.dispatch.fail_unrun(piece, exc)
 
+    def kills_running(self) -> bool:
+        with self._lock:
+            if self._probes:
+                return False  # a probe runs its callable's first tasks on a thread
+            # the backends chosen, not the thread pool started in case it would be
+            used = set(self._choices.values()) | (self._subs.keys() & {"subprocess"})
+            subs = [self._subs[name] for name in used if name in self._subs]
+        return bool(subs) and all(b.kills_running() for b in subs)
+
     def cancel_pending(self) -> None:
         with self._lock:
             probes = list(self._probes.values())

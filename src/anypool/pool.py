@@ -448,7 +448,9 @@ class Pool(_Submitter, cf.Executor):
             cancel_futures: cancel the tasks that have not started.
             kill: stop running tasks now (worker processes are killed, their
                 tasks fail with ``PoolClosed``; threads cannot be killed and
-                run their current call to its end).
+                run their current call to its end).  With ``wait``, returns
+                once the killed tasks are settled and recorded (within
+                ``KILL_SETTLE`` seconds), where every task could be killed.
         """
         if wait and not kill and self._dispatch.outstanding and \
                 getattr(self._backend, "loop_thread", None) == threading.get_ident():
@@ -471,7 +473,7 @@ class Pool(_Submitter, cf.Executor):
             # bar close after that, or those attempts would be missing from
             # them.  Not where tasks cannot be killed (threads run on).
             if wait:
-                if self._backend.can_kill:
+                if self._backend.kills_running():
                     self._dispatch.wait_idle(KILL_SETTLE)
                 self._finish_closing(first)
             else:
@@ -492,7 +494,7 @@ class Pool(_Submitter, cf.Executor):
         self._finish_closing(first)
 
     def _close_when_killed(self, first: bool) -> None:
-        if self._backend.can_kill:
+        if self._backend.kills_running():
             self._dispatch.wait_idle(KILL_SETTLE)
         self._finish_closing(first)
 

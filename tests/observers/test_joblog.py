@@ -254,3 +254,21 @@ class TestPoolJoblog:
             recs = list(log.records())
         assert sorted((r.outcome, r.final) for r in recs) == [("killed", False)] * 2
         assert all(r.worker and r.worker != "-" for r in recs)
+
+    def test_shutdown_kill_on_auto_waits_for_jobs_that_take_their_grace(self, tmp_path: Path) -> None:
+        """Jobs that ignore SIGTERM die 0.25 s later, by SIGKILL: their rows still reach the log."""
+        import time
+
+        path = tmp_path / "log.db"
+        marks = [tmp_path / f"started-{i}" for i in range(3)]
+        pool = anypool.Pool("auto", 2, joblog=path)
+        futs = [pool.submit(f"trap '' TERM; touch {m}; sleep 30") for m in marks]
+        deadline = time.monotonic() + 20
+        while sum(m.exists() for m in marks) < 2:
+            assert time.monotonic() < deadline, "the jobs never started"
+            time.sleep(0.02)
+        pool.shutdown(kill=True)
+        assert all(f.done() for f in futs)
+        with JobLog(path, "read") as log:
+            recs = list(log.records())
+        assert sorted((r.outcome, r.final, r.signal) for r in recs) == [("killed", False, 9)] * 2

@@ -120,6 +120,10 @@ class Backend(ABC):
         """How many batches of one ``map`` call may be in flight at once."""
         return 2 * self.workers + 2
 
+    def kills_running(self) -> bool:
+        """Whether ``shutdown(kill=True)`` stops every running task (``can_kill``; ``auto``: its picks')."""
+        return self.can_kill
+
     def fixed_batch(self) -> int | None:
         """A fixed ``map`` batch size, or None to size batches by measured time."""
         return None
