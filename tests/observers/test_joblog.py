@@ -8,7 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -231,44 +233,40 @@ class TestPoolJoblog:
     def test_shutdown_kill_records_the_running_tasks_as_killed(self, tmp_path: Path, backend: str) -> None:
         """Each killed attempt is a row on its worker (not final: a resumed run does it again);
         what never started has none; and the futures are settled when shutdown returns."""
-        import time
-
         import tasks
 
-        path = tmp_path / "log.db"
-        marks = [tmp_path / f"started-{i}" for i in range(3)]
-        pool = anypool.Pool(backend, 2, joblog=path)
-        if backend == "subprocess":
-            futs = [pool.submit(f"touch {m}; sleep 30") for m in marks]
-        elif backend == "async":
-            futs = [pool.submit(tasks.amark_then_sleep, str(m), 30) for m in marks]
-        else:
-            futs = [pool.submit(tasks.mark_then_sleep, str(m), 30) for m in marks]
-        deadline = time.monotonic() + 20
-        while sum(m.exists() for m in marks) < 2:
-            assert time.monotonic() < deadline, "the tasks never started"
-            time.sleep(0.02)
-        pool.shutdown(kill=True)
-        assert all(f.done() for f in futs)
-        with JobLog(path, "read") as log:
-            recs = list(log.records())
+        def start(pool: anypool.Pool, mark: Path) -> anypool.Future[Any]:
+            if backend == "subprocess":
+                return pool.submit(f"touch {mark}; sleep 30")
+            if backend == "async":
+                return pool.submit(tasks.amark_then_sleep, str(mark), 30)
+            return pool.submit(tasks.mark_then_sleep, str(mark), 30)
+
+        recs = _kill_two_running(anypool.Pool(backend, 2, joblog=tmp_path / "log.db"), start, tmp_path)
         assert sorted((r.outcome, r.final) for r in recs) == [("killed", False)] * 2
         assert all(r.worker and r.worker != "-" for r in recs)
 
     def test_shutdown_kill_on_auto_waits_for_jobs_that_take_their_grace(self, tmp_path: Path) -> None:
         """Jobs that ignore SIGTERM die 0.25 s later, by SIGKILL: their rows still reach the log."""
-        import time
-
-        path = tmp_path / "log.db"
-        marks = [tmp_path / f"started-{i}" for i in range(3)]
-        pool = anypool.Pool("auto", 2, joblog=path)
-        futs = [pool.submit(f"trap '' TERM; touch {m}; sleep 30") for m in marks]
-        deadline = time.monotonic() + 20
-        while sum(m.exists() for m in marks) < 2:
-            assert time.monotonic() < deadline, "the jobs never started"
-            time.sleep(0.02)
-        pool.shutdown(kill=True)
-        assert all(f.done() for f in futs)
-        with JobLog(path, "read") as log:
-            recs = list(log.records())
+        recs = _kill_two_running(anypool.Pool("auto", 2, joblog=tmp_path / "log.db"),
+                                 lambda pool, mark: pool.submit(f"trap '' TERM; touch {mark}; sleep 30"),
+                                 tmp_path)
         assert sorted((r.outcome, r.final, r.signal) for r in recs) == [("killed", False, 9)] * 2
+
+
+def _kill_two_running(pool: anypool.Pool, start: Callable[[anypool.Pool, Path], anypool.Future[Any]],
+                      tmp_path: Path) -> list[JobRecord]:
+    """Start three tasks that create a file as they begin, on a pool of two; once two run,
+    ``shutdown(kill=True)``; check every future is settled then; the job log's records."""
+    import time
+
+    marks = [tmp_path / f"started-{i}" for i in range(3)]
+    futs = [start(pool, m) for m in marks]
+    deadline = time.monotonic() + 20
+    while sum(m.exists() for m in marks) < 2:
+        assert time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.02)
+    pool.shutdown(kill=True)
+    assert all(f.done() for f in futs)
+    with JobLog(tmp_path / "log.db", "read") as log:
+        return list(log.records())
