@@ -358,6 +358,7 @@ class TestStopping:
             _wait_for_lines(pids, 4)
             guards = [p for p in psutil.Process(proc.pid).children() if "anypool-job-guard" in p.cmdline()]
             assert len(guards) == 1, "no job guard"
+            time.sleep(0.5)  # until the jobs' threads have told the guard (see jobguard: the gap)
             go.touch()
             if death == "SIGKILL":
                 proc.kill()
