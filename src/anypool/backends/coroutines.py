@@ -35,7 +35,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..asyncfuture import STARTING, AsyncFuture
+from ..asyncfuture import FINISHING, STARTING, AsyncFuture
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
 from ..futures import _CANCELLED
 from ..state import bind_context
@@ -358,9 +358,12 @@ class AsyncBackend(Backend):
         job = self._running.pop(atask)
         if type(job) is Task:
             # a finished task is never cancelled, and the future may outlive it
-            # by far (gather holds them all): let it go, with its coroutine
-            job.future._atask = None  # type: ignore[union-attr]
+            # by far (gather holds them all): let it go, with its coroutine; and
+            # wake the future's awaiter from here, not one loop turn later
+            fut: Any = job.future
+            fut._atask = FINISHING
             self._settle(job, None, 0, job.started, self._outcome(job, atask))
+            fut._call_awaiter()
         else:
             run, i = job
             self._settle(run.task, run, i, run.started, self._outcome(run.task, atask))
