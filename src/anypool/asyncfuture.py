@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from .futures import _DONE, Future
+from .futures import _DONE, _FINISHED, Future
 
 __all__ = ["AsyncFuture"]
 
@@ -92,7 +92,9 @@ class AsyncFuture(Future[T]):
         Raises:
             RuntimeError: no event loop runs in this thread.
         """
-        loop = self._running_loop()
+        if self._loop_thread is not None and self._loop_thread == threading.get_ident():
+            return self._home  # type: ignore[return-value]  # _running_loop, inline: once a task
+        loop = asyncio._get_running_loop()
         if loop is None:
             raise RuntimeError("no running event loop")
         return loop
@@ -199,6 +201,8 @@ class AsyncFuture(Future[T]):
 
     def result(self, timeout: float | None = None) -> T:
         """As :meth:`Future.result`; cancelled: ``asyncio.CancelledError`` inside a running loop."""
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]  # gather asks every future
         try:
             return super().result(timeout)
         except cf.CancelledError:
@@ -208,6 +212,8 @@ class AsyncFuture(Future[T]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """As :meth:`Future.exception`; cancelled: ``asyncio.CancelledError`` inside a running loop."""
+        if self._state == _FINISHED:
+            return self._exception  # gather asks every future, twice
         try:
             return super().exception(timeout)
         except cf.CancelledError:
