@@ -433,3 +433,34 @@ def test_code_that_runs_no_coroutine_does_not_load_asyncio() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+class TestWorkerStateBinding:
+    """An inline pool runs tasks in the caller's thread and must leave it as it found it."""
+
+    @staticmethod
+    def _unbound() -> bool:
+        try:
+            anypool.worker_state()
+        except RuntimeError:
+            return True
+        return False
+
+    def test_a_failing_initializer_leaves_the_callers_thread_unbound(self) -> None:
+        pool = anypool.Pool("inline", initializer=tasks.init_fails)
+        with pytest.raises(anypool.InitializerFailed):
+            pool.submit(tasks.square, 2)
+        pool.shutdown()
+        assert self._unbound()
+
+    def test_an_inline_pool_inside_a_coroutine_binds_nothing_to_the_thread(self) -> None:
+        async def outer() -> int:
+            with anypool.Pool("inline") as inner:
+                return inner.submit(tasks.square, 3).result()
+
+        async def main() -> int:
+            async with anypool.Pool("async") as pool:
+                return await pool.submit(outer)
+
+        assert asyncio.run(main()) == 9
+        assert self._unbound()  # the coroutine's state was bound to this thread for good

@@ -13,7 +13,7 @@ import contextvars
 import threading
 from typing import Any
 
-__all__ = ["bind_context", "bind_process", "bind_thread", "worker_state"]
+__all__ = ["bind_context", "bind_process", "bind_thread", "thread_state", "worker_state"]
 
 _context_state: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "anypool_worker_state", default=None
@@ -40,6 +40,11 @@ def worker_state() -> dict[str, Any]:
         "anypool.worker_state() is only available inside a task or an initializer "
         "run by an anypool pool"
     )
+
+
+def thread_state() -> dict[str, Any] | None:
+    """The state bound to the calling thread by ``bind_thread``, or None."""
+    return getattr(_thread, "state", None)
 
 
 def bind_thread(state: dict[str, Any] | None) -> None:

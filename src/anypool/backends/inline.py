@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..calls import call_items
 from ..errors import InitializerFailed, PoolClosed
-from ..state import bind_thread, worker_state
+from ..state import bind_thread, thread_state
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig
 
@@ -44,12 +44,12 @@ class InlineBackend(Backend):
         if not task.claim():
             self.dispatch.discard(task)
             return
+        # The caller's own binding, if it is a worker thread itself (an inline
+        # pool inside a task): not worker_state(), which would also find a
+        # coroutine's or a process's state and then bind it to this thread for good.
+        previous = thread_state()
         try:
-            previous = worker_state()
-        except RuntimeError:
-            previous = None
-        bind_thread(self._worker_state())
-        try:
+            bind_thread(self._worker_state())
             t0 = time.time()
             results, failed = call_items(task.fn, task.items, task.style, Failure,
                                          reraise=(KeyboardInterrupt,))
