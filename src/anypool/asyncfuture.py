@@ -100,7 +100,12 @@ class AsyncFuture(Future[T]):
         return loop
 
     def add_done_callback(self, fn: Callable[..., object], *, context: Any = None) -> None:
-        """Call ``fn(future)`` when done: asyncio's way inside a running loop, else the stdlib's."""
+        """Call ``fn(future)`` when done: asyncio's way inside a running loop, else the stdlib's.
+
+        Without ``context``, a callback added on the loop the task runs on
+        runs in the context the pool was created in (asyncio would copy the
+        one current here: an object per pending future).
+        """
         loop = self._running_loop()
         if loop is None:
             super().add_done_callback(fn)

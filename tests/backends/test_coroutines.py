@@ -169,6 +169,42 @@ class TestAttachedToTheCallersLoop:
         assert called == [16]
         assert [type(c["exception"]) for c in seen] == [ValueError]
 
+    def test_callbacks_and_awaiters_run_in_the_contexts_they_should(self) -> None:
+        """An awaiting task resumes in its own context; a plain done callback runs in
+        the context the pool was made in, never the pool's worker state (asyncio
+        would copy the adder's context: an object per pending future; before, it
+        was the context of whichever submit woke the loop, by accident)."""
+        import contextvars
+
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+        seen: list[tuple[str, bool]] = []
+
+        def callback(_: Any) -> None:
+            try:
+                anypool.worker_state()
+                has_state = True
+            except RuntimeError:
+                has_state = False
+            seen.append((var.get(), has_state))
+
+        async def awaiter(pool: anypool.Pool, value: str) -> str:
+            var.set(value)
+            await pool.submit(tasks.asquare, 2)
+            return var.get()
+
+        async def main() -> None:
+            var.set("at creation")
+            async with anypool.Pool("async") as pool:
+                var.set("later")
+                fut = pool.submit(tasks.asquare, 3)
+                fut.add_done_callback(callback)
+                assert await asyncio.gather(awaiter(pool, "a"), awaiter(pool, "b")) == ["a", "b"]
+                assert await fut == 9
+                await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+        assert seen == [("at creation", False)]
+
     def test_blocking_calls_on_the_loop_thread_raise_instead_of_deadlocking(self) -> None:
         async def main() -> None:
             pool = anypool.Pool("async")

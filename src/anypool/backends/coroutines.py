@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextvars
 import inspect
 import logging
 import sys
@@ -93,8 +94,12 @@ class AsyncBackend(Backend):
         # every asyncio task not yet finished -> its Task (a submitted call) or
         # (batch run, item index); also what keeps it alive (see _start_item)
         self._running: dict[asyncio.Task[Any], Any] = {}
-        # one bound method for every task's done callback, not one per task
+        # one bound method for every task's done callback, not one per task, run
+        # in one context: asyncio would copy the current one for each task, an
+        # object more per pending task for every full collection to walk (it and
+        # the awaiters it calls in place see the context the pool was made in)
         self._on_done_cb = self._on_done
+        self._cb_ctx = contextvars.copy_context()
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled by their timeout
         self._timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
         self._ready = True
@@ -346,7 +351,7 @@ class AsyncBackend(Backend):
         self._running[atask] = task if run is None else (run, i)
         if task.options.timeout is not None:
             self._timers[atask] = loop.call_later(task.options.timeout, self._expire, atask)
-        atask.add_done_callback(self._on_done_cb)
+        atask.add_done_callback(self._on_done_cb, context=self._cb_ctx)
         if run is None:
             task.started = now
             fut: Any = task.future
