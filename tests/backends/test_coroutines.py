@@ -205,6 +205,27 @@ class TestAttachedToTheCallersLoop:
         asyncio.run(main())
         assert seen == [("at creation", False)]
 
+    def test_a_pools_coroutines_share_one_context(self) -> None:
+        """As they share worker_state(): documented in the README's limits."""
+        import contextvars
+
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("shared", default="unset")
+
+        async def setter() -> None:
+            var.set("set by one")
+
+        async def getter() -> str:
+            return var.get()
+
+        async def main() -> str:
+            async with anypool.Pool("async") as pool:
+                await pool.submit(setter)
+                seen = await pool.submit(getter)
+            assert var.get() == "unset"  # the caller's own context is untouched
+            return seen
+
+        assert asyncio.run(main()) == "set by one"
+
     def test_blocking_calls_on_the_loop_thread_raise_instead_of_deadlocking(self) -> None:
         async def main() -> None:
             pool = anypool.Pool("async")
