@@ -8,6 +8,7 @@ import itertools
 import pickle
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -464,3 +465,23 @@ class TestWorkerStateBinding:
 
         assert asyncio.run(main()) == 9
         assert self._unbound()  # the coroutine's state was bound to this thread for good
+
+    def test_an_inline_pool_sees_its_own_state_inside_another_pools_worker(self) -> None:
+        """The innermost pool's state wins, and the outer one's is back after the call."""
+        def inner_call() -> tuple[Any, Any]:
+            with anypool.Pool("inline", initializer=tasks.set_state, initargs=("who", "inline")) as inner:
+                seen = inner.submit(tasks.get_state, "who").result()
+            return seen, anypool.worker_state().get("who")
+
+        async def in_coroutine() -> tuple[Any, Any]:
+            return inner_call()
+
+        async def main() -> tuple[Any, Any]:
+            async with anypool.Pool("async", initializer=tasks.set_state,
+                                    initargs=("who", "async")) as pool:
+                return await pool.submit(in_coroutine)
+
+        assert asyncio.run(main()) == ("inline", "async")
+        with anypool.Pool("thread", 1, initializer=tasks.set_state, initargs=("who", "thread")) as pool:
+            assert pool.submit(inner_call).result(30) == ("inline", "thread")
+        assert self._unbound()

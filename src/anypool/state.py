@@ -13,7 +13,7 @@ import contextvars
 import threading
 from typing import Any
 
-__all__ = ["bind_context", "bind_process", "bind_thread", "thread_state", "worker_state"]
+__all__ = ["bind_call", "bind_context", "bind_process", "bind_thread", "unbind_call", "worker_state"]
 
 _context_state: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "anypool_worker_state", default=None
@@ -42,9 +42,19 @@ def worker_state() -> dict[str, Any]:
     )
 
 
-def thread_state() -> dict[str, Any] | None:
-    """The state bound to the calling thread by ``bind_thread``, or None."""
-    return getattr(_thread, "state", None)
+def bind_call(state: dict[str, Any]) -> contextvars.Token[dict[str, Any] | None]:
+    """Make ``state`` the worker state of the code running now, until ``unbind_call``.
+
+    For a worker that is the caller's own thread (``inline``): it wins over
+    any binding around it (a thread worker's, a coroutine's), and
+    ``unbind_call`` gives those back, however the call ended.
+    """
+    return _context_state.set(state)
+
+
+def unbind_call(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    """Undo the ``bind_call`` that returned ``token``."""
+    _context_state.reset(token)
 
 
 def bind_thread(state: dict[str, Any] | None) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..calls import call_items
 from ..errors import InitializerFailed, PoolClosed
-from ..state import bind_thread, thread_state
+from ..state import bind_call, unbind_call
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig
 
@@ -44,24 +44,23 @@ class InlineBackend(Backend):
         if not task.claim():
             self.dispatch.discard(task)
             return
-        # The caller's own binding, if it is a worker thread itself (an inline
-        # pool inside a task): not worker_state(), which would also find a
-        # coroutine's or a process's state and then bind it to this thread for good.
-        previous = thread_state()
+        # Bound for this call only, innermost first: an inline pool inside a
+        # thread worker's task or a coroutine sees its own state, and theirs
+        # is back afterwards (a thread binding would lose to a coroutine's).
+        token = bind_call(self._worker_state())
         try:
-            bind_thread(self._worker_state())
             t0 = time.time()
             results, failed = call_items(task.fn, task.items, task.style, Failure,
                                          reraise=(KeyboardInterrupt,))
             self.dispatch.finish(task, results, t0, time.time(), self._ws, failed)
         finally:
-            bind_thread(previous)
+            unbind_call(token)
 
     def _worker_state(self) -> dict[str, object]:
         if self._state is None:
             self._state = {}
             if self.config.initializer is not None:
-                bind_thread(self._state)
+                token = bind_call(self._state)
                 try:
                     self.config.initializer(*self.config.initargs)
                 except Exception as exc:
@@ -69,6 +68,8 @@ class InlineBackend(Backend):
                     err.__cause__ = exc
                     self.dispatch.broken(err)
                     raise err from exc
+                finally:
+                    unbind_call(token)
         return self._state
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
