@@ -2,9 +2,11 @@
 
 A worker is a thread on ``thread``, a process on ``process`` (one dict per
 process), the event loop on ``async`` (its coroutines share one thread, so
-they share one dict), and a process's loop on ``process+async``.  The
-``initializer`` runs once per worker and usually fills this dict (a database
-connection, a loaded model); tasks then read it.
+they share one dict), a process's loop on ``process+async``, and the pool
+itself on ``inline`` (bound for each call, so an inline pool used inside
+another pool's task sees its own dict).  The ``initializer`` runs once per
+worker and usually fills this dict (a database connection, a loaded model);
+tasks then read it.
 """
 
 from __future__ import annotations
