@@ -257,6 +257,19 @@ def test_an_unpicklable_cpu_bound_closure_still_runs() -> None:
         assert "cannot go to processes" in reason
 
 
+def _init_with(lock: Any) -> None:
+    pass
+
+
+def test_cpu_bound_work_whose_initializer_cannot_be_pickled_stays_on_threads_and_says_why() -> None:
+    """The process pool auto would choose could not take the initializer: threads, not a hang."""
+    with anypool.Pool(initializer=_init_with, initargs=(threading.Lock(),)) as pool:
+        assert list(pool.map(tasks.cpu, [3_000_000] * 4)) == [tasks.cpu(3_000_000)] * 4
+        reason = _choice(pool, tasks.cpu)
+        assert reason.startswith("thread: CPU-bound and holds the GIL, but cannot go to processes")
+        assert "the worker initializer _init_with (function) or its initargs cannot be sent" in reason
+
+
 @types.coroutine
 def generator_coroutine(x: int) -> Generator[Any, None, int]:
     yield from asyncio.sleep(0.2)

@@ -299,10 +299,13 @@ class _ProbeBase:
     def _pickle_problem(self) -> str | None:
         # cloudpickle is imported only for a callable that may go to processes:
         # a run on threads is spared its ~5 ms import
-        from .serialize import dumps_callable
+        from .serialize import dumps_callable, dumps_initializer
 
+        config = self.router.config
         try:
             dumps_callable(self.fn)
+            # the process backends pickle it once, when made; made then from the probe's thread
+            dumps_initializer(config.initializer, config.initargs, "to worker processes")
         except SerializationError as exc:
             return str(exc)
         return None
@@ -799,7 +802,15 @@ class AutoBackend(Backend):
         self.dispatch.stats.choices[label] = f"{decision.backend}: {decision.reason}"
         log.debug("anypool: auto chose %s for %s: %s", decision.backend, label, decision.reason)
         if held:
-            backend = self._sub(decision.backend)
+            try:
+                backend = self._sub(decision.backend)
+            except Exception as exc:
+                # on the probe's thread: unless failed here, the held tasks would wait for ever
+                log.error("anypool: auto could not start the %s backend it chose for %s: %s",
+                          decision.backend, label, exc)
+                for task in held:
+                    self.dispatch.fail_unrun(task, exc)
+                return
             fixed = backend.fixed_batch()
             for task in held:
                 pieces = [task]

@@ -11,6 +11,7 @@ working::
     ├── SerializationError(TypeError)   a callable, argument or result could not be pickled
     ├── CommandFailed(CalledProcessError) a shell command exited non-zero or was killed
     ├── PoolClosed(RuntimeError)        submit after shutdown, or the task was killed by it
+    ├── MainNotGuarded(RuntimeError)    a worker importing the main module was to start a pool's processes
     ├── BrokenPool(BrokenExecutor)      the pool cannot run anything any more
     │   └── InitializerFailed           because a worker initializer raised
     └── BackendUnavailable(LookupError) unknown backend name, or its extra is not installed
@@ -46,6 +47,7 @@ __all__ = [
     "BrokenPool",
     "CommandFailed",
     "InitializerFailed",
+    "MainNotGuarded",
     "PoolClosed",
     "SerializationError",
     "TaskError",
@@ -131,6 +133,15 @@ class CommandFailed(AnypoolError, subprocess.CalledProcessError):
 
 class PoolClosed(AnypoolError, RuntimeError):
     """The pool was shut down: it takes no new tasks, or it killed this one."""
+
+
+class MainNotGuarded(AnypoolError, RuntimeError):
+    """A pool started processes while this process, a worker, imported the main module.
+
+    Workers from the fork server or ``spawn`` import the main module first;
+    a script that runs its pool outside ``if __name__ == "__main__":``
+    would run one in each of them.  The message names the line.
+    """
 
 
 class BrokenPool(AnypoolError, BrokenExecutor):

@@ -23,6 +23,7 @@ import pytest
 import anypool
 import tasks
 from anypool.serialize import RemoteTraceback
+from helpers import python
 
 
 @pytest.fixture
@@ -322,6 +323,97 @@ class TestStartMethods:
     def test_an_unknown_start_method_is_refused(self) -> None:
         with pytest.raises(ValueError, match="start_method must be one of"):
             anypool.Pool("process", 1, start_method="teleport").submit(tasks.square, 1)
+
+
+class TestMainGuard:
+    """A script that makes its pool outside ``if __name__ == "__main__":``, run for real."""
+
+    SCRIPT = (
+        "import anypool\n"
+        "def burn(n):\n"
+        "    return sum(i * i for i in range(n))\n"
+        "with anypool.Pool({backend!r}, 2{options}) as pool:\n"
+        "    print(sum(pool.map(burn, [2_000_000] * 8)))\n"
+    )
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize(("backend", "options"), [
+        ("process", ", start_method='forkserver'"),
+        ("process", ", start_method='spawn'"),
+        ("auto", ""),  # burn holds the GIL: processes, from the fork server (the probe is a thread)
+    ])
+    def test_the_pool_breaks_at_once_saying_where_the_guard_is_missing(
+            self, tmp_path: Any, backend: str, options: str) -> None:
+        script = tmp_path / "no_guard.py"
+        script.write_text(self.SCRIPT.format(backend=backend, options=options))
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+        took = time.monotonic() - t0
+        assert out.returncode == 1, out.stderr
+        (raised,) = [line for line in out.stderr.splitlines() if line.startswith("anypool.BrokenPool:")]
+        assert raised.startswith(f"anypool.BrokenPool: worker processes import the main module ({script})")
+        assert 'the code that creates the pool must be under `if __name__ == "__main__":`' in raised
+        # each worker says which line, once, and the one traceback is the caller's
+        assert "stops: this process is a worker process importing the main module" in out.stderr
+        if backend == "process":  # auto starts its process pool from the probe's thread: no line
+            assert f"as it is imported (at {script}, line 5)" in out.stderr  # the map that starts workers
+        assert out.stderr.count("Traceback") == 1, out.stderr
+        assert out.stdout == ""  # the work did not run again in the workers
+        assert took < 30, f"{took:.1f} s: the pool retried workers that could not start"
+
+    @pytest.mark.timeout(60)
+    def test_another_multiprocessing_child_running_such_a_script_gets_the_error(self, tmp_path: Any) -> None:
+        script = tmp_path / "no_guard_child.py"
+        script.write_text(
+            "import multiprocessing, anypool\n"
+            "pool = anypool.Pool('process', 1)\n"
+            "print('square', pool.submit(abs, -3).result())\n"
+            "def child():\n"
+            "    pass\n"
+            "if __name__ == '__main__':\n"
+            "    p = multiprocessing.get_context('spawn').Process(target=child)\n"
+            "    p.start(); p.join()\n"
+            "    print('child exit', p.exitcode)\n"
+            "    pool.shutdown()\n")
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "square 3\nchild exit 1\n"
+        said = ("anypool.MainNotGuarded: this process is a worker process importing the main module, and "
+                f"the main module starts a process pool as it is imported (at {script}, line 3)")
+        assert said in out.stderr
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("method", ["forkserver", "spawn"])
+    def test_a_pool_made_at_import_but_used_under_the_guard_works(self, tmp_path: Any, method: str) -> None:
+        """Workers import the module and make the pool object, but start nothing: no error."""
+        script = tmp_path / "guarded_use.py"
+        script.write_text(
+            "import anypool\n"
+            f"pool = anypool.Pool('process', 2, start_method={method!r})\n"
+            "def square(x):\n"
+            "    return x * x\n"
+            "if __name__ == '__main__':\n"
+            "    with pool:\n"
+            "        print(sum(pool.map(square, range(100))))\n")
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "328350\n", "")
+
+    @pytest.mark.timeout(60)
+    def test_auto_fails_the_tasks_it_held_when_the_backend_it_chose_cannot_start(self) -> None:
+        # multiprocessing's own mark of a child importing its main module, set after the
+        # auto pool exists: the process pool auto then chooses refuses to start
+        code = (
+            "import multiprocessing, anypool, tasks\n"
+            "with anypool.Pool('auto', 2) as pool:\n"
+            "    multiprocessing.current_process()._inheriting = True\n"
+            "    try:\n"
+            "        list(pool.map(tasks.cpu, [3_000_000] * 8))\n"
+            "    except anypool.MainNotGuarded as exc:\n"
+            "        print('raised:', exc)\n")
+        out = subprocess.run(python(code), capture_output=True, text=True, timeout=50,
+                             cwd=os.path.dirname(tasks.__file__))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("raised: this process is a worker process importing the main module")
 
 
 class TestShutdown:

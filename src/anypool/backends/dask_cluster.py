@@ -64,7 +64,6 @@ import inspect
 import itertools
 import logging
 import math
-import multiprocessing
 import re
 import threading
 import time
@@ -78,7 +77,7 @@ import distributed
 from distributed import KilledWorker
 from distributed.client import FutureCancelledError
 
-from .. import clock
+from .. import clock, mainguard
 from ..dispatch import fn_name
 from ..errors import (
     BrokenPool,
@@ -157,9 +156,10 @@ class DaskBackend(Backend):
         ValueError: an option Dask cannot honour (``max_tasks_per_worker``,
             ``max_memory_per_worker``, ``start_method``).
         ConnectionError: the scheduler at ``address`` could not be reached.
-        RuntimeError: a local cluster was asked for while this process is
-            still being imported by a worker process (the missing
+        MainNotGuarded: a local cluster was asked for while this process is
+            a worker process importing the main module (the missing
             ``if __name__ == "__main__":`` guard).
+        RuntimeError: the local cluster did not start.
     """
 
     name = "dask"
@@ -238,12 +238,7 @@ class DaskBackend(Backend):
             ) from exc
 
     def _start_cluster(self) -> Any:
-        if getattr(multiprocessing.current_process(), "_inheriting", False):
-            raise RuntimeError(
-                "Pool(backend='dask') without an address starts a local Dask cluster in new "
-                "processes, and this module is being imported by one of them: put the code that "
-                "creates the pool under `if __name__ == \"__main__\":`"
-            )
+        mainguard.check("a local Dask cluster (Pool(backend='dask') without an address)")
         n = self.config.workers or default_workers()
         kwargs: dict[str, Any] = {}
         if self._security is not None:

@@ -28,7 +28,8 @@ per process, then fast).  ``start_method="fork"`` always forks (big read-only
 data is then shared copy-on-write, even with threads around: your risk),
 ``"forkserver"`` never does, ``"spawn"`` starts a fresh interpreter per
 worker.  As with ``multiprocessing``, a script whose workers may come from
-the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard.
+the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard
+(without it, the pool breaks at once and says so: see ``anypool.mainguard``).
 A forked worker holds every file descriptor the pool's process had open at
 the fork (as ``multiprocessing``'s forked workers do): a pipe's write end it
 holds keeps the reader from seeing end-of-file until the pool closes.  Where
@@ -42,7 +43,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ... import waiting
+from ... import mainguard, waiting
 from ...errors import PoolClosed, SerializationError
 from ...serialize import dumps_args, dumps_callable, dumps_initializer, explain_args, explain_item
 from ...tasks import Task
@@ -131,6 +132,11 @@ class ProcessBackend(Backend):
         manager = self._manager
         if manager is None:
             manager = self._start()
+        if manager.broken is not None:
+            # The manager fails what is pending once, as it breaks; a task that
+            # came after that (auto sending on what its probe held) fails here.
+            manager.fail_pending(manager.broken, "unsendable")
+            return
         manager.wake()
 
     def _start(self) -> Manager:
@@ -138,6 +144,8 @@ class ProcessBackend(Backend):
 
         with self._lock:
             if self._manager is None:
+                # a pool merely made at import is harmless; one that starts its workers there is not
+                mainguard.check("a process pool")
                 self._manager = Manager(self)
             return self._manager
 

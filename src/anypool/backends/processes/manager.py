@@ -45,6 +45,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ... import mainguard
 from ...errors import (
     BrokenPool,
     InitializerFailed,
@@ -260,7 +261,7 @@ class Manager:
                 if w.killed is None:
                     w.killed = ("kill",)
                     _kill_group(w.pid)
-            self._fail_pending(PoolClosed("the pool was shut down with kill=True"), "cancelled")
+            self.fail_pending(PoolClosed("the pool was shut down with kill=True"), "cancelled")
         if self.broken is None and not self.killing:
             self._assign()
         if self.stopping and not self.killing:
@@ -288,7 +289,7 @@ class Manager:
         }, PROTOCOL)
         proc = ctx.Process(
             target=worker_main, args=(child_sock, fault_w, self.slots, cfg),
-            name=f"anypool-{name}", daemon=False,
+            name=mainguard.WORKER_PREFIX + name, daemon=False,
         )
         proc.start()
         child_sock.close()
@@ -337,7 +338,9 @@ class Manager:
         w.proc.close()
         self.dispatch.stats.worker_gone(w.name)
         expected = w.retiring or w.killed is not None
-        if not w.ready and not expected:
+        if not w.ready and not expected and code == mainguard.EXIT_CODE:
+            self._break(BrokenPool(mainguard.worker_exit_message()))
+        elif not w.ready and not expected:
             self.startup_failures += 1
             log.warning("anypool: worker %s (pid %s) %s during start-up", w.name, w.pid, describe_exit(code))
             if self.startup_failures >= STARTUP_FAILURES:
@@ -739,7 +742,7 @@ class Manager:
             return
         self.broken = err
         self.dispatch.broken(err)
-        self._fail_pending(err, "unsendable")
+        self.fail_pending(err, "unsendable")
         now = time.time()
         for w in list(self.workers.values()):
             for wire in w.inflight:
@@ -751,7 +754,8 @@ class Manager:
             _kill_group(w.pid)
         self.stopping = True
 
-    def _fail_pending(self, err: BaseException, kind: str) -> None:
+    def fail_pending(self, err: BaseException, kind: str) -> None:
+        """Fail every task not yet sent (safe from any thread: each is popped once)."""
         while self.pending:
             task = self.pending.popleft()
             if task.future is not None and not task.claim():
