@@ -34,6 +34,19 @@ def test_long_arguments_are_cut() -> None:
     assert row.args.endswith("…")
 
 
+def test_a_number_argument_reads_as_its_repr_and_a_huge_one_is_cut() -> None:
+    """A lone int or float is kept as it is and made text when read: the same text as any argument."""
+    with anypool.Pool("thread", 1, record=True) as pool:
+        for arg in (5, 2.5, -0.0, 7 ** 200, True, "5"):
+            pool.submit(abs if not isinstance(arg, str) else len, arg).result(10)
+    args = [r.args for r in sorted(pool.timeline(), key=lambda r: r.seq)]
+    assert args[:3] == ["5", "2.5", "-0.0"]
+    assert len(args[3]) == ARGS_LIMIT
+    assert args[3] == str(7 ** 200)[:ARGS_LIMIT - 1] + "…"
+    assert args[4:] == ["True", "'5'"]
+    assert all(type(a) is str for a in args)
+
+
 def test_past_its_limit_it_keeps_a_uniform_sample_and_says_so() -> None:
     rec = Recorder(limit=100)
     with anypool.Pool("thread", 2, observers=[rec]) as pool:
