@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import pickle
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ import anypool
 import tasks
 from anypool.errors import describe_exit
 from anypool.mapping import BatchSizer
-from anypool.stats import Histogram
+from anypool.stats import Histogram, WorkerStats
 from anypool.tasks import POOL_DEFAULT, TaskOptions
 
 
@@ -186,6 +187,23 @@ class TestHistogram:
         assert h.quantile(0.95) == pytest.approx(0.95, rel=0.03)
         assert h.max == 1.0
         assert h.total == pytest.approx(sum(values))
+
+    def test_a_workers_record_fills_its_histograms_as_add_would(self) -> None:
+        """WorkerStats.record inlines Histogram.add (a per-task path): the two must agree."""
+        rng = random.Random(7)
+        ws, run, wait = WorkerStats("w"), Histogram(), Histogram()
+        for _ in range(2000):
+            submitted = rng.uniform(0, 10)
+            started = submitted + rng.choice([0.0, -1e-6, 1e-12, rng.expovariate(1e3)])  # clocks may disagree
+            ended = started + rng.choice([0.0, -1e-9, 1e-12, rng.expovariate(1e4), rng.expovariate(1)])
+            n = rng.choice([1, 1, 3, 4096])
+            ws.record(started, ended, submitted, n)
+            took = max(ended - started, 0.0)
+            run.add(took / n, n)
+            wait.add(max(started - submitted, 0.0), n)
+        for mine, theirs in ((ws.run, run), (ws.wait, wait)):
+            assert (mine.counts, mine.n, mine.max) == (theirs.counts, theirs.n, theirs.max)
+            assert mine.total == pytest.approx(theirs.total)
 
 
 class TestMapSemantics:

@@ -145,7 +145,8 @@ class Future(cf.Future[T]):
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        if self._done_callbacks:  # most futures have none: no call to loop over nothing
+            self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def set_exception(self, exception: BaseException | None) -> None:
         """Mark the task failed with ``exception`` (for backends: one call, once).
@@ -162,7 +163,8 @@ class Future(cf.Future[T]):
                 for waiter in self._waiter_list:
                     waiter.add_exception(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        if self._done_callbacks:  # most futures have none: no call to loop over nothing
+            self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
         """Call ``fn(future)`` once the task is final; at once, in this thread, if it is already."""
