@@ -31,6 +31,7 @@ __all__ = ["EXIT_CODE", "check", "worker_exit_message"]
 EXIT_CODE = 86  # a worker of ours that stopped here; any code the others do not use
 WORKER_PREFIX = "anypool-"  # the multiprocessing name of anypool's worker processes
 
+
 def _where() -> str:
     """`` (at file, line N)`` of the first caller outside anypool, or ``""`` on a thread of ours."""
     frame = sys._getframe(1)
