@@ -47,6 +47,36 @@ def test_a_number_argument_reads_as_its_repr_and_a_huge_one_is_cut() -> None:
     assert all(type(a) is str for a in args)
 
 
+class _Counted:
+    calls = 0
+
+    def __repr__(self) -> str:
+        _Counted.calls += 1
+        return "c"
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_big_argument_is_described_without_making_its_whole_text() -> None:
+    """A row keeps 120 characters: an 8 MiB buffer or a long list is never repr'd whole."""
+    _Counted.calls = 0
+    big = [_Counted() for _ in range(100_000)]
+    with anypool.Pool("thread", 1, record=True) as pool:
+        pool.submit(len, b"x" * (8 << 20)).result(10)
+        pool.submit(len, big).result(10)
+        pool.submit(max, *range(20)).result(10)
+        pool.submit(id, _BadRepr()).result(10)
+    assert _Counted.calls <= 10
+    args = [r.args for r in sorted(pool.timeline(), key=lambda r: r.seq)]
+    assert args[0] == "b'" + "x" * (ARGS_LIMIT - 3) + "…"
+    assert args[1] == "[c, c, c, c, c, c, ...]"
+    assert args[2] == "0, 1, 2, 3, 4, 5, 6, 7, … (20 arguments)"
+    assert args[3].startswith("<_BadRepr instance at 0x")  # reprlib's stand-in
+
+
 def test_past_its_limit_it_keeps_a_uniform_sample_and_says_so() -> None:
     rec = Recorder(limit=100)
     with anypool.Pool("thread", 2, observers=[rec]) as pool:
