@@ -63,9 +63,7 @@ _ARGS = 9  # the args field's index in a row
 # repr was a third of what recording cost a task (~5.9k -> ~4.1k instructions
 # a row, counted with callgrind over 20k thread submits).
 _AS_IS = frozenset({int, float})
-
-
-_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_SCALARS = frozenset({int, float, bool, complex, type(None)})  # a repr of these is short
 _MANY = 8  # arguments of one call shown at most
 
 
