@@ -133,7 +133,8 @@ class AsyncFuture(Future[T]):
             return before - len(self._done_callbacks) - len(kept)
 
     def _invoke_callbacks(self) -> None:
-        super()._invoke_callbacks()  # type: ignore[misc]
+        if self._done_callbacks:
+            super()._invoke_callbacks()  # type: ignore[misc]
         held = self._aio_callbacks
         if held is None:
             return

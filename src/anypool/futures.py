@@ -114,6 +114,10 @@ class Future(cf.Future[T]):
     # The same for the waiters of ``concurrent.futures.wait``/``as_completed``,
     # which reach them as ``_waiters`` (the property below).
     _waiter_list: list[Any] | None = None
+    # asyncio-style callbacks: only an AsyncFuture has them, but set_result and
+    # set_exception must see them (not only _done_callbacks) to know that
+    # _invoke_callbacks has work to do
+    _aio_callbacks: Any = None
 
     def __init__(self) -> None:
         # concurrent.futures.Future.__init__ without its heavy Condition
@@ -145,7 +149,7 @@ class Future(cf.Future[T]):
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
             self._condition.notify_all()
-        if self._done_callbacks:  # most futures have none: no call to loop over nothing
+        if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def set_exception(self, exception: BaseException | None) -> None:
@@ -163,7 +167,7 @@ class Future(cf.Future[T]):
                 for waiter in self._waiter_list:
                     waiter.add_exception(self)
             self._condition.notify_all()
-        if self._done_callbacks:  # most futures have none: no call to loop over nothing
+        if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:

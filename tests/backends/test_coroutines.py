@@ -99,6 +99,26 @@ def test_workers_caps_how_many_coroutines_run_at_once() -> None:
     assert peak <= 7
 
 
+def test_a_task_on_the_pools_own_loop_wakes_awaiters_on_another_loop() -> None:
+    """Regression (def3158): awaiters on a loop other than the pool's were never woken."""
+    with anypool.Pool("async") as pool:
+        assert pool.submit(tasks.asquare, 2).result(5) == 4  # the pool now runs its own loop
+
+        async def main() -> list[Any]:
+            fut = pool.submit(tasks.asleep, 0.05, 3)
+            failing = pool.submit(tasks.afail_on, 3)
+
+            async def await_it(f: Any) -> Any:
+                return await f
+
+            return await asyncio.wait_for(asyncio.gather(
+                await_it(fut), fut, await_it(failing), failing, return_exceptions=True), 5)
+
+        got = asyncio.run(main())
+    assert got[:2] == [3, 3]
+    assert [type(e) for e in got[2:]] == [ValueError, ValueError]
+
+
 class TestAttachedToTheCallersLoop:
     def test_tasks_run_on_the_callers_loop_and_await_never_blocks(self) -> None:
         async def which_loop() -> asyncio.AbstractEventLoop:
@@ -204,6 +224,36 @@ class TestAttachedToTheCallersLoop:
 
         asyncio.run(main())
         assert seen == [("at creation", False)]
+
+    def test_every_awaiter_and_callback_is_woken_however_the_task_ends(self) -> None:
+        """Regression: with more than one asyncio-style callback on a future, or a
+        plain callable's result (set without a coroutine), set_result called no
+        callback at all and every ``await`` on that future hung (def3158)."""
+        called: list[str] = []
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                async def await_it(fut: Any) -> Any:
+                    return await fut
+
+                fut = pool.submit(tasks.asquare, 3)
+                fut.add_done_callback(lambda _: called.append("first"))
+                fut.add_done_callback(lambda _: called.append("second"))
+                assert await asyncio.wait_for(
+                    asyncio.gather(await_it(fut), await_it(fut), fut), 5) == [9, 9, 9]
+                # a plain function runs on the loop and is settled without an asyncio task
+                assert await asyncio.wait_for(pool.submit(tasks.square, 4), 5) == 16
+                fut = pool.submit(tasks.square, 5)
+                assert await asyncio.wait_for(asyncio.gather(await_it(fut), fut), 5) == [25, 25]
+                # a failure reaches every awaiter too
+                fut = pool.submit(tasks.afail_on, 3)
+                got = await asyncio.wait_for(
+                    asyncio.gather(await_it(fut), fut, return_exceptions=True), 5)
+                assert [type(e) for e in got] == [ValueError, ValueError]
+                await asyncio.sleep(0.01)
+
+        asyncio.run(main())
+        assert called == ["first", "second"]
 
     def test_a_pools_coroutines_share_one_context(self) -> None:
         """As they share worker_state(): documented in the README's limits."""
