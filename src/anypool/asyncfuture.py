@@ -42,6 +42,9 @@ class AsyncFuture(Future[T]):
     """
 
     _asyncio_future_blocking = False
+    # asyncio's own helpers read it off any future they were given (gather's
+    # results for a cancelled child); set on the instance only by cancel(msg)
+    _cancel_message: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -193,9 +196,11 @@ class AsyncFuture(Future[T]):
         return [(held, self._home, self._aio_ctx)]
 
     def cancel(self, msg: Any = None) -> bool:
-        """Cancel the task, running or not (asyncio's ``msg`` is accepted and ignored)."""
+        """Cancel the task, running or not; asyncio's ``msg`` becomes the awaiters' CancelledError's."""
         if not super().cancel():
             return False
+        if msg is not None:
+            self._cancel_message = msg
         # Cancelled while the loop was starting it: the loop cancels the task
         # it creates once it sees this state, and if it created it meanwhile,
         # this cancels it (twice is harmless).
@@ -203,7 +208,8 @@ class AsyncFuture(Future[T]):
         return True
 
     def _make_cancelled_error(self) -> BaseException:
-        return asyncio.CancelledError()
+        msg = self._cancel_message
+        return asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
 
     def result(self, timeout: float | None = None) -> T:
         """As :meth:`Future.result`; cancelled: ``asyncio.CancelledError`` inside a running loop."""
@@ -213,7 +219,7 @@ class AsyncFuture(Future[T]):
             return super().result(timeout)
         except cf.CancelledError:
             if _in_loop():
-                raise asyncio.CancelledError() from None
+                raise self._make_cancelled_error() from None
             raise
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -224,7 +230,7 @@ class AsyncFuture(Future[T]):
             return super().exception(timeout)
         except cf.CancelledError:
             if _in_loop():
-                raise asyncio.CancelledError() from None
+                raise self._make_cancelled_error() from None
             raise
 
     def __await__(self) -> Generator[Any, None, T]:

@@ -119,6 +119,30 @@ def test_a_task_on_the_pools_own_loop_wakes_awaiters_on_another_loop() -> None:
     assert [type(e) for e in got[2:]] == [ValueError, ValueError]
 
 
+def test_asyncio_helpers_take_a_cancelled_task_as_they_take_a_cancelled_future() -> None:
+    """Regression: gather(..., return_exceptions=True) read ``_cancel_message`` off a
+    cancelled AsyncFuture, raised AttributeError inside its callback and never returned."""
+
+    async def main() -> None:
+        async with anypool.Pool("async", 2) as pool:
+            futs = [pool.submit(tasks.asleep, 0.1, i) for i in range(4)]
+            futs[3].cancel()  # still queued behind workers=2
+            running = pool.submit(tasks.asleep, 5)
+            await asyncio.sleep(0.01)
+            running.cancel("no longer wanted")
+            got = await asyncio.wait_for(asyncio.gather(*futs, running, return_exceptions=True), 5)
+            assert got[:3] == [0, 1, 2]
+            assert [type(e) for e in got[3:]] == [asyncio.CancelledError] * 2
+            assert got[4].args == ("no longer wanted",)
+            with pytest.raises(asyncio.CancelledError, match="no longer wanted"):
+                await running
+            done, pending = await asyncio.wait(futs, timeout=5)
+            assert not pending
+            assert sum(f.cancelled() for f in done) == 1
+
+    asyncio.run(main())
+
+
 class TestAttachedToTheCallersLoop:
     def test_tasks_run_on_the_callers_loop_and_await_never_blocks(self) -> None:
         async def which_loop() -> asyncio.AbstractEventLoop:
