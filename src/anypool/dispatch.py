@@ -110,7 +110,10 @@ class Dispatch:
             else:
                 return
         for f in waiters:
-            f.set_result(None)
+            try:
+                f.set_result(None)
+            except cf.InvalidStateError:
+                pass  # cancelled: the ashutdown() that waited on it was itself cancelled
 
     def abort(self) -> None:
         """Undo a ``begin`` whose unit never reached the backend."""
@@ -230,11 +233,16 @@ class Dispatch:
                 self._schedule_retry(task, value, started, ended, worker)
                 return
             worker.failed += 1
-            self._annotate(task, value.exc, worker)
-            try:
-                fut.set_exception(value.exc)
-            except cf.InvalidStateError:
-                pass  # cancelled while running (async) or failed on time already
+            if value.kind == "cancelled" and type(value.exc) is cf.CancelledError:
+                # a coroutine cancelled by other code than cancel() (a timeout it
+                # awaited, the loop's ending): cancelled, as asyncio marks its task
+                fut._set_cancelled()
+            else:
+                self._annotate(task, value.exc, worker)
+                try:
+                    fut.set_exception(value.exc)
+                except cf.InvalidStateError:
+                    pass  # cancelled while running (async) or failed on time already
             if self.finishing:
                 self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                     [value.exc], True)
@@ -327,10 +335,15 @@ class Dispatch:
     def _schedule_retry(self, task: Task, f: Failure, started: float, ended: float,
                         worker: WorkerStats) -> None:
         worker.retried += 1
-        if task.future is not None:
-            task.future._add_attempt(
-                Attempt(task.attempt, worker.name, started, ended, f.kind, _describe(f.exc))
-            )
+        fut = task.future
+        if fut is not None:
+            # Until its next attempt starts the task is not running: pending again,
+            # so cancel() during the back-off succeeds (and claim() then drops it),
+            # as asyncio's wait_for and timeout() expect of a future they cancel.
+            with fut._condition:
+                if fut._state == cf._base.RUNNING:
+                    fut._state = cf._base.PENDING
+            fut._add_attempt(Attempt(task.attempt, worker.name, started, ended, f.kind, _describe(f.exc)))
         delay = task.options.delay(task.attempt)
         task.attempt += 1
         if self.observing:

@@ -208,6 +208,14 @@ class Future(cf.Future[T]):
             # and make this cancel() look refused.
             if self._state != cf._base.RUNNING or not self._cancel_running():
                 return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
+            self._set_cancelled()  # re-entrant: the same lock, held throughout
+        return True
+
+    def _set_cancelled(self) -> bool:
+        """Mark the task cancelled, however far it got; False if it was already final."""
+        with self._condition:
+            if self._state in _DONE:
+                return False
             self._state = cf._base.CANCELLED_AND_NOTIFIED
             self._condition.notify_all()
         for waiter in self._waiter_list or ():
@@ -348,8 +356,14 @@ class as_completed(Iterable[cf.Future[T]]):
 
         loop = asyncio.get_running_loop()
         finished: asyncio.Queue[cf.Future[T]] = asyncio.Queue()
+        def arrived(f: cf.Future[T]) -> None:
+            try:
+                loop.call_soon_threadsafe(finished.put_nowait, f)
+            except RuntimeError:
+                pass  # that loop is closed: the iteration was left before this one finished
+
         for f in self._fs:
-            f.add_done_callback(lambda f: loop.call_soon_threadsafe(finished.put_nowait, f))
+            f.add_done_callback(arrived)
         deadline = None if self._timeout is None else loop.time() + self._timeout
         for yielded in range(len(self._fs)):
             if deadline is None:

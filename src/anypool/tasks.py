@@ -208,8 +208,11 @@ class Task:
         """Mark the task as running; False if it was cancelled and must be dropped."""
         fut = self.future
         if fut is not None:
-            if fut._state == "RUNNING":  # a retry, or handed back by a dead worker
+            state = fut._state
+            if state == "RUNNING":  # handed back by a dead worker before it started
                 return True
+            if state == "CANCELLED_AND_NOTIFIED":  # where the stdlib would raise RuntimeError
+                return False
             return fut.set_running_or_notify_cancel()
         assert self.batch is not None
         return not self.batch.run.closed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import gc
 import logging
 import os
@@ -432,3 +433,170 @@ def _cancel_running_coroutines(n: int) -> None:
                 time.sleep(0.001)
             assert fut.cancel()
             assert fut.cancelled()
+
+
+class TestAsyncioSemantics:
+    """What asyncio code expects of a future, found wanting by a bug hunt (stop 20)."""
+
+    def test_a_task_waiting_to_retry_can_be_cancelled(self) -> None:
+        """Between attempts the task is pending again: cancel() succeeds, so wait_for and
+        timeout() end on time instead of waiting out the back-off and the next attempt."""
+        calls: list[int] = []
+
+        async def flaky() -> str:
+            calls.append(1)
+            raise ValueError("first attempt fails")
+
+        def fails_when_called() -> None:
+            calls.append(2)
+            raise ValueError("fails before any coroutine exists")
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                slow_retry = pool.with_options(retries=3, backoff=2.0, backoff_max=2.0)
+                for fn in (flaky, fails_when_called):
+                    fut = slow_retry.submit(fn)
+                    while not fut.attempts:  # the first attempt failed: in its back-off now
+                        await asyncio.sleep(0.01)
+                    assert fut.cancel()
+                    assert fut.cancelled()
+                    with pytest.raises(asyncio.CancelledError):
+                        await fut
+                t = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(slow_retry.submit(flaky), 0.2)
+                assert time.monotonic() - t < 1.0
+            # leaving the pool waited for the back-off timers, which dropped the tasks
+
+        asyncio.run(main())
+        assert calls == [1, 2, 1]
+
+    def test_a_retry_waits_on_threads_can_be_cancelled_too(self) -> None:
+        with anypool.Pool("thread", 1) as pool:
+            fut = pool.with_options(retries=2, backoff=1.0).submit(tasks.fail_on, 3)
+            deadline = time.monotonic() + 10
+            while not fut.attempts and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not fut.running()
+            assert fut.cancel()
+            with pytest.raises(cf.CancelledError):
+                fut.result(5)
+            assert len(fut.attempts) == 1
+
+    def test_a_coroutine_cancelled_from_inside_leaves_its_future_cancelled(self) -> None:
+        async def cancelled_inside() -> None:
+            inner = asyncio.ensure_future(asyncio.sleep(5))
+            asyncio.get_running_loop().call_later(0.01, inner.cancel)
+            await inner  # its CancelledError ends this coroutine, as in an asyncio.Task
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                fut = pool.submit(cancelled_inside)
+                got = await asyncio.gather(fut, return_exceptions=True)
+                assert type(got[0]) is asyncio.CancelledError
+                assert fut.cancelled()
+                with pytest.raises(asyncio.CancelledError):
+                    fut.exception()
+
+        asyncio.run(main())
+
+    def test_a_cancelled_ashutdown_does_not_strand_the_last_task(self) -> None:
+        async def main() -> None:
+            pool = anypool.Pool("async")
+            fut = pool.submit(tasks.asleep, 0.3, "done")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(pool.ashutdown(), 0.05)
+            assert await asyncio.wait_for(fut, 5) == "done"
+
+        asyncio.run(main())
+
+    def test_result_inside_a_coroutine_on_the_pools_own_loop_raises_instead_of_hanging(self) -> None:
+        with anypool.Pool("async") as pool:
+            async def outer() -> Any:
+                return pool.submit(tasks.asquare, 2).result()
+
+            with pytest.raises(RuntimeError, match="use `await future`"):
+                pool.submit(outer).result(10)
+
+    def test_a_timed_out_coroutine_that_handles_its_cancellation_is_not_kept(self) -> None:
+        async def fallback() -> str:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                return "fallback"
+            return "slept"
+
+        async def main() -> None:
+            async with anypool.Pool("async") as pool:
+                fut = pool.with_options(timeout=0.01).submit(fallback)
+                assert await asyncio.wait_for(fut, 5) == "fallback"
+                backend: Any = pool._backend
+                assert not backend._expired
+                assert not backend._running
+
+        asyncio.run(main())
+
+    def test_a_pool_made_outside_any_loop_follows_the_next_asyncio_run(self) -> None:
+        """It attaches to the first loop that uses it; once that loop has closed, to the
+        next (a fresh initializer there), instead of failing with "Event loop is closed"."""
+        inits: list[int] = []
+
+        def init() -> None:
+            inits.append(1)
+
+        pool = anypool.Pool("async", initializer=init)
+        try:
+            for _ in range(2):
+                async def main() -> list[Any]:
+                    return await asyncio.gather(pool.submit(tasks.asquare, 3), pool.submit(tasks.square, 4))
+
+                assert asyncio.run(main()) == [9, 16]
+            assert inits == [1, 1]
+        finally:
+            pool.shutdown(kill=True)  # the last loop is closed: quietly nothing to cancel
+
+    @pytest.mark.parametrize("how", ["wait=False", "kill=True", "no shutdown"])
+    def test_leaving_a_pool_behind_at_exit_prints_nothing(self, how: str) -> None:
+        import subprocess
+
+        from helpers import python
+
+        stop = {"wait=False": "pool.shutdown(wait=False)", "kill=True": "pool.shutdown(kill=True)",
+                "no shutdown": ""}[how]
+        code = f"""
+import asyncio, anypool, tasks
+pool = anypool.Pool("async")
+async def main():
+    return await pool.submit(tasks.asquare, 3)
+assert asyncio.run(main()) == 9  # attached to a loop that then closed
+own = anypool.Pool("async")
+futs = [own.submit(tasks.asleep, 0.1, i) for i in range(5)]
+{stop.replace("pool.", "own.")}
+if "kill" in {how!r}:
+    assert all(isinstance(f.exception(5), anypool.PoolClosed) for f in futs)
+else:
+    assert [f.result(5) for f in futs] == list(range(5))
+{stop}
+print("end")
+"""
+        for _ in range(3):  # the exit races the loop thread: a few tries
+            proc = subprocess.run(python(code), capture_output=True, text=True, timeout=60,
+                                  cwd=os.path.dirname(os.path.dirname(__file__)))
+            assert proc.stdout.strip() == "end", proc.stderr
+            assert proc.stderr == ""
+
+    def test_async_for_over_as_completed_left_early_logs_nothing(self, caplog: Any) -> None:
+        pool = anypool.Pool("thread", 2)
+        try:
+            futs = [pool.submit(tasks.sleep, d, d) for d in (0.01, 0.3, 0.3)]
+
+            async def main() -> Any:
+                async for f in anypool.as_completed(futs):
+                    return f.result()
+
+            assert asyncio.run(main()) == 0.01
+            assert [f.result(5) for f in futs[1:]] == [0.3, 0.3]
+        finally:
+            pool.shutdown()
+        assert not [r for r in caplog.records if "Event loop is closed" in r.getMessage()
+                    or "exception calling callback" in r.getMessage()]

@@ -135,11 +135,13 @@ class AsyncBackend(Backend):
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
-        if loop is not None:
+        if loop is not None and not (self.attached and loop.is_closed()):
             return loop
         with self._lock:
             if self._loop is not None:
-                return self._loop
+                if not (self.attached and self._loop.is_closed()):
+                    return self._loop
+                self._detach()
             try:
                 running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:
@@ -160,6 +162,38 @@ class AsyncBackend(Backend):
             self._loop = loop
             self._initialize_own()
             return loop
+
+    def _detach(self) -> None:
+        """Let go of the caller's loop, which has closed (an ``asyncio.run`` that ended).
+
+        A pool made outside any loop attaches to the first one that uses it;
+        used again from a later ``asyncio.run`` (or the next test's loop), it
+        attaches to that one, and runs its initializer there again (what it
+        set up belonged to the closed loop).  Tasks the old loop never
+        finished fail with ``PoolClosed``.  The caller holds ``self._lock``.
+        """
+        err = PoolClosed("the event loop this pool ran its coroutines on closed before this task ended")
+        unstarted = [*self._inbox, *self._waiting]
+        running = list(self._running.values())
+        self._inbox.clear()
+        self._waiting.clear()
+        self._running.clear()
+        self._timers.clear()
+        self._expired.clear()
+        self._drain_scheduled = False
+        self._active = len(running)  # each _settle below takes one off
+        self._loop = None
+        self.attached = False
+        self.loop_thread = self.loop_tid = None
+        self._ready = True
+        for task in unstarted:
+            self.dispatch.fail_unrun(task, err, "cancelled")
+        for job in running:
+            if type(job) is Task:
+                self._settle(job, None, 0, job.started, Failure(err, "cancelled"))
+            else:
+                run, i = job
+                self._settle(run.task, run, i, run.started, Failure(err, "cancelled"))
 
     def _run_loop(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
@@ -270,7 +304,9 @@ class AsyncBackend(Backend):
         loop = self._ensure_loop()
         if self._broken is not None:
             raise self._broken
-        if self.attached and task.future is not None:
+        if task.future is not None:
+            # which loop runs it: awaiters there are woken in place, and a blocking
+            # result() there (a coroutine of this pool waiting on another) raises
             fut: Any = task.future
             fut._home, fut._loop_thread = loop, self.loop_thread
         self._inbox.append(task)
@@ -383,9 +419,14 @@ class AsyncBackend(Backend):
         timer = self._timers.pop(atask, None) if self._timers else None
         if timer is not None:
             timer.cancel()
+        expired = False
+        if self._expired and atask in self._expired:
+            # whatever it ended with: a coroutine may turn the cancellation into
+            # its own error or a fallback value, and the set must not keep it
+            self._expired.discard(atask)
+            expired = True
         if atask.cancelled():
-            if atask in self._expired:
-                self._expired.discard(atask)
+            if expired:
                 return Failure(TaskTimeout(task.options.timeout or 0.0, task.label()), "timeout")
             if self._stopping:
                 return Failure(PoolClosed("the pool was shut down while this coroutine ran"), "cancelled")
@@ -431,12 +472,13 @@ class AsyncBackend(Backend):
 
     def _call_on_loop(self, fn: Any) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed() or threading.get_ident() == self.loop_thread:
-            fn()
+        if loop is None or not loop.is_running() or threading.get_ident() == self.loop_thread:
+            fn()  # nothing else runs there now (a closed loop, or the caller's, ended)
         else:
             try:
                 asyncio.run_coroutine_threadsafe(_call(fn), loop).result(5.0)
-            except (cf.TimeoutError, RuntimeError):
+            except (cf.TimeoutError, cf.CancelledError, RuntimeError):
+                # stuck, or stopped meanwhile (its last turn cancels what is left)
                 fn()
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
@@ -447,10 +489,18 @@ class AsyncBackend(Backend):
         if kill:
             def cancel_all() -> None:
                 assert loop is not None
-                me = asyncio.current_task()  # this very call may run in a task: spare it
-                for t in list(self._running if self.attached else asyncio.all_tasks(loop)):
+                # this very call may run in a task: spare it (the loop given, as
+                # it may have ended: an attached pool outliving its asyncio.run)
+                me = asyncio.current_task(loop)
+                # the pool's own tasks only: on its own loop the rest (tasks they
+                # made) are cancelled as the loop ends, and this may run during that
+                # ending, where all_tasks() includes the loop's own shutdown_asyncgens
+                for t in list(self._running):
                     if t is not me:
-                        t.cancel()
+                        try:
+                            t.cancel()
+                        except RuntimeError:
+                            pass  # its loop is closed: the task ended with it
                 for q in (self._inbox, self._waiting):
                     while q:
                         self.dispatch.cancel(q.popleft())
