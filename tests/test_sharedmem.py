@@ -94,6 +94,24 @@ class TestSerialization:
         assert holder.fd == -1  # no new file: nothing was copied
         assert bytes(loads_args(wire)) == bytes(big_buffer(3)[BIG // 3:])
 
+    def test_a_shared_memoryview_itself_travels_by_reference(self) -> None:
+        """Regression: share() of a buffer gives a memoryview, which cloudpickle copied into
+        bytes in-band (3 MB a task): it now goes out of band, with its format and shape."""
+        import array
+
+        shared = anypool.share(array.array("d", range(BIG // 8)))
+        wire, holder = dumps_args(((shared,), {}))
+        assert holder is not None
+        assert holder.fd == -1  # no copy: the shared file itself
+        assert len(wire[0]) < 1000
+        (back,), _ = loads_args(wire)
+        assert (back.format, back.shape, back.readonly) == ("d", (BIG // 8,), True)
+        assert back[-1] == BIG // 8 - 1
+        # a small, unshared memoryview still arrives as one, in-band
+        wire, holder = dumps_args(memoryview(b"abc"))
+        assert holder is None
+        assert bytes(loads_args(wire)) == b"abc"
+
     def test_share_frees_its_memory_when_the_object_is_gone(self) -> None:
         shared = anypool.share(big_buffer(4))
         assert len(memfds()) == 1
@@ -110,6 +128,12 @@ class TestSerialization:
 
 
 class TestInWorkers:
+    def test_a_shared_buffer_reaches_a_task_as_it_is(self) -> None:
+        shared = anypool.share(big_buffer(7))
+        with anypool.Pool("process", 1) as pool:
+            assert pool.submit(st.describe, shared).result(30) == (
+                "memoryview", True, len(shared), zlib.crc32(shared))
+
     def test_large_buffer_arrives_intact_and_read_only(self, shm_listing: set[str]) -> None:
         buf = big_buffer(5)
         with anypool.Pool("process", 1) as pool:
@@ -197,6 +221,15 @@ class TestNumpy:
             assert writeable is False
             assert "read-only" in wrote
         assert eventually(lambda: memfds() == set())
+
+    def test_share_refuses_arrays_of_python_objects(self) -> None:
+        """Their bytes are pointers: copied, they were read after the objects were freed."""
+        np = pytest.importorskip("numpy")
+        objects = np.array([bytearray(b"x"), 1, None], dtype=object)
+        with pytest.raises(TypeError, match="dtype=object"):
+            anypool.share(objects)
+        with pytest.raises(TypeError, match="dtype=object"):
+            anypool.share(np.zeros(3, dtype=[("a", "i4"), ("b", object)]))
 
     def test_shared_array_keeps_shape_dtype_and_order(self) -> None:
         np = pytest.importorskip("numpy")

@@ -68,12 +68,14 @@ class _Clock:
                         heapq.heappop(self._heap)
                         break
                     self._cond.wait(delay)
-            if handle.cancelled:
-                continue
-            try:
-                handle.fn(*handle.args)
-            except Exception:
-                log.exception("anypool: a scheduled callback failed")
+            if not handle.cancelled:
+                try:
+                    handle.fn(*handle.args)
+                except Exception:
+                    log.exception("anypool: a scheduled callback failed")
+            # let go now, not when the next call is due (maybe never): its arguments
+            # may hold a retried task and the shared memory of its arguments
+            del handle
 
 
 _clock = _Clock()

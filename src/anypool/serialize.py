@@ -14,6 +14,7 @@ buffers into shared memory (``anypool.sharedmem``).
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import traceback
@@ -72,7 +73,42 @@ def dumps_args(obj: Any, fast: bool = True) -> tuple[Any, sharedmem.SharedPayloa
             return sorter.payload(pickle.dumps(obj, PROTOCOL, buffer_callback=sorter))
         except Exception:
             sorter = sharedmem.BufferSorter()
-    return sorter.payload(_cloudpickle().dumps(obj, PROTOCOL, buffer_callback=sorter))
+    out = io.BytesIO()
+    _views_pickler()(out, PROTOCOL, buffer_callback=sorter).dump(obj)
+    return sorter.payload(out.getvalue())
+
+
+def _views_pickler() -> Any:
+    """cloudpickle's Pickler, made to send a ``memoryview`` as a buffer (out of band when large).
+
+    The standard pickler refuses a memoryview and cloudpickle copies it into
+    ``bytes``: what ``share()`` returns for a buffer that is not a NumPy
+    array would then be copied into every task, not shared.
+    """
+    global _ViewsPickler
+    if _ViewsPickler is None:
+        base = _cloudpickle().Pickler
+
+        class ViewsPickler(base):  # type: ignore[misc,valid-type]
+            def reducer_override(self, obj: Any) -> Any:
+                if type(obj) is memoryview and obj.contiguous:
+                    return _view_from, (pickle.PickleBuffer(obj), obj.format, obj.shape)
+                return super().reducer_override(obj)
+
+        _ViewsPickler = ViewsPickler
+    return _ViewsPickler
+
+
+_ViewsPickler: Any = None
+
+
+def _view_from(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview sent by :func:`_views_pickler`, with its item format and shape back."""
+    view = memoryview(buf)
+    try:
+        return view.cast("B").cast(fmt, shape)
+    except (TypeError, ValueError):  # a format cast() does not take: the bytes, at least
+        return view
 
 
 loads_args = sharedmem.loads_shared

@@ -260,7 +260,8 @@ def share(obj: Any) -> Any:
     available (not Linux), a plain copy is returned.
 
     Raises:
-        TypeError: ``obj`` does not support the buffer protocol.
+        TypeError: ``obj`` does not support the buffer protocol, or holds
+            Python objects (a NumPy array of ``dtype=object``).
         ValueError: ``obj`` is not contiguous in memory, or is empty.
         OSError: the shared memory cannot be allocated.
     """
@@ -271,6 +272,10 @@ def share(obj: Any) -> Any:
     if view.nbytes == 0:
         raise ValueError("share() needs a non-empty array or buffer")
     is_numpy = type(obj).__module__ == "numpy" and hasattr(obj, "__array_interface__")
+    if (obj.dtype.hasobject if is_numpy else view.format == "O"):
+        # its bytes are pointers to objects of this process: copied, they would
+        # outlive (and be read after) the objects, and mean nothing in a worker
+        raise TypeError("share() needs an array of plain values, not Python objects (dtype=object)")
     if not ENABLED:
         return obj.copy() if is_numpy else memoryview(bytearray(pickle.PickleBuffer(obj).raw()))
     fd, m = _new_file(view.nbytes, "anypool-shared")
