@@ -102,13 +102,15 @@ def _views_pickler() -> Any:
 _ViewsPickler: Any = None
 
 
-def _view_from(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+def _view_from(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview[Any]:
     """A memoryview sent by :func:`_views_pickler`, with its item format and shape back."""
-    view = memoryview(buf)
+    view: memoryview[Any] = memoryview(buf)
+    cast: Any = view.cast("B").cast  # any struct format the sender's view had
     try:
-        return view.cast("B").cast(fmt, shape)
+        shaped: memoryview[Any] = cast(fmt, shape)
     except (TypeError, ValueError):  # a format cast() does not take: the bytes, at least
         return view
+    return shaped
 
 
 loads_args = sharedmem.loads_shared
