@@ -236,3 +236,16 @@ def count_calls(_: Any = None) -> tuple[int, int]:
     """(pid, how many times this worker's state has counted so far)."""
     counter = anypool.worker_state().setdefault("calls", itertools.count(1))
     return os.getpid(), next(counter)
+
+
+def unloadable_if(x: int, bad: int) -> Any:
+    """``x``, or for ``x == bad`` a result the pool cannot unpickle."""
+    return RaiseAtUnpickle() if x == bad else x
+
+
+async def aunloadable_if(x: int, bad: int) -> Any:
+    """As ``unloadable_if``, later items finishing first."""
+    import asyncio
+
+    await asyncio.sleep(0.02 * (6 - x))
+    return RaiseAtUnpickle() if x == bad else x

@@ -9,6 +9,7 @@ process behind.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import random
 import signal
@@ -265,6 +266,22 @@ class TestSerialization:
         with pytest.raises(anypool.TaskError, match="could not be loaded in the pool"):
             pool.submit(tasks.return_raise_at_unpickle).result(30)
         assert pool.submit(tasks.square, 3).result(30) == 9
+
+    @pytest.mark.parametrize("backend", ["process", "process+async"])
+    def test_a_result_that_cannot_be_loaded_fails_its_own_task_alone(self, backend: str) -> None:
+        """Regression: the pool blamed the oldest message in flight on that worker (other
+        tasks failed, the real one finished twice) and on process+async the real one
+        never finished at all."""
+        fn = tasks.unloadable_if if backend == "process" else tasks.aunloadable_if
+        with anypool.Pool(backend, 1) as pool:
+            futs = [pool.submit(fn, i, 2) for i in range(6)]
+            done, _ = cf.wait(futs, timeout=30)
+            assert len(done) == 6
+            assert [type(f.exception()).__name__ if f.exception() else f.result() for f in futs] == \
+                [0, 1, "TaskError", 3, 4, 5]
+            assert "could not be loaded in the pool" in str(futs[2].exception())
+            assert pool.stats.failed == 1
+            assert pool.stats.done == 5
 
     def test_an_unpicklable_exception_becomes_a_task_error_with_its_text(self, pool: anypool.Pool) -> None:
         with pytest.raises(anypool.TaskError) as info:

@@ -68,6 +68,7 @@ from .protocol import (
     TASK,
     FrameReader,
     FrameWriter,
+    reply_head,
 )
 from .worker import FN_CACHE
 from .worker import main as worker_main
@@ -606,16 +607,13 @@ class Manager:
         except OSError:
             frames = []
         for frame in frames:
-            try:
-                msg = pickle.loads(frame)
-            except BaseException as exc:
-                self._unloadable(w, exc)
-                continue
+            head, view, at = reply_head(frame)
+            msg = pickle.loads(head)  # plain data, always loadable
             tag = msg[0]
             if tag == RESULT:
-                self._on_result(w, msg)
+                self._on_result(w, msg, view[at:])
             elif tag == PARTIAL:
-                self._on_partial(w, msg)
+                self._on_partial(w, msg, view, at)
             elif tag == READY:
                 w.ready = True
                 self.startup_failures = 0
@@ -630,28 +628,20 @@ class Manager:
             except (KeyError, ValueError):
                 pass
 
-    def _unloadable(self, w: _Worker, exc: BaseException) -> None:
-        """A result message that cannot be unpickled here fails the batch it answers."""
-        if not w.inflight:
-            return
-        wire = w.inflight.popleft()
-        w.inflight_items -= wire.n
-        err = TaskError(type(exc).__name__, f"the task's result could not be loaded in the pool: {exc}")
-        now = time.time()
-        for task in wire.units:
-            n = len(task.items)
-            self.dispatch.finish(task, [Failure(err) for _ in range(n)], wire.started, now, w.ws,
-                                 list(range(n)))
-
-    def _on_result(self, w: _Worker, msg: tuple[Any, ...]) -> None:
-        _, wire_id, results, failed, t0, t1, rss = msg
+    def _on_result(self, w: _Worker, msg: tuple[Any, ...], body: memoryview) -> None:
+        _, wire_id, failed, t0, t1, rss = msg
         wire = w.inflight.popleft()
         assert wire.id == wire_id, (wire.id, wire_id)
         w.inflight_items -= wire.n
         w.tasks_done += wire.n
         w.rss = rss
-        if failed:
-            for i in failed:
+        try:
+            results = pickle.loads(body)
+        except BaseException as exc:  # the batch's results, all in one pickle: all fail
+            results = [_unloadable(exc, wire.n)] * wire.n
+            failed = list(range(wire.n))
+        else:
+            for i in failed or ():
                 f = results[i]
                 results[i] = Failure(unpack_exception(f.exc), f.kind)
         per_item = (t1 - t0) / wire.n
@@ -665,11 +655,16 @@ class Manager:
                 self.dispatch.finish_one(task, results[k], t0, t1, w.ws)
         self._maybe_retire(w)
 
-    def _on_partial(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+    def _on_partial(self, w: _Worker, msg: tuple[Any, ...], frame: memoryview, at: int) -> None:
         _, items, rss = msg
         w.rss = rss
         by_id = {wire.id: wire for wire in w.inflight}
-        for wire_id, index, result, bad, s, e in items:
+        for wire_id, index, bad, s, e, size in items:
+            try:
+                result = pickle.loads(frame[at:at + size])
+            except BaseException as exc:
+                result, bad = _unloadable(exc), False
+            at += size
             wire = by_id.get(wire_id)
             if wire is None:
                 continue
@@ -861,3 +856,9 @@ def _crash_message(w: _Worker, code: int | None, fault: str, what: str) -> str:
     if fault:
         msg += f"; its last words:\n{fault}"
     return msg
+
+
+def _unloadable(exc: BaseException, batch: int = 1) -> Failure:
+    """The failure of a task whose result came back but cannot be unpickled here."""
+    whose = "the task's result" if batch == 1 else f"a result of this map batch (of {batch} items)"
+    return Failure(TaskError(type(exc).__name__, f"{whose} could not be loaded in the pool: {exc}"))

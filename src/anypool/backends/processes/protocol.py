@@ -21,13 +21,20 @@ Worker → parent::
 
     (READY, pid)
     (INIT_FAILED, packed_exception)
-    (RESULT, wire_id, results, failed, t0, t1, rss)
+    (RESULT, wire_id, failed, t0, t1, rss) + results
         a whole map batch run in one go; results[i] for i in failed is a
         Failure whose exc is a packed exception
-    (PARTIAL, [(wire_id, index, result, failed, t0, t1), ...], rss)
+    (PARTIAL, [(wire_id, index, failed, t0, t1, size), ...], rss) + result + result ...
         items reported one by one as they finish: by sync workers for
         ``submit`` calls and for anything with a timeout (so a crash loses
         only the item that was running), by process+async workers always
+
+Every worker → parent frame is a header pickle, prefixed by its size
+(:func:`reply`), then, for RESULT and PARTIAL, the results' pickles (one
+for a batch, one per item of a PARTIAL, each item's size in its header
+entry): a result that cannot be unpickled in the pool (a class it cannot
+import, a ``__reduce__`` that raises there) fails its own task, never
+another, and the results are read from the frame without copying it.
 
 A shared array of doubles, one slot per worker, says what each worker is
 running right now: ``[wire_id, item_index, item_start]``.  It is how the
@@ -44,7 +51,7 @@ import struct
 from collections import deque
 from typing import Final
 
-__all__ = ["FrameReader", "FrameWriter", "recv_frame", "send_frame"]
+__all__ = ["FrameReader", "FrameWriter", "recv_frame", "reply", "reply_head", "send_frame"]
 
 TASK: Final = 1
 STOP: Final = 2
@@ -72,6 +79,21 @@ def send_frame(sock: socket.socket, data: bytes) -> None:
             sent += sock.sendmsg([header[sent:], view])
         else:
             sent += sock.send(view[sent - len(header):])
+
+
+_HEAD_SIZE = struct.Struct("<I")
+
+
+def reply(head: bytes, *bodies: bytes) -> bytes:
+    """A worker's message: its pickled header, sized, then the results' pickles."""
+    return b"".join([_HEAD_SIZE.pack(len(head)), head, *bodies])
+
+
+def reply_head(frame: bytearray) -> tuple[bytes | memoryview, memoryview, int]:
+    """Split a worker's message: (its header pickle, the frame, where the bodies start)."""
+    view = memoryview(frame)
+    (n,) = _HEAD_SIZE.unpack_from(frame, 0)
+    return view[_HEAD_SIZE.size:_HEAD_SIZE.size + n], view, _HEAD_SIZE.size + n
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray:

@@ -49,6 +49,7 @@ from .protocol import (
     FrameReader,
     FrameWriter,
     recv_frame,
+    reply,
     send_frame,
 )
 
@@ -77,9 +78,9 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
             init, initargs = loads(cfg["initializer"])
             init(*initargs)
         except BaseException as exc:
-            send_frame(sock, dumps((INIT_FAILED, pack_exception(exc, 1))))
+            send_frame(sock, reply(dumps((INIT_FAILED, pack_exception(exc, 1)))))
             return
-    send_frame(sock, pickle.dumps((READY, os.getpid()), PROTOCOL))
+    send_frame(sock, reply(pickle.dumps((READY, os.getpid()), PROTOCOL)))
     worker = _Worker(sock, slots, base, cfg)
     if cfg["mode"] == "async":
         import asyncio  # only process+async workers pay its ~20 ms import
@@ -253,27 +254,36 @@ class _Worker:
         send_frame(self.sock, self.partial_bytes(batch))
 
     def partial_bytes(self, batch: list[tuple[Any, ...]]) -> bytes:
-        """A PARTIAL message for finished items; results that cannot be pickled fail alone."""
+        """A PARTIAL message for finished items: a header, then each result in its own pickle.
+
+        A result that cannot be pickled here fails alone; one that cannot be
+        unpickled in the pool fails alone there (the header says whose it is).
+        """
         rss = _rss() if self.report_rss else 0
-        try:
-            return dumps((PARTIAL, batch, rss))
-        except BaseException:
-            for k, (wid, i, r, is_bad, s, e) in enumerate(batch):
-                if not is_bad:
-                    res = [r]
-                    if self.replace_unpicklable(res, None):
-                        batch[k] = (wid, i, res[0], True, s, e)
-            return dumps((PARTIAL, batch, rss))
+        heads = []
+        bodies = []
+        for wid, i, r, is_bad, s, e in batch:
+            try:
+                body = dumps(r)
+            except BaseException:
+                res = [r]
+                self.replace_unpicklable(res, None)
+                body, is_bad = dumps(res[0]), True
+            heads.append((wid, i, is_bad, s, e, len(body)))
+            bodies.append(body)
+        return reply(dumps((PARTIAL, heads, rss)), *bodies)
 
     def send_result(self, wire_id: int, results: list[Any], failed: list[int] | None,
                     t0: float, t1: float) -> None:
         rss = _rss() if self.report_rss else 0
         try:
-            data = dumps((RESULT, wire_id, results, failed, t0, t1, rss))
+            body = dumps(results)
         except BaseException:
             failed = self.replace_unpicklable(results, failed)
-            data = dumps((RESULT, wire_id, results, failed, t0, t1, rss))
-        send_frame(self.sock, data)
+            body = dumps(results)
+        # the header in a pickle of its own: the pool knows whose results these
+        # are even when it cannot unpickle them
+        send_frame(self.sock, reply(dumps((RESULT, wire_id, failed, t0, t1, rss)), body))
 
     @staticmethod
     def replace_unpicklable(results: list[Any], failed: list[int] | None) -> list[int] | None:
