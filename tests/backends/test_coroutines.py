@@ -445,7 +445,7 @@ class TestAsyncioSemantics:
 
         async def flaky() -> str:
             calls.append(1)
-            raise ValueError("first attempt fails")
+            raise ValueError("fails")
 
         def fails_when_called() -> None:
             calls.append(2)
@@ -453,32 +453,49 @@ class TestAsyncioSemantics:
 
         async def main() -> None:
             async with anypool.Pool("async") as pool:
-                slow_retry = pool.with_options(retries=3, backoff=2.0, backoff_max=2.0)
+                # the back-off is drawn at random (full jitter): retried until one is long enough
+                retrying = pool.with_options(retries=1, backoff=0.5, backoff_max=0.5)
                 for fn in (flaky, fails_when_called):
-                    fut = slow_retry.submit(fn)
-                    while not fut.attempts:  # the first attempt failed: in its back-off now
-                        await asyncio.sleep(0.01)
-                    assert fut.cancel()
-                    assert fut.cancelled()
-                    with pytest.raises(asyncio.CancelledError):
-                        await fut
+                    for _ in range(30):
+                        fut = retrying.submit(fn)
+                        while not fut.attempts:
+                            await asyncio.sleep(0.005)
+                        if fut.done() or fut.running():
+                            await asyncio.gather(fut, return_exceptions=True)
+                            continue  # the retry began already
+                        n = len(calls)
+                        assert fut.cancel()
+                        assert fut.cancelled()
+                        with pytest.raises(asyncio.CancelledError):
+                            await fut
+                        await asyncio.sleep(0.6)  # past any back-off: the retry was dropped
+                        assert len(calls) == n
+                        break
+                    else:
+                        pytest.fail("no back-off long enough to cancel in")
+                slow_retry = pool.with_options(retries=3, backoff=2.0, backoff_max=2.0)
                 t = time.monotonic()
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(slow_retry.submit(flaky), 0.2)
                 assert time.monotonic() - t < 1.0
-            # leaving the pool waited for the back-off timers, which dropped the tasks
 
         asyncio.run(main())
-        assert calls == [1, 2, 1]
 
     def test_a_retry_waits_on_threads_can_be_cancelled_too(self) -> None:
         with anypool.Pool("thread", 1) as pool:
-            fut = pool.with_options(retries=2, backoff=1.0).submit(tasks.fail_on, 3)
-            deadline = time.monotonic() + 10
-            while not fut.attempts and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not fut.running()
-            assert fut.cancel()
+            retrying = pool.with_options(retries=1, backoff=1.0, backoff_max=1.0)
+            for _ in range(30):
+                fut = retrying.submit(tasks.fail_on, 3)
+                deadline = time.monotonic() + 10
+                while not fut.attempts and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                if fut.cancel():
+                    break
+                with pytest.raises(ValueError):  # its retry had begun: cannot be stopped
+                    fut.result(10)
+            else:
+                pytest.fail("no back-off long enough to cancel in")
+            assert fut.cancelled()
             with pytest.raises(cf.CancelledError):
                 fut.result(5)
             assert len(fut.attempts) == 1
