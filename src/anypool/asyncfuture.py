@@ -90,14 +90,19 @@ class AsyncFuture(Future[T]):
         return asyncio._get_running_loop()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop of whoever asks (this future belongs to no single loop).
+        """The running loop of whoever asks (any loop may await it); outside one, the task's.
+
+        Outside a running loop (``loop.run_until_complete(fut)`` asks before
+        it runs) the answer is the loop the task runs on, as an asyncio
+        future's would be: a different loop is then told plainly it is not
+        this future's, and ``await fut`` inside a coroutine works from any loop.
 
         Raises:
-            RuntimeError: no event loop runs in this thread.
+            RuntimeError: no event loop runs in this thread and the task has none yet.
         """
         if self._loop_thread is not None and self._loop_thread == threading.get_ident():
             return self._home  # type: ignore[return-value]  # _running_loop, inline: once a task
-        loop = asyncio._get_running_loop()
+        loop = asyncio._get_running_loop() or self._home
         if loop is None:
             raise RuntimeError("no running event loop")
         return loop

@@ -617,3 +617,20 @@ print("end")
             pool.shutdown()
         assert not [r for r in caplog.records if "Event loop is closed" in r.getMessage()
                     or "exception calling callback" in r.getMessage()]
+
+    def test_another_loop_is_told_plainly_that_a_task_is_not_its_own(self) -> None:
+        """As with an asyncio future of another loop (it said "no running event loop")."""
+        with anypool.Pool("async") as pool:
+            assert pool.submit(tasks.asquare, 2).result(5) == 4  # its own loop thread
+            loop = asyncio.new_event_loop()
+            try:
+                fut = pool.submit(tasks.asquare, 3)
+                with pytest.raises(ValueError, match="belongs to a different loop"):
+                    loop.run_until_complete(fut)
+
+                async def await_it() -> Any:
+                    return await fut
+
+                assert loop.run_until_complete(await_it()) == 9
+            finally:
+                loop.close()
