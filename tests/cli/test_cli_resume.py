@@ -178,6 +178,39 @@ class TestSignals:
         assert len(r.stdout.splitlines()) == 6
 
 
+    # A thread cannot be stopped, so on `thread` the jobs' groups are killed
+    # by anypool itself; `process` kills its workers' trees.
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "halt"])
+    def test_other_backends_kill_the_running_jobs_at_once(self, tmp_path: Path, backend: str,
+                                                           stop: str) -> None:
+        pids = tmp_path / "pids"
+        job = ("case {} in q) echo done-q ;; "
+               "f) while [ $(cat pids | wc -l) -lt 4 ]; do sleep 0.05; done; exit 5 ;; "
+               "*) sleep 60 & echo $! >> pids; echo $$ >> pids; wait ;; esac")
+        args = ["q", "a", "b", "f"] if stop == "halt" else ["q", "a", "b"]
+        halt = ["--halt", "now,fail=1"] if stop == "halt" else []
+        proc = subprocess.Popen(cli_argv("run", "-j", str(len(args)), "--backend", backend, *halt,
+                                         "--joblog", "log.db", job, ":::", *args),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, what="2 running jobs")
+            t0 = time.monotonic()
+            if stop != "halt":
+                proc.send_signal(getattr(signal, stop))
+            out, err = proc.communicate(timeout=30)
+            assert time.monotonic() - t0 < 10
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "halt": 5}[stop], err
+        assert out == b"done-q\n"
+        assert gone([int(p) for p in pids.read_text().split()]), "a job or its child outlived the run"
+        rows = query(tmp_path / "log.db", "SELECT outcome FROM attempt WHERE seq IN (2, 3)")
+        assert rows == [("killed",)] * 2
+        if stop == "SIGINT":
+            assert b"interrupted; 2 running job(s) killed" in err
+
     def test_kill_9_leaves_no_job_running(self, tmp_path: Path) -> None:
         """Nothing can catch SIGKILL, so the job guard (a process of its own) stops the jobs."""
         pids = tmp_path / "pids"

@@ -20,7 +20,8 @@ appear twice: at-least-once, never lost).  Attempts that are retried are
 recorded by an observer as they end.
 
 Ctrl-C, SIGTERM and SIGHUP stop the run: the pool kills every running job's
-process group (SIGTERM, then SIGKILL), the jobs that had finished are
+process group (SIGTERM, then SIGKILL; on a pool of threads, which cannot stop
+its tasks, ``kill_local`` kills the commands they run), the jobs that had finished are
 printed and recorded as usual, the killed ones are recorded as ``killed``
 (not final: ``--resume`` runs them again), and the exit status is 128 plus
 the signal number (130 for Ctrl-C).  A closed stdout (``| head``) stops the
@@ -165,6 +166,9 @@ class Engine:
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         raise NotImplementedError
+
+    def kill_local(self) -> None:
+        """Kill what the pool's own shutdown cannot: jobs its tasks run in this process."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -332,6 +336,8 @@ class Engine:
                              f"{action}")
         # jobs queued in the pool have not started: they are cancelled either way
         self.pool.shutdown(wait=False, cancel_futures=True, kill=h.when == "now")
+        if h.when == "now":
+            self.kill_local()
 
     def _stop(self, signum: int) -> int:
         """Kill everything after a signal (or a closed stdout); report what ended; exit status."""
@@ -345,6 +351,7 @@ class Engine:
         try:
             self._stopping = True
             self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
+            self.kill_local()
             if signum == signal.SIGPIPE:
                 _silence_stdout()
                 self.printer.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit

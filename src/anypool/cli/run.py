@@ -137,6 +137,14 @@ class RunEngine(Engine):
         cr = command_of(value if exc is None else exc)
         return cr.command if cr is not None else self.template.command(job, job.slot)
 
+    def kill_local(self) -> None:
+        if not self.local:
+            # a thread backend cannot stop its tasks, and their commands run in
+            # this process: stop those (in worker processes, the pool's kill does)
+            from ..backends.subprocesses import kill_commands
+
+            kill_commands()
+
 
 def main(opts: argparse.Namespace) -> int:
     """Run ``anypool run`` with parsed options; return the exit status."""
