@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -124,6 +125,24 @@ class TestOutput:
         assert b"Traceback" not in r.stderr
         assert b"Broken pipe" not in r.stderr
 
+    def test_a_closed_stdout_stops_a_line_buffered_run_too_and_fails_no_job(self, tmp_path: Path) -> None:
+        """The lines are printed from slot threads: the closed pipe must stop the run, not fail the jobs."""
+        pipeline = f"{' '.join(cli_argv())} run -j2 --line-buffer --joblog lb.db " \
+                   "'seq 100000; sleep 30; : {}' ::: 1 2 3 4 | head -1; echo status ${PIPESTATUS[0]}"
+        t0 = time.monotonic()
+        r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
+                           env=cli_env())
+        assert time.monotonic() - t0 < 20
+        assert r.stdout.decode().splitlines() == ["1", "status 141"]
+        assert b"failed" not in r.stderr
+        assert b"Traceback" not in r.stderr
+        con = sqlite3.connect(tmp_path / "lb.db")
+        try:
+            rows = con.execute("SELECT outcome, final FROM attempt").fetchall()
+        finally:
+            con.close()
+        assert rows
+        assert set(rows) == {("killed", 0)}  # not done: --resume runs them again
 
     def test_finished_jobs_print_while_a_long_one_still_runs(self, tmp_path: Path) -> None:
         """Past the full window the main thread gathers finished jobs (a few ms); none is held back."""

@@ -152,6 +152,7 @@ class Engine:
         self._order: deque[_Entry] = deque()
         self._open = 0
         self._stopping = False
+        printer.on_broken = self._wake.set
         if joblog is not None:
             pool.add_observer(self._observe)
 
@@ -266,6 +267,8 @@ class Engine:
             self._wake.wait(step)
             if done:
                 return done.popleft()
+            if self.printer.broken:
+                self.printer.flush()  # raises BrokenPipeError here, in the printing thread
         raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
@@ -354,7 +357,7 @@ class Engine:
             self.kill_local()
             if signum == signal.SIGPIPE:
                 _silence_stdout()
-                self.printer.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
+                self.printer.discard()
             try:
                 self._drain(time.monotonic() + DRAIN_SECONDS)
             except BrokenPipeError:

@@ -8,6 +8,12 @@ line with the job's arguments and a tab.  Whole-job output is flushed
 whenever the run waits for a job and before a job is recorded in the job log
 (so what the log calls done was really printed); lines are flushed each.
 
+A closed stdout or stderr (``| head``) raises ``BrokenPipeError`` in the
+thread that prints whole jobs, which stops the run.  A slot thread that
+meets it while printing a line must not raise (that would fail the job
+whose line it is): it marks the printer ``broken``, calls ``on_broken``, and
+the next :meth:`flush` raises in the printing thread instead.
+
 While a progress bar is shown, writes go around it (tqdm clears and
 redraws it), so output lines never land inside the bar.
 """
@@ -18,7 +24,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from .inputs import Job
@@ -46,6 +52,8 @@ class Printer:
         self.out = stdout or sys.stdout.buffer
         self.err = stderr or sys.stderr.buffer
         self._lock = threading.Lock()
+        self.broken = False  # a line met a closed stdout or stderr (see the module docstring)
+        self.on_broken: Callable[[], None] | None = None
 
     def prefix(self, job: Job) -> bytes:
         """The ``--tag`` prefix for ``job`` (empty without ``--tag``)."""
@@ -82,18 +90,40 @@ class Printer:
             self.out.write(data)
 
     def flush(self) -> None:
-        """Push out everything written so far."""
+        """Push out everything written so far.
+
+        Raises:
+            BrokenPipeError: stdout is closed, or a line found it (or stderr) closed.
+        """
         with self._lock:
+            if self.broken:
+                raise BrokenPipeError("a job's line met a closed output")
             self.out.flush()
+
+    def discard(self) -> None:
+        """Send whatever comes next on stdout to /dev/null (it was closed: the run is stopping)."""
+        with self._lock:
+            self.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
+            self.broken = False
 
     def line(self, args: tuple[Any, ...], stream: int, data: bytes) -> None:
         """Print one line as it comes (``--line-buffer``; called from slot threads)."""
         job = args[-1] if args and isinstance(args[-1], Job) else None
         prefix = self.prefix(job) if job is not None else b""
         target = self.out if stream == 1 else self.err
-        with self._lock, self._around_bar():
-            target.write(prefix + data)
-            target.flush()
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                with self._around_bar():
+                    target.write(prefix + data)
+                    target.flush()
+            except BrokenPipeError:
+                self.broken = True
+            else:
+                return
+        if self.on_broken is not None:
+            self.on_broken()
 
     def message(self, text: str) -> None:
         """A message of anypool's own, on stderr."""
