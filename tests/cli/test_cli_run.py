@@ -203,6 +203,11 @@ class TestHalt:
         assert sorted(out_lines(r)) == ["0.1", "0.5"]
         assert r.returncode == 1
 
+    def test_soon_returns_the_triggering_jobs_status_not_a_later_failures(self, cli: Cli) -> None:
+        r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep 0.{}; exit 3{}", ":::", "2", "9")
+        assert r.returncode == 32
+        assert b"job 1 failed" in r.stderr
+
     def test_percentage_of_failures(self, cli: Cli) -> None:
         r = cli("run", "-j", "1", "--halt", "now,fail=50%", "exit {}", ":::", "0", "3", "4", "5", "0", "0")
         assert r.returncode == 50

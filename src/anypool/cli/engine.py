@@ -320,8 +320,9 @@ class Engine:
             self.succeeded += 1
         else:
             self.failed += 1
-            cr = command_of(exc)
-            self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
+            if self.halted_by is None:  # after a halt the status stays the triggering job's
+                cr = command_of(exc)
+                self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
         if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
             self._halt(job)
 
