@@ -122,6 +122,23 @@ class TestKillAndResume:
         assert b'has job 2 with arguments ["b"], but the input now gives ["X"]' in r.stderr
         assert r.stdout == b""
 
+    def test_dry_run_leaves_the_job_log_as_it_was(self, cli: Cli, tmp_path: Path) -> None:
+        db = tmp_path / "log.db"
+        assert cli("run", "--joblog", "log.db", "exit {}", ":::", "0", "1").returncode == 1
+        before = (query(db, "SELECT * FROM attempt"), query(db, "SELECT * FROM run"))
+        r = cli("run", "--dry-run", "--joblog", "log.db", "exit {}", ":::", "0", "1", "2")
+        assert (r.returncode, r.stdout) == (0, b"exit 0\nexit 1\nexit 2\n")
+        r = cli("run", "--dry-run", "--resume-failed", "--joblog", "log.db", "-k", "exit {}",
+                ":::", "0", "1", "2")
+        assert (r.returncode, r.stdout) == (0, b"exit 1\nexit 2\n")
+        r = cli("run", "--dry-run", "--resume", "--joblog", "log.db", "rm {}", ":::", "0")
+        assert r.returncode == 255
+        assert b"written for other input" in r.stderr
+        assert (query(db, "SELECT * FROM attempt"), query(db, "SELECT * FROM run")) == before
+        r = cli("run", "--dry-run", "--resume", "--joblog", "none.db", "exit {}", ":::", "0")
+        assert (r.returncode, r.stdout) == (0, b"exit 0\n")
+        assert not (tmp_path / "none.db").exists()
+
     def test_resume_refuses_a_log_of_another_command(self, cli: Cli) -> None:
         assert cli("run", "--joblog", "log.db", "echo", ":::", "a").returncode == 0
         r = cli("run", "--joblog", "log.db", "--resume", "rm", ":::", "a")

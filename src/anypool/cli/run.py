@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -169,12 +170,16 @@ def main(opts: argparse.Namespace) -> int:
     joblog = None
     try:
         stream = jobs(sources, sep)
-        if opts.joblog:
-            resuming = opts.resume or opts.resume_failed
+        resuming = opts.resume or opts.resume_failed
+        if opts.joblog and opts.dry_run:
+            # a dry run changes nothing: it only reads the log, to skip what --resume would
+            if resuming and os.path.exists(opts.joblog):
+                joblog = JobLog(opts.joblog, "read")
+                joblog.check_resumable(description)
+        elif opts.joblog:
             joblog = JobLog(opts.joblog, "append" if resuming else "new", results=opts.results)
             joblog.begin_run(description, resume=resuming, argv=sys.argv)
-        resumer = Resumer(joblog, opts.resume_failed) if joblog and (opts.resume or opts.resume_failed) \
-            else None
+        resumer = Resumer(joblog, opts.resume_failed) if joblog and resuming else None
         if opts.dry_run:
             return _dry_run(template, stream, resumer, workers)
         return _execute(opts, template, stream, sources, joblog, resumer, workers)
