@@ -113,3 +113,14 @@ class TestMap:
         r = cli("map", "--json-args", "json:dumps", ":::", "{oops")
         assert r.returncode == 255
         assert b"input 1 is not JSON" in r.stderr
+
+    def test_bad_input_partway_prints_what_finished_then_stops(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("map", "--json-args", "--joblog", "log.db", "operator:neg", ":::", "1", "2", "3", "bad", "5")
+        assert r.returncode == 255
+        assert b"input 4 is not JSON" in r.stderr
+        assert values(r.stdout) == [-1, -2, -3]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            assert con.execute("SELECT seq FROM attempt ORDER BY seq").fetchall() == [(1,), (2,), (3,)]
+        finally:
+            con.close()

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .. import waiting
 from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
 from .halt import Halt, exit_status
-from .inputs import Job
+from .inputs import InputError, Job
 from .output import Printer
 
 if TYPE_CHECKING:
@@ -201,7 +201,18 @@ class Engine:
         raise Interrupted(signum)
 
     def _feed(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None) -> None:
-        for job in jobs:
+        it = iter(jobs)
+        while True:
+            try:
+                job = next(it)
+            except StopIteration:
+                break
+            except InputError:
+                # bad input partway: the jobs already started finish and are printed
+                # and recorded, so no finished result is lost; then the error stops the run
+                self._stopping = True
+                self._drain(None)
+                raise
             if self._stopping:
                 break
             try:
