@@ -249,6 +249,13 @@ class TestUsage:
         assert b"usage: anypool" in r.stderr
         assert b"Traceback" not in r.stderr
 
+    def test_a_double_dash_ends_the_options(self, cli: Cli) -> None:
+        r = cli("run", "-k", "--", "echo", "x", ":::", "a", "--tag")
+        assert (r.returncode, out_lines(r)) == (0, ["x a", "x --tag"])
+        r = cli("run", "--", ":::", "a")
+        assert r.returncode == 2
+        assert b"no command given" in r.stderr
+
     def test_no_subcommand_prints_help_and_exits_2(self, cli: Cli) -> None:
         r = cli()
         assert r.returncode == 2

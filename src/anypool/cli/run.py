@@ -151,8 +151,11 @@ def main(opts: argparse.Namespace) -> int:
     """Run ``anypool run`` with parsed options; return the exit status."""
     parser: argparse.ArgumentParser = opts.parser
     check_common(parser, opts)
+    command = opts.command
+    if command and command[0] == "--":  # argparse's REMAINDER keeps the `--` that ends the options
+        command = command[1:]
     try:
-        words, sources = parse_sources(opts.command, opts.arg_file)
+        words, sources = parse_sources(command, opts.arg_file)
     except ValueError as exc:
         parser.error(str(exc))
     try:
