@@ -241,6 +241,9 @@ class TestUsage:
         (["run", "--backend", "thread", "echo {%}", ":::", "a"],
          b"{%} (the job slot) needs --backend subprocess"),
         (["frobnicate"], b"invalid choice: 'frobnicate'"),
+        (["run", "--backend", "nope", "echo", ":::", "a"],
+         b"unknown backend 'nope'; known backends: async, auto,"),
+        (["map", "--backend", "nope", "json:loads", ":::", "1"], b"unknown backend 'nope'"),
     ])
     def test_usage_errors_exit_2_with_a_message(self, cli: Cli, args: list[str], message: bytes) -> None:
         r = cli(*args)
