@@ -50,6 +50,13 @@ class TestMap:
         assert values(r.stdout) == [[1, 2], {"a": 1}, None, "é"]
         assert "é".encode() in r.stdout
 
+    def test_nan_and_infinities_print_as_strict_json(self, cli: Cli) -> None:
+        r = cli("map", "--tag", "json:loads", ":::", "NaN", "[Infinity, -Infinity, 1.5]", '{"k": NaN}')
+        assert r.returncode == 0
+        strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+                  for line in r.stdout.decode().splitlines()]
+        assert [v["result"] for v in strict] == ["nan", ["inf", "-inf", 1.5], {"k": "nan"}]
+
     def test_words_after_the_function_are_the_inputs(self, cli: Cli, module: str) -> None:
         assert values(cli("map", f"{module}:shout", "a", "b").stdout) == ["A!", "B!"]
 

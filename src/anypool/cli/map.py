@@ -6,6 +6,7 @@ import argparse
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -38,7 +39,8 @@ argument from each), :::: files, or lines of stdin.  Each argument is a
 string; --json-args parses each one as JSON first.  Coroutine functions run
 on the async backend under --backend auto.
 
-Values JSON cannot hold are printed as their repr() string.  With --joblog
+Values JSON cannot hold are printed as their repr() string (NaN and the
+infinities too: "nan", "inf", "-inf"), so every line is strict JSON.  With --joblog
 every call is recorded as it ends (with --results, its JSON result too);
 anypool map has no --resume.
 """
@@ -116,7 +118,21 @@ async def _acall(fn: Callable[..., Any], job: Job) -> Any:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=repr)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere: Python's NaN/Infinity tokens are not JSON
+        return json.dumps(_finite(value), ensure_ascii=False, default=repr, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinite float made its ``repr()``, as other values JSON cannot hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_finite(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class MapEngine(Engine):
