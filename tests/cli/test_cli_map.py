@@ -116,6 +116,19 @@ class TestMap:
         assert r.returncode == 2
         assert message in r.stderr
 
+    @pytest.mark.parametrize(("source", "message"), [
+        ("def f(:\n", b"cannot import module 'broken': SyntaxError: "),
+        ("def f(x):\n    return x\nraise RuntimeError('no config')\n",
+         b"cannot import module 'broken': RuntimeError: no config (at "),
+    ])
+    def test_a_module_that_fails_on_import_is_a_usage_error(self, cli: Cli, tmp_path: Path, source: str,
+                                                             message: bytes) -> None:
+        (tmp_path / "broken.py").write_text(source)
+        r = cli("map", "broken:f", ":::", "x")
+        assert r.returncode == 2
+        assert message in r.stderr
+        assert b"Traceback" not in r.stderr
+
     def test_bad_json_input_is_reported(self, cli: Cli) -> None:
         r = cli("map", "--json-args", "json:dumps", ":::", "{oops")
         assert r.returncode == 255

@@ -86,7 +86,8 @@ def load_function(spec: str) -> Callable[..., Any]:
 
     Raises:
         ValueError: the spec is malformed, the module or name is missing,
-            or the object is not callable (the message says which).
+            the module fails on import, or the object is not callable (the
+            message says which).
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -97,6 +98,8 @@ def load_function(spec: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself fails (SyntaxError, an error at import time)
+        raise ValueError(f"cannot import module {module_name!r}: {_failure(exc)}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -105,6 +108,17 @@ def load_function(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ValueError(f"{spec} is a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
+
+
+def _failure(exc: BaseException) -> str:
+    """``exc`` as ``Type: message``, with where it was raised (a SyntaxError's text says it)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError):
+        return text
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{text} (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else text
 
 
 def _call(fn: Callable[..., Any], job: Job) -> Any:
