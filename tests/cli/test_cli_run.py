@@ -244,6 +244,10 @@ class TestUsage:
         (["run", "--backend", "nope", "echo", ":::", "a"],
          b"unknown backend 'nope'; known backends: async, auto,"),
         (["map", "--backend", "nope", "json:loads", ":::", "1"], b"unknown backend 'nope'"),
+        (["run", "--address", "tcp://127.0.0.1:8786", "echo", ":::", "a"],
+         b"--address names a Dask scheduler: it needs --backend dask (not subprocess)"),
+        (["map", "--backend", "thread", "--address", "tcp://127.0.0.1:8786", "json:loads", ":::", "1"],
+         b"it needs --backend dask (not thread)"),
     ])
     def test_usage_errors_exit_2_with_a_message(self, cli: Cli, args: list[str], message: bytes) -> None:
         r = cli(*args)
