@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -15,6 +17,20 @@ from cli_helpers import Cli, cli_argv, cli_env
 
 def out_lines(r: subprocess.CompletedProcess[bytes]) -> list[str]:
     return r.stdout.decode().splitlines()
+
+
+def readline_within(stream: IO[bytes], seconds: float) -> bytes:
+    """One line of a child's output, failing (not hanging) if none comes in time."""
+    assert select.select([stream], [], [], seconds)[0], f"no output within {seconds} s"
+    return stream.readline()
+
+
+def end(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
 
 
 class TestInputs:
@@ -143,6 +159,45 @@ class TestOutput:
             con.close()
         assert rows
         assert set(rows) == {("killed", 0)}  # not done: --resume runs them again
+
+    @pytest.mark.parametrize("sub", [["run", "echo"], ["map", "json:loads"]])
+    def test_finished_jobs_print_while_stdin_waits_for_its_next_line(self, tmp_path: Path,
+                                                                     sub: list[str]) -> None:
+        proc = subprocess.Popen(cli_argv(*sub), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(b"1\n")
+            proc.stdin.flush()
+            assert readline_within(proc.stdout, 10) == b"1\n"  # while stdin is still open
+            proc.stdin.write(b"2\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+            assert proc.stdout.read() == b"2\n"
+        finally:
+            end(proc)
+
+    @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "halt"])
+    def test_a_run_waiting_for_stdin_stops_at_once(self, tmp_path: Path, stop: str) -> None:
+        """The input thread is still blocked in a read: the run must neither wait for it nor abort."""
+        halt = ["--halt", "now,fail=1"] if stop == "halt" else []
+        proc = subprocess.Popen(cli_argv("run", "-j1", *halt, "echo {}; exit {}"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(b"0\n" if stop != "halt" else b"0\n3\n")
+            proc.stdin.flush()
+            assert readline_within(proc.stdout, 10) == b"0\n"
+            if stop != "halt":
+                proc.send_signal(getattr(signal, stop))
+            status = proc.wait(10)  # stdin stays open meanwhile
+            err = proc.stderr.read() if proc.stderr is not None else b""
+        finally:
+            end(proc)
+        assert status == {"SIGINT": 130, "SIGTERM": 143, "halt": 3}[stop], err
+        assert b"Fatal Python error" not in err
 
     def test_finished_jobs_print_while_a_long_one_still_runs(self, tmp_path: Path) -> None:
         """Past the full window the main thread gathers finished jobs (a few ms); none is held back."""

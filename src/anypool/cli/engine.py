@@ -8,9 +8,14 @@
                                                                      output, then record it,
                                                                      count, check --halt
 
-Only the main thread reads the input, prints and records final attempts, so
-output is never interleaved and ``-k`` is a reorder buffer of at most
-``window`` jobs.  Once the window is full it takes finished jobs a few at a
+Only the main thread takes jobs from the input, prints and records final
+attempts, so output is never interleaved and ``-k`` is a reorder buffer of at
+most ``window`` jobs.  Input that may wait for its writer (stdin, a FIFO) is
+read ahead by a thread of its own (``read_ahead``), at most ``READ_AHEAD``
+jobs ahead: the main thread then prints jobs that finish while the next line
+is still to come, instead of holding them until it arrives.
+
+Once the window is full the main thread takes finished jobs a few at a
 time (see ``GATHER_SECONDS``), not one wake-up per job.  The window keeps a
 few jobs queued ahead of the slots, so a slot never waits for this thread;
 with ``--halt`` it is the slot count.  A job's final attempt is recorded
@@ -62,6 +67,7 @@ DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be repo
 # 1,000 x `true` -j 2 (2 cores, paired with xargs, 9 rounds): 0.72x xargs
 # waking per job, 0.87x gathering.  A late print of a few ms is not seen.
 GATHER_SECONDS = 0.002
+READ_AHEAD = 256  # jobs the input thread may read ahead (bounds memory on endless input)
 
 
 class Interrupted(BaseException):
@@ -112,6 +118,38 @@ class Resumer:
         return True
 
 
+class _Reader:
+    """Reads the jobs on a thread of its own, so that waiting for input never holds up printing."""
+
+    def __init__(self, jobs: Iterator[Job], wake: threading.Event) -> None:
+        self.items: deque[Job] = deque()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.waiting = False  # the engine waits for an item: wake it when one comes
+        self._jobs = jobs
+        self._wake = wake
+        self._room = threading.Semaphore(READ_AHEAD)
+        # a daemon: a run stopped early (Ctrl-C, --halt) must not wait for a line that may never come
+        threading.Thread(target=self._read, name="anypool-input", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for job in self._jobs:
+                self._room.acquire()
+                self.items.append(job)
+                if self.waiting:
+                    self._wake.set()
+        except BaseException as exc:  # raised in the main thread, after the jobs read before it
+            self.error = exc
+        finally:
+            self.ended = True
+            self._wake.set()
+
+    def taken(self) -> None:
+        """One item was taken: the thread may read one more."""
+        self._room.release()
+
+
 class _Entry:
     __slots__ = ("done", "fut", "job")
 
@@ -126,7 +164,7 @@ class Engine:
 
     def __init__(self, pool: Pool, printer: Printer, *, joblog: JobLog | None, halt: Halt,
                  keep_order: bool, window: int, total: int | None,
-                 record_finals_in_observer: bool = False) -> None:
+                 record_finals_in_observer: bool = False, read_ahead: bool = False) -> None:
         self.pool = pool
         self.printer = printer
         self.joblog = joblog
@@ -137,6 +175,7 @@ class Engine:
         self.window = window if halt.when == "never" else max(1, pool.workers)
         self.total = total
         self.record_finals_in_observer = record_finals_in_observer
+        self.read_ahead = read_ahead  # read the input on a thread (see the module docstring)
         self.failed = 0
         self.succeeded = 0
         self.killed = 0
@@ -201,12 +240,16 @@ class Engine:
         raise Interrupted(signum)
 
     def _feed(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None) -> None:
-        it = iter(jobs)
+        if self.read_ahead:
+            reader = _Reader(jobs, self._wake)
+            next_job: Callable[[], Job | None] = functools.partial(self._next_input, reader)
+        else:
+            next_job = functools.partial(next, iter(jobs), None)
         while True:
             try:
-                job = next(it)
-            except StopIteration:
-                break
+                job = next_job()
+                if job is None:
+                    break
             except InputError:
                 # bad input partway: the jobs already started finish and are printed
                 # and recorded, so no finished result is lost; then the error stops the run
@@ -232,6 +275,35 @@ class Engine:
             if self.keep_order:
                 self._order.append(entry)
             fut.add_done_callback(functools.partial(self._on_done, entry))
+
+    def _next_input(self, reader: _Reader) -> Job | None:
+        """The next job from the reader thread (None at the end); finished jobs are handled meanwhile.
+
+        Raises:
+            Exception: what reading the input raised, once the jobs read before it are taken.
+        """
+        items, done = reader.items, self._done
+        while True:
+            if self._stopping:  # --halt: no need to wait for a line that may be long in coming
+                return None
+            if items:
+                reader.taken()
+                return items.popleft()
+            if reader.ended:
+                if items:  # appended just before the end
+                    continue
+                if reader.error is not None:
+                    raise reader.error
+                return None
+            if done:
+                self._handle(done.popleft())
+                continue
+            self.printer.flush()  # what finished shows while the input waits for its writer
+            reader.waiting = True
+            self._wake.clear()
+            if not items and not reader.ended and not done:  # else: came before the clear
+                self._wake.wait(waiting.slice_of(None))  # sliced, so signal handlers run
+            reader.waiting = False
 
     def _room(self) -> bool:
         """Wait until fewer than ``window`` jobs are open; False if the run is stopping."""

@@ -219,7 +219,8 @@ def main(opts: argparse.Namespace) -> int:
         with Pool(opts.backend, workers, **pool_opts) as pool:
             engine = MapEngine(pool, printer, fn, opts.function, opts.tag, joblog=joblog, halt=opts.halt,
                                keep_order=not opts.unordered,
-                               window=4 * (workers or default_workers()) + 64, total=total_jobs(sources))
+                               window=4 * (workers or default_workers()) + 64, total=total_jobs(sources),
+                               read_ahead=sources[0].may_block())
             progress = None
             if bar:
                 from ..observers.progress import Progress

@@ -224,7 +224,8 @@ def _execute(opts: argparse.Namespace, template: Template, stream: Any, sources:
     total = total_jobs(sources)
     with Pool(opts.backend, workers, **pool_opts) as pool:
         engine = RunEngine(pool, printer, template, opts, joblog=joblog, halt=opts.halt,
-                           keep_order=opts.keep_order, window=4 * workers + 16, total=total)
+                           keep_order=opts.keep_order, window=4 * workers + 16, total=total,
+                           read_ahead=sources[0].may_block())
         if resumer is not None:
             engine.attempt_base = resumer.bases
         progress = _progress(pool, bar, total, resumer)
