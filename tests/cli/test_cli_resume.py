@@ -113,6 +113,28 @@ class TestKillAndResume:
                      "SELECT seq, attempt, outcome FROM attempt WHERE run = 3 ORDER BY seq")
         assert rows == [(1, 2, "ok"), (3, 2, "ok"), (5, 2, "ok")]
 
+    @pytest.mark.parametrize("resume", ["--resume", "--resume-failed"])
+    def test_attempt_numbers_continue_after_a_killed_attempt(self, tmp_path: Path, resume: str) -> None:
+        # try 1 fails, try 2 hangs until Ctrl-C, the rerun's try succeeds
+        cmd = "echo x >> n; n=$(wc -l < n); test $n -ge 3 && exit 0; test $n -eq 2 && sleep 60; exit 1; : {}"
+        proc = subprocess.Popen(cli_argv("run", "--retries", "2", "--joblog", "log.db", cmd, ":::", "a"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            wait_for(lambda: (tmp_path / "n").exists() and len((tmp_path / "n").read_text().split()) == 2,
+                     what="the second try")
+            time.sleep(GUARD_TOLD)  # the second try has started its sleep
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130
+        r = subprocess.run(cli_argv("run", "--retries", "2", "--joblog", "log.db", resume, cmd, ":::", "a"),
+                           capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = query(tmp_path / "log.db", "SELECT attempt, outcome FROM attempt ORDER BY id")
+        assert rows == [(1, "error"), (2, "killed"), (3, "ok")]
+
     def test_resume_runs_new_input_and_refuses_changed_input(self, cli: Cli) -> None:
         assert cli("run", "--joblog", "log.db", "echo", ":::", "a", "b", "c").returncode == 0
         r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", "a", "b", "c", "d")

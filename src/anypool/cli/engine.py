@@ -91,6 +91,10 @@ class Resumer:
         self.rerun_failed = rerun_failed
         self._finals = log.finals()
         self._next = next(self._finals, None)
+        # every job's last attempt, final or not: a job last killed has no final
+        # attempt, and its numbers must continue too
+        self._attempts = log.last_attempts()
+        self._last = next(self._attempts, None)
         self.skipped = 0
         self.bases: dict[int, int] = {}  # job -> attempts already recorded, for jobs run again
 
@@ -104,6 +108,7 @@ class Resumer:
         while nxt is not None and nxt[0] < job.seq:
             nxt = self._next = next(self._finals, None)
         if nxt is None or nxt[0] != job.seq:
+            self._continue_attempts(job.seq)
             return False
         seq, args, outcome = nxt
         if args != job.args_json:
@@ -112,10 +117,18 @@ class Resumer:
                 f"gives {job.args_json}: the input has changed, so --resume would skip the wrong jobs"
             )
         if self.rerun_failed and outcome != "ok":
-            self.bases[seq] = self.log.last_attempt(seq)
+            self._continue_attempts(seq)
             return False
         self.skipped += 1
         return True
+
+    def _continue_attempts(self, seq: int) -> None:
+        """Job ``seq`` runs again: number its attempts on from those the log holds."""
+        last = self._last
+        while last is not None and last[0] < seq:
+            last = self._last = next(self._attempts, None)
+        if last is not None and last[0] == seq:
+            self.bases[seq] = last[1]
 
 
 class _Reader:

@@ -364,6 +364,22 @@ class JobLog:
         """Jobs whose latest final attempt succeeded (what ``--resume-failed`` skips)."""
         return SeqSet.from_ascending(seq for seq, _, outcome in self.finals() if outcome == "ok")
 
+    def last_attempts(self, after: int = 0) -> Iterator[tuple[int, int]]:
+        """Each job's highest attempt number as ``(seq, attempt)``, by job number.
+
+        Killed attempts included (they are not final).  Read page by page.
+        """
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq LIMIT ?",
+                    (after, _PAGE)).fetchall()
+            for seq, attempt in page:
+                yield seq, int(attempt)
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
+
     def last_attempt(self, seq: int) -> int:
         """The highest attempt number recorded for job ``seq`` (0 if none)."""
         with self._lock:
