@@ -141,6 +141,25 @@ class TestOutput:
         assert b"Traceback" not in r.stderr
         assert b"Broken pipe" not in r.stderr
 
+    def test_a_job_whose_output_was_cut_short_is_not_recorded_done(self, tmp_path: Path) -> None:
+        """The reader goes away while anypool is blocked writing job 1's output to the full pipe."""
+        proc = subprocess.Popen(cli_argv("run", "-j1", "--joblog", "g.db", "seq 200000; : {}",
+                                         ":::", "1", "2"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdout is not None
+        try:
+            assert readline_within(proc.stdout, 30) == b"1\n"
+            time.sleep(0.5)  # anypool fills the pipe and blocks in the write
+            proc.stdout.close()
+            assert proc.wait(30) == 141
+        finally:
+            end(proc)
+        con = sqlite3.connect(tmp_path / "g.db")
+        try:
+            assert con.execute("SELECT seq FROM attempt WHERE final").fetchall() == []  # --resume reruns it
+        finally:
+            con.close()
+
     def test_a_closed_stdout_stops_a_line_buffered_run_too_and_fails_no_job(self, tmp_path: Path) -> None:
         """The lines are printed from slot threads: the closed pipe must stop the run, not fail the jobs."""
         pipeline = f"{' '.join(cli_argv())} run -j2 --line-buffer --joblog lb.db " \

@@ -204,6 +204,7 @@ class Engine:
         self._order: deque[_Entry] = deque()
         self._open = 0
         self._stopping = False
+        self._output_closed = False  # stdout was closed (| head): the run is stopping
         printer.on_broken = self._wake.set
         if joblog is not None:
             pool.add_observer(self._observe)
@@ -405,6 +406,8 @@ class Engine:
         ok = exc is None
         outcome = outcome_of(exc, ok)
         if outcome != "killed":
+            if self._output_closed:
+                return  # its output cannot be printed, so it is not done: --resume runs it again
             self.show(job, value, exc)
         if self.joblog is not None and not self.record_finals_in_observer:
             self.printer.flush()  # the log must never call done a job whose output is not out
@@ -453,6 +456,7 @@ class Engine:
             self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
             self.kill_local()
             if signum == signal.SIGPIPE:
+                self._output_closed = True
                 _silence_stdout()
                 self.printer.discard()
             try:

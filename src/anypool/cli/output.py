@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from .inputs import Job
 
-__all__ = ["Printer", "tagged"]
+__all__ = ["Printer", "tagged", "write_all"]
 
 
 def tagged(data: bytes, prefix: bytes) -> bytes:
@@ -40,6 +40,24 @@ def tagged(data: bytes, prefix: bytes) -> bytes:
     last = lines.pop()
     out = b"".join(prefix + line + b"\n" for line in lines)
     return out + prefix + last if last else out
+
+
+def write_all(stream: IO[bytes], data: bytes) -> None:
+    """Write all of ``data``.
+
+    A buffered write that meets a closed pipe partway returns a short count
+    instead of raising; the rest is then written, so the error surfaces here
+    and a job whose output was cut short is never recorded as printed.
+
+    Raises:
+        BrokenPipeError: the stream was closed.
+    """
+    view = memoryview(data)
+    while view:
+        n = stream.write(view)
+        if not n:
+            raise BrokenPipeError("the output takes no more data")
+        view = view[n:]
 
 
 class Printer:
@@ -78,16 +96,16 @@ class Printer:
         prefix = self.prefix(job)
         with self._lock, self._around_bar():
             if stdout:
-                self.out.write(tagged(stdout, prefix))
+                write_all(self.out, tagged(stdout, prefix))
             if stderr:
                 self.out.flush()  # what a job printed to stdout shows before its stderr
-                self.err.write(tagged(stderr, prefix))
+                write_all(self.err, tagged(stderr, prefix))
                 self.err.flush()
 
     def write(self, data: bytes) -> None:
         """Write bytes of anypool's own results to stdout (flushed by :meth:`flush`)."""
         with self._lock, self._around_bar():
-            self.out.write(data)
+            write_all(self.out, data)
 
     def flush(self) -> None:
         """Push out everything written so far.
@@ -116,7 +134,7 @@ class Printer:
                 return
             try:
                 with self._around_bar():
-                    target.write(prefix + data)
+                    write_all(target, prefix + data)
                     target.flush()
             except BrokenPipeError:
                 self.broken = True
