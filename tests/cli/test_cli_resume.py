@@ -225,17 +225,21 @@ class TestSignals:
                                                            stop: str) -> None:
         pids = tmp_path / "pids"
         job = ("case {} in q) echo done-q ;; "
-               "f) while [ $(cat pids | wc -l) -lt 4 ]; do sleep 0.05; done; exit 5 ;; "
+               "f) while [ ! -e go ]; do sleep 0.05; done; exit 5 ;; "
                "*) sleep 60 & echo $! >> pids; echo $$ >> pids; wait ;; esac")
         args = ["q", "a", "b", "f"] if stop == "halt" else ["q", "a", "b"]
         halt = ["--halt", "now,fail=1"] if stop == "halt" else []
         proc = subprocess.Popen(cli_argv("run", "-j", str(len(args)), "--backend", backend, *halt,
                                          "--joblog", "log.db", job, ":::", *args),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdout is not None
         try:
             wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, what="2 running jobs")
+            assert proc.stdout.readline() == b"done-q\n"  # a finished job: printed, not killed
             t0 = time.monotonic()
-            if stop != "halt":
+            if stop == "halt":
+                (tmp_path / "go").touch()
+            else:
                 proc.send_signal(getattr(signal, stop))
             out, err = proc.communicate(timeout=30)
             assert time.monotonic() - t0 < 10
@@ -243,7 +247,7 @@ class TestSignals:
             proc.kill()
             proc.wait()
         assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "halt": 5}[stop], err
-        assert out == b"done-q\n"
+        assert out == b""
         assert gone([int(p) for p in pids.read_text().split()]), "a job or its child outlived the run"
         rows = query(tmp_path / "log.db", "SELECT outcome FROM attempt WHERE seq IN (2, 3)")
         assert rows == [("killed",)] * 2
