@@ -249,6 +249,14 @@ class TestExitStatus:
         assert r.returncode == 1
         assert r.stderr == b"anypool: no-such-program-xyz: command not found\n"
 
+    def test_a_command_too_long_to_run_is_reported_shortened(self, cli: Cli, tmp_path: Path) -> None:
+        (tmp_path / "big").write_text("x" * 300_000 + "\n")
+        r = cli("run", "echo", "::::", "big")
+        assert r.returncode == 1
+        assert b"Argument list too long" in r.stderr
+        assert b"more characters)" in r.stderr
+        assert len(r.stderr) < 1000
+
     def test_timeout_kills_and_fails_the_job(self, cli: Cli) -> None:
         t0 = time.monotonic()
         r = cli("run", "--timeout", "0.3", "sleep {}; echo done {}", ":::", "30", "0")

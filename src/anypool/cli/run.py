@@ -131,8 +131,9 @@ class RunEngine(Engine):
             if not self.line_buffer or not self.local or not cr.pid:
                 self.printer.job(job, cr.stdout, cr.stderr)
         elif exc is not None:
-            self.printer.message(f"anypool: job {job.seq} ({self.template.command(job, job.slot)}) "
-                                 f"failed: {type(exc).__name__}: {exc}")
+            command = _shortened(self.template.command(job, job.slot))
+            self.printer.message(f"anypool: job {job.seq} ({command}) failed: {type(exc).__name__}: "
+                                 f"{_shortened(str(exc))}")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         cr = command_of(value if exc is None else exc)
@@ -145,6 +146,16 @@ class RunEngine(Engine):
             from ..backends.subprocesses import kill_commands
 
             kill_commands()
+
+
+MESSAGE_TEXT = 200  # characters of a command or error quoted in a message
+
+
+def _shortened(text: str) -> str:
+    """``text`` cut to about MESSAGE_TEXT characters: a command too long to run (E2BIG) may be ~200 KB."""
+    if len(text) <= MESSAGE_TEXT:
+        return text
+    return f"{text[:MESSAGE_TEXT]}... ({len(text) - MESSAGE_TEXT} more characters)"
 
 
 def main(opts: argparse.Namespace) -> int:
