@@ -25,6 +25,9 @@ def picky(x):
         raise ValueError(f"cannot take {x!r}")
     return len(x)
 
+async def nap(seconds):
+    await asyncio.sleep(seconds)
+
 async def later(s):
     await asyncio.sleep(0.01)
     return [s, s]
@@ -128,6 +131,22 @@ class TestMap:
         assert r.returncode == 2
         assert message in r.stderr
         assert b"Traceback" not in r.stderr
+
+    # a process is killed at its timeout and a coroutine cancelled (a thread would run on)
+    @pytest.mark.parametrize(("spec", "backend"), [("time:sleep", "process"), ("userjobs:nap", "auto")])
+    def test_a_timeout_names_the_users_function(self, cli: Cli, tmp_path: Path, module: str,
+                                                spec: str, backend: str) -> None:
+        r = cli("map", "--backend", backend, "--timeout", "0.2", "--json-args", "--joblog", "log.db", spec,
+                ":::", "30")
+        assert r.returncode == 1
+        message = f"task #1 {spec} ran past its timeout of 0.2 s and was stopped"
+        assert values(r.stdout) == [{"error": "TaskTimeout", "message": message, "input": [30]}]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            assert con.execute("SELECT outcome, error FROM attempt").fetchall() == [
+                ("timeout", f"TaskTimeout: {message}")]
+        finally:
+            con.close()
 
     def test_bad_json_input_is_reported(self, cli: Cli) -> None:
         r = cli("map", "--json-args", "json:dumps", ":::", "{oops")

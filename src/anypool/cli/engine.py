@@ -221,6 +221,10 @@ class Engine:
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         raise NotImplementedError
 
+    def failure(self, job: Job, exc: BaseException) -> BaseException:
+        """``exc`` as the user should see it (shown and logged); subclasses may reword it."""
+        return exc
+
     def kill_local(self) -> None:
         """Kill what the pool's own shutdown cannot: jobs its tasks run in this process."""
 
@@ -404,6 +408,8 @@ class Engine:
         exc = fut.exception()
         value = None if exc is not None else fut.result()
         ok = exc is None
+        if exc is not None:
+            exc = self.failure(job, exc)
         outcome = outcome_of(exc, ok)
         if outcome != "killed":
             if self._output_closed:
@@ -504,6 +510,8 @@ class Engine:
         if type(value).__name__ == "_Retrying":
             value = event.error
         ok = event.outcome == "ok"
+        if not ok and isinstance(value, BaseException):
+            value = self.failure(job, value)
         outcome = outcome_of(value, ok)
         if outcome == "killed" and event.worker in (None, "-"):
             return

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backends.base import default_workers
-from ..errors import AnypoolError
+from ..errors import AnypoolError, TaskTimeout
 from ..observers.joblog import JobLog, JobLogError
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
@@ -174,6 +174,13 @@ class MapEngine(Engine):
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         return self.spec
+
+    def failure(self, job: Job, exc: BaseException) -> BaseException:
+        if isinstance(exc, TaskTimeout):  # it names the task's function: _call, not the user's
+            named = TaskTimeout(exc.seconds, f"#{job.seq} {self.spec}")
+            named.__cause__ = exc.__cause__
+            return named
+        return exc
 
 
 def _parsed(stream: Iterator[Job]) -> Iterator[Job]:
