@@ -322,6 +322,7 @@ class TestUsage:
         (["run", "echo", "::::"], b":::: needs at least one file name"),
         (["run", "--backend", "thread", "echo {%}", ":::", "a"],
          b"{%} (the job slot) needs --backend subprocess"),
+        (["run", "-k", "--line-buffer", "echo", ":::", "a"], b"-k (--keep-order) and --line-buffer do not"),
         (["frobnicate"], b"invalid choice: 'frobnicate'"),
         (["run", "--backend", "nope", "echo", ":::", "a"],
          b"unknown backend 'nope'; known backends: async, auto,"),

@@ -177,6 +177,10 @@ def main(opts: argparse.Namespace) -> int:
         parser.error("{%} (the job slot) needs --backend subprocess")
     if opts.line_buffer and opts.backend != "subprocess":
         parser.error("--line-buffer needs --backend subprocess")
+    if opts.line_buffer and opts.keep_order:
+        # lines are printed as the jobs write them, from their threads: no order to keep
+        parser.error("-k (--keep-order) and --line-buffer do not go together: --line-buffer prints "
+                     "lines as jobs produce them; use -k alone for each job's output whole, in input order")
     workers = opts.jobs or default_workers()
     sep = b"\0" if opts.null else b"\n"
     description = {**template.description(), "sources": [s.describe() for s in sources],
