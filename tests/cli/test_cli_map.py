@@ -25,6 +25,9 @@ def picky(x):
         raise ValueError(f"cannot take {x!r}")
     return len(x)
 
+async def nap(seconds):
+    await asyncio.sleep(seconds)
+
 async def later(s):
     await asyncio.sleep(0.01)
     return [s, s]
@@ -49,6 +52,13 @@ class TestMap:
         assert r.returncode == 0
         assert values(r.stdout) == [[1, 2], {"a": 1}, None, "é"]
         assert "é".encode() in r.stdout
+
+    def test_nan_and_infinities_print_as_strict_json(self, cli: Cli) -> None:
+        r = cli("map", "--tag", "json:loads", ":::", "NaN", "[Infinity, -Infinity, 1.5]", '{"k": NaN}')
+        assert r.returncode == 0
+        strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+                  for line in r.stdout.decode().splitlines()]
+        assert [v["result"] for v in strict] == ["nan", ["inf", "-inf", 1.5], {"k": "nan"}]
 
     def test_words_after_the_function_are_the_inputs(self, cli: Cli, module: str) -> None:
         assert values(cli("map", f"{module}:shout", "a", "b").stdout) == ["A!", "B!"]
@@ -109,7 +119,47 @@ class TestMap:
         assert r.returncode == 2
         assert message in r.stderr
 
+    @pytest.mark.parametrize(("source", "message"), [
+        ("def f(:\n", b"cannot import module 'broken': SyntaxError: "),
+        ("def f(x):\n    return x\nraise RuntimeError('no config')\n",
+         b"cannot import module 'broken': RuntimeError: no config (at "),
+    ])
+    def test_a_module_that_fails_on_import_is_a_usage_error(self, cli: Cli, tmp_path: Path, source: str,
+                                                             message: bytes) -> None:
+        (tmp_path / "broken.py").write_text(source)
+        r = cli("map", "broken:f", ":::", "x")
+        assert r.returncode == 2
+        assert message in r.stderr
+        assert b"Traceback" not in r.stderr
+
+    # a process is killed at its timeout and a coroutine cancelled (a thread would run on)
+    @pytest.mark.parametrize(("spec", "backend"), [("time:sleep", "process"), ("userjobs:nap", "auto")])
+    def test_a_timeout_names_the_users_function(self, cli: Cli, tmp_path: Path, module: str,
+                                                spec: str, backend: str) -> None:
+        r = cli("map", "--backend", backend, "--timeout", "0.2", "--json-args", "--joblog", "log.db", spec,
+                ":::", "30")
+        assert r.returncode == 1
+        message = f"task #1 {spec} ran past its timeout of 0.2 s and was stopped"
+        assert values(r.stdout) == [{"error": "TaskTimeout", "message": message, "input": [30]}]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            assert con.execute("SELECT outcome, error FROM attempt").fetchall() == [
+                ("timeout", f"TaskTimeout: {message}")]
+        finally:
+            con.close()
+
     def test_bad_json_input_is_reported(self, cli: Cli) -> None:
         r = cli("map", "--json-args", "json:dumps", ":::", "{oops")
         assert r.returncode == 255
         assert b"input 1 is not JSON" in r.stderr
+
+    def test_bad_input_partway_prints_what_finished_then_stops(self, cli: Cli, tmp_path: Path) -> None:
+        r = cli("map", "--json-args", "--joblog", "log.db", "operator:neg", ":::", "1", "2", "3", "bad", "5")
+        assert r.returncode == 255
+        assert b"input 4 is not JSON" in r.stderr
+        assert values(r.stdout) == [-1, -2, -3]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            assert con.execute("SELECT seq FROM attempt ORDER BY seq").fetchall() == [(1,), (2,), (3,)]
+        finally:
+            con.close()

@@ -113,6 +113,28 @@ class TestKillAndResume:
                      "SELECT seq, attempt, outcome FROM attempt WHERE run = 3 ORDER BY seq")
         assert rows == [(1, 2, "ok"), (3, 2, "ok"), (5, 2, "ok")]
 
+    @pytest.mark.parametrize("resume", ["--resume", "--resume-failed"])
+    def test_attempt_numbers_continue_after_a_killed_attempt(self, tmp_path: Path, resume: str) -> None:
+        # try 1 fails, try 2 hangs until Ctrl-C, the rerun's try succeeds
+        cmd = "echo x >> n; n=$(wc -l < n); test $n -ge 3 && exit 0; test $n -eq 2 && sleep 60; exit 1; : {}"
+        proc = subprocess.Popen(cli_argv("run", "--retries", "2", "--joblog", "log.db", cmd, ":::", "a"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        try:
+            wait_for(lambda: (tmp_path / "n").exists() and len((tmp_path / "n").read_text().split()) == 2,
+                     what="the second try")
+            time.sleep(GUARD_TOLD)  # the second try has started its sleep
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130
+        r = subprocess.run(cli_argv("run", "--retries", "2", "--joblog", "log.db", resume, cmd, ":::", "a"),
+                           capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = query(tmp_path / "log.db", "SELECT attempt, outcome FROM attempt ORDER BY id")
+        assert rows == [(1, "error"), (2, "killed"), (3, "ok")]
+
     def test_resume_runs_new_input_and_refuses_changed_input(self, cli: Cli) -> None:
         assert cli("run", "--joblog", "log.db", "echo", ":::", "a", "b", "c").returncode == 0
         r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", "a", "b", "c", "d")
@@ -121,6 +143,23 @@ class TestKillAndResume:
         assert r.returncode == 255
         assert b'has job 2 with arguments ["b"], but the input now gives ["X"]' in r.stderr
         assert r.stdout == b""
+
+    def test_dry_run_leaves_the_job_log_as_it_was(self, cli: Cli, tmp_path: Path) -> None:
+        db = tmp_path / "log.db"
+        assert cli("run", "--joblog", "log.db", "exit {}", ":::", "0", "1").returncode == 1
+        before = (query(db, "SELECT * FROM attempt"), query(db, "SELECT * FROM run"))
+        r = cli("run", "--dry-run", "--joblog", "log.db", "exit {}", ":::", "0", "1", "2")
+        assert (r.returncode, r.stdout) == (0, b"exit 0\nexit 1\nexit 2\n")
+        r = cli("run", "--dry-run", "--resume-failed", "--joblog", "log.db", "-k", "exit {}",
+                ":::", "0", "1", "2")
+        assert (r.returncode, r.stdout) == (0, b"exit 1\nexit 2\n")
+        r = cli("run", "--dry-run", "--resume", "--joblog", "log.db", "rm {}", ":::", "0")
+        assert r.returncode == 255
+        assert b"written for other input" in r.stderr
+        assert (query(db, "SELECT * FROM attempt"), query(db, "SELECT * FROM run")) == before
+        r = cli("run", "--dry-run", "--resume", "--joblog", "none.db", "exit {}", ":::", "0")
+        assert (r.returncode, r.stdout) == (0, b"exit 0\n")
+        assert not (tmp_path / "none.db").exists()
 
     def test_resume_refuses_a_log_of_another_command(self, cli: Cli) -> None:
         assert cli("run", "--joblog", "log.db", "echo", ":::", "a").returncode == 0
@@ -177,6 +216,43 @@ class TestSignals:
                                     *"abcdef"), capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60)
         assert len(r.stdout.splitlines()) == 6
 
+
+    # A thread cannot be stopped, so on `thread` the jobs' groups are killed
+    # by anypool itself; `process` kills its workers' trees.
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "halt"])
+    def test_other_backends_kill_the_running_jobs_at_once(self, tmp_path: Path, backend: str,
+                                                           stop: str) -> None:
+        pids = tmp_path / "pids"
+        job = ("case {} in q) echo done-q ;; "
+               "f) while [ ! -e go ]; do sleep 0.05; done; exit 5 ;; "
+               "*) sleep 60 & echo $! >> pids; echo $$ >> pids; wait ;; esac")
+        args = ["q", "a", "b", "f"] if stop == "halt" else ["q", "a", "b"]
+        halt = ["--halt", "now,fail=1"] if stop == "halt" else []
+        proc = subprocess.Popen(cli_argv("run", "-j", str(len(args)), "--backend", backend, *halt,
+                                         "--joblog", "log.db", job, ":::", *args),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdout is not None
+        try:
+            wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 4, what="2 running jobs")
+            assert proc.stdout.readline() == b"done-q\n"  # a finished job: printed, not killed
+            t0 = time.monotonic()
+            if stop == "halt":
+                (tmp_path / "go").touch()
+            else:
+                proc.send_signal(getattr(signal, stop))
+            out, err = proc.communicate(timeout=30)
+            assert time.monotonic() - t0 < 10
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "halt": 5}[stop], err
+        assert out == b""
+        assert gone([int(p) for p in pids.read_text().split()]), "a job or its child outlived the run"
+        rows = query(tmp_path / "log.db", "SELECT outcome FROM attempt WHERE seq IN (2, 3)")
+        assert rows == [("killed",)] * 2
+        if stop == "SIGINT":
+            assert b"interrupted; 2 running job(s) killed" in err
 
     def test_kill_9_leaves_no_job_running(self, tmp_path: Path) -> None:
         """Nothing can catch SIGKILL, so the job guard (a process of its own) stops the jobs."""

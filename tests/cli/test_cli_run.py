@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import select
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -14,6 +17,20 @@ from cli_helpers import Cli, cli_argv, cli_env
 
 def out_lines(r: subprocess.CompletedProcess[bytes]) -> list[str]:
     return r.stdout.decode().splitlines()
+
+
+def readline_within(stream: IO[bytes], seconds: float) -> bytes:
+    """One line of a child's output, failing (not hanging) if none comes in time."""
+    assert select.select([stream], [], [], seconds)[0], f"no output within {seconds} s"
+    return stream.readline()
+
+
+def end(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
 
 
 class TestInputs:
@@ -124,6 +141,82 @@ class TestOutput:
         assert b"Traceback" not in r.stderr
         assert b"Broken pipe" not in r.stderr
 
+    def test_a_job_whose_output_was_cut_short_is_not_recorded_done(self, tmp_path: Path) -> None:
+        """The reader goes away while anypool is blocked writing job 1's output to the full pipe."""
+        proc = subprocess.Popen(cli_argv("run", "-j1", "--joblog", "g.db", "seq 200000; : {}",
+                                         ":::", "1", "2"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdout is not None
+        try:
+            assert readline_within(proc.stdout, 30) == b"1\n"
+            time.sleep(0.5)  # anypool fills the pipe and blocks in the write
+            proc.stdout.close()
+            assert proc.wait(30) == 141
+        finally:
+            end(proc)
+        con = sqlite3.connect(tmp_path / "g.db")
+        try:
+            assert con.execute("SELECT seq FROM attempt WHERE final").fetchall() == []  # --resume reruns it
+        finally:
+            con.close()
+
+    def test_a_closed_stdout_stops_a_line_buffered_run_too_and_fails_no_job(self, tmp_path: Path) -> None:
+        """The lines are printed from slot threads: the closed pipe must stop the run, not fail the jobs."""
+        pipeline = f"{' '.join(cli_argv())} run -j2 --line-buffer --joblog lb.db " \
+                   "'seq 100000; sleep 30; : {}' ::: 1 2 3 4 | head -1; echo status ${PIPESTATUS[0]}"
+        t0 = time.monotonic()
+        r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
+                           env=cli_env())
+        assert time.monotonic() - t0 < 20
+        assert r.stdout.decode().splitlines() == ["1", "status 141"]
+        assert b"failed" not in r.stderr
+        assert b"Traceback" not in r.stderr
+        con = sqlite3.connect(tmp_path / "lb.db")
+        try:
+            rows = con.execute("SELECT outcome, final FROM attempt").fetchall()
+        finally:
+            con.close()
+        assert rows
+        assert set(rows) == {("killed", 0)}  # not done: --resume runs them again
+
+    @pytest.mark.parametrize("sub", [["run", "echo"], ["map", "json:loads"]])
+    def test_finished_jobs_print_while_stdin_waits_for_its_next_line(self, tmp_path: Path,
+                                                                     sub: list[str]) -> None:
+        proc = subprocess.Popen(cli_argv(*sub), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(b"1\n")
+            proc.stdin.flush()
+            assert readline_within(proc.stdout, 10) == b"1\n"  # while stdin is still open
+            proc.stdin.write(b"2\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+            assert proc.stdout.read() == b"2\n"
+        finally:
+            end(proc)
+
+    @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "halt"])
+    def test_a_run_waiting_for_stdin_stops_at_once(self, tmp_path: Path, stop: str) -> None:
+        """The input thread is still blocked in a read: the run must neither wait for it nor abort."""
+        halt = ["--halt", "now,fail=1"] if stop == "halt" else []
+        proc = subprocess.Popen(cli_argv("run", "-j1", *halt, "echo {}; exit {}"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(b"0\n" if stop != "halt" else b"0\n3\n")
+            proc.stdin.flush()
+            assert readline_within(proc.stdout, 10) == b"0\n"
+            if stop != "halt":
+                proc.send_signal(getattr(signal, stop))
+            status = proc.wait(10)  # stdin stays open meanwhile
+            err = proc.stderr.read() if proc.stderr is not None else b""
+        finally:
+            end(proc)
+        assert status == {"SIGINT": 130, "SIGTERM": 143, "halt": 3}[stop], err
+        assert b"Fatal Python error" not in err
 
     def test_finished_jobs_print_while_a_long_one_still_runs(self, tmp_path: Path) -> None:
         """Past the full window the main thread gathers finished jobs (a few ms); none is held back."""
@@ -156,6 +249,14 @@ class TestExitStatus:
         assert r.returncode == 1
         assert r.stderr == b"anypool: no-such-program-xyz: command not found\n"
 
+    def test_a_command_too_long_to_run_is_reported_shortened(self, cli: Cli, tmp_path: Path) -> None:
+        (tmp_path / "big").write_text("x" * 300_000 + "\n")
+        r = cli("run", "echo", "::::", "big")
+        assert r.returncode == 1
+        assert b"Argument list too long" in r.stderr
+        assert b"more characters)" in r.stderr
+        assert len(r.stderr) < 1000
+
     def test_timeout_kills_and_fails_the_job(self, cli: Cli) -> None:
         t0 = time.monotonic()
         r = cli("run", "--timeout", "0.3", "sleep {}; echo done {}", ":::", "30", "0")
@@ -183,6 +284,11 @@ class TestHalt:
                 ":::", "0.1", "0.5", "0.01", "0.01")
         assert sorted(out_lines(r)) == ["0.1", "0.5"]
         assert r.returncode == 1
+
+    def test_soon_returns_the_triggering_jobs_status_not_a_later_failures(self, cli: Cli) -> None:
+        r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep 0.{}; exit 3{}", ":::", "2", "9")
+        assert r.returncode == 32
+        assert b"job 1 failed" in r.stderr
 
     def test_percentage_of_failures(self, cli: Cli) -> None:
         r = cli("run", "-j", "1", "--halt", "now,fail=50%", "exit {}", ":::", "0", "3", "4", "5", "0", "0")
@@ -216,7 +322,15 @@ class TestUsage:
         (["run", "echo", "::::"], b":::: needs at least one file name"),
         (["run", "--backend", "thread", "echo {%}", ":::", "a"],
          b"{%} (the job slot) needs --backend subprocess"),
+        (["run", "-k", "--line-buffer", "echo", ":::", "a"], b"-k (--keep-order) and --line-buffer do not"),
         (["frobnicate"], b"invalid choice: 'frobnicate'"),
+        (["run", "--backend", "nope", "echo", ":::", "a"],
+         b"unknown backend 'nope'; known backends: async, auto,"),
+        (["map", "--backend", "nope", "json:loads", ":::", "1"], b"unknown backend 'nope'"),
+        (["run", "--address", "tcp://127.0.0.1:8786", "echo", ":::", "a"],
+         b"--address names a Dask scheduler: it needs --backend dask (not subprocess)"),
+        (["map", "--backend", "thread", "--address", "tcp://127.0.0.1:8786", "json:loads", ":::", "1"],
+         b"it needs --backend dask (not thread)"),
     ])
     def test_usage_errors_exit_2_with_a_message(self, cli: Cli, args: list[str], message: bytes) -> None:
         r = cli(*args)
@@ -224,6 +338,13 @@ class TestUsage:
         assert message in r.stderr
         assert b"usage: anypool" in r.stderr
         assert b"Traceback" not in r.stderr
+
+    def test_a_double_dash_ends_the_options(self, cli: Cli) -> None:
+        r = cli("run", "-k", "--", "echo", "x", ":::", "a", "--tag")
+        assert (r.returncode, out_lines(r)) == (0, ["x a", "x --tag"])
+        r = cli("run", "--", ":::", "a")
+        assert r.returncode == 2
+        assert b"no command given" in r.stderr
 
     def test_no_subcommand_prints_help_and_exits_2(self, cli: Cli) -> None:
         r = cli()

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatch
     from ..stats import WorkerStats
 
-__all__ = ["GRACE", "SubprocessBackend", "run_command"]
+__all__ = ["GRACE", "SubprocessBackend", "kill_commands", "run_command"]
 
 GRACE = 0.25  # seconds between SIGTERM and SIGKILL when a job is stopped
 _SWEEP_POLL = 0.01
@@ -86,6 +86,9 @@ _SWEEP_POLL = 0.01
 OutputCallback = Callable[[tuple[Any, ...], int, bytes], None]
 
 _lock = threading.Lock()  # guards every _Proc's pid/reaped/stop against the clock and shutdown
+# the jobs run_command is running in this process (guarded by _lock): a pool
+# of threads running them cannot stop its tasks, so kill_commands stops these
+_commands: set[_Proc] = set()
 _devnull: int | None = None
 _paths: dict[tuple[str, str], str] = {}
 
@@ -458,19 +461,61 @@ def run_command(command: Any, *args: Any, timeout: float | None = None, check: b
     Raises:
         TaskTimeout: it ran past ``timeout`` seconds and was stopped
             (``.result`` holds what it printed).
+        PoolClosed: :func:`kill_commands` stopped it (``.result`` holds what it printed).
         CommandFailed: ``check`` is true and it exited non-zero, was killed,
             or could not be started.
         TypeError, ValueError: ``command`` or an argument is not usable.
     """
     spec = prepare(command, args)
     proc = _Proc()
-    result = _execute(spec, timeout, proc, None, args)
+    with _lock:
+        _commands.add(proc)
+    try:
+        result = _execute(spec, timeout, proc, None, args)
+    finally:
+        with _lock:
+            _commands.discard(proc)
+    if proc.stop == "killed":
+        raise _failure(result, proc, timeout, result.command).exc
     if proc.stop == "timeout":
         out = _failure(result, proc, timeout, result.command)
         raise out.exc
     if check and result.returncode != 0:
         raise _failure(result, proc, timeout, result.command).exc
     return result
+
+
+def kill_commands() -> int:
+    """Stop every job :func:`run_command` is running in this process; return how many.
+
+    For commands run by tasks of a backend that cannot stop its own tasks
+    (threads): their groups get SIGTERM, then SIGKILL after ``GRACE``, as a
+    killing shutdown of this backend does, and each ``run_command`` raises
+    ``PoolClosed``.  Returns within about ``GRACE`` seconds.
+    """
+    with _lock:
+        procs = list(_commands)
+    _kill(procs)
+    return len(procs)
+
+
+def _kill(procs: list[_Proc]) -> None:
+    """SIGTERM each job's group; SIGKILL what is left after GRACE."""
+    with _lock:
+        for p in procs:
+            p.stop = "killed"
+            if p.pid and not p.reaped:
+                _signal_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while time.monotonic() < deadline:
+        with _lock:
+            if all(p.reaped for p in procs):
+                return
+        time.sleep(_SWEEP_POLL)
+    with _lock:
+        for p in procs:
+            if p.pid and not p.reaped:
+                _signal_group(p.pid, signal.SIGKILL)
 
 
 # -- the backend ----------------------------------------------------------------
@@ -622,18 +667,4 @@ class SubprocessBackend(Backend):
             self._killing = True
             procs = list(self._running)
         self.cancel_pending()
-        with _lock:
-            for p in procs:
-                p.stop = "killed"
-                if p.pid and not p.reaped:
-                    _signal_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE
-        while time.monotonic() < deadline:
-            with _lock:
-                if all(p.reaped for p in procs):
-                    return
-            time.sleep(_SWEEP_POLL)
-        with _lock:
-            for p in procs:
-                if p.pid and not p.reaped:
-                    _signal_group(p.pid, signal.SIGKILL)
+        _kill(procs)

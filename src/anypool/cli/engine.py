@@ -8,9 +8,14 @@
                                                                      output, then record it,
                                                                      count, check --halt
 
-Only the main thread reads the input, prints and records final attempts, so
-output is never interleaved and ``-k`` is a reorder buffer of at most
-``window`` jobs.  Once the window is full it takes finished jobs a few at a
+Only the main thread takes jobs from the input, prints and records final
+attempts, so output is never interleaved and ``-k`` is a reorder buffer of at
+most ``window`` jobs.  Input that may wait for its writer (stdin, a FIFO) is
+read ahead by a thread of its own (``read_ahead``), at most ``READ_AHEAD``
+jobs ahead: the main thread then prints jobs that finish while the next line
+is still to come, instead of holding them until it arrives.
+
+Once the window is full the main thread takes finished jobs a few at a
 time (see ``GATHER_SECONDS``), not one wake-up per job.  The window keeps a
 few jobs queued ahead of the slots, so a slot never waits for this thread;
 with ``--halt`` it is the slot count.  A job's final attempt is recorded
@@ -20,7 +25,8 @@ appear twice: at-least-once, never lost).  Attempts that are retried are
 recorded by an observer as they end.
 
 Ctrl-C, SIGTERM and SIGHUP stop the run: the pool kills every running job's
-process group (SIGTERM, then SIGKILL), the jobs that had finished are
+process group (SIGTERM, then SIGKILL; on a pool of threads, which cannot stop
+its tasks, ``kill_local`` kills the commands they run), the jobs that had finished are
 printed and recorded as usual, the killed ones are recorded as ``killed``
 (not final: ``--resume`` runs them again), and the exit status is 128 plus
 the signal number (130 for Ctrl-C).  A closed stdout (``| head``) stops the
@@ -43,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .. import waiting
 from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
 from .halt import Halt, exit_status
-from .inputs import Job
+from .inputs import InputError, Job
 from .output import Printer
 
 if TYPE_CHECKING:
@@ -61,6 +67,7 @@ DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be repo
 # 1,000 x `true` -j 2 (2 cores, paired with xargs, 9 rounds): 0.72x xargs
 # waking per job, 0.87x gathering.  A late print of a few ms is not seen.
 GATHER_SECONDS = 0.002
+READ_AHEAD = 256  # jobs the input thread may read ahead (bounds memory on endless input)
 
 
 class Interrupted(BaseException):
@@ -84,6 +91,10 @@ class Resumer:
         self.rerun_failed = rerun_failed
         self._finals = log.finals()
         self._next = next(self._finals, None)
+        # every job's last attempt, final or not: a job last killed has no final
+        # attempt, and its numbers must continue too
+        self._attempts = log.last_attempts()
+        self._last = next(self._attempts, None)
         self.skipped = 0
         self.bases: dict[int, int] = {}  # job -> attempts already recorded, for jobs run again
 
@@ -97,6 +108,7 @@ class Resumer:
         while nxt is not None and nxt[0] < job.seq:
             nxt = self._next = next(self._finals, None)
         if nxt is None or nxt[0] != job.seq:
+            self._continue_attempts(job.seq)
             return False
         seq, args, outcome = nxt
         if args != job.args_json:
@@ -105,10 +117,50 @@ class Resumer:
                 f"gives {job.args_json}: the input has changed, so --resume would skip the wrong jobs"
             )
         if self.rerun_failed and outcome != "ok":
-            self.bases[seq] = self.log.last_attempt(seq)
+            self._continue_attempts(seq)
             return False
         self.skipped += 1
         return True
+
+    def _continue_attempts(self, seq: int) -> None:
+        """Job ``seq`` runs again: number its attempts on from those the log holds."""
+        last = self._last
+        while last is not None and last[0] < seq:
+            last = self._last = next(self._attempts, None)
+        if last is not None and last[0] == seq:
+            self.bases[seq] = last[1]
+
+
+class _Reader:
+    """Reads the jobs on a thread of its own, so that waiting for input never holds up printing."""
+
+    def __init__(self, jobs: Iterator[Job], wake: threading.Event) -> None:
+        self.items: deque[Job] = deque()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.waiting = False  # the engine waits for an item: wake it when one comes
+        self._jobs = jobs
+        self._wake = wake
+        self._room = threading.Semaphore(READ_AHEAD)
+        # a daemon: a run stopped early (Ctrl-C, --halt) must not wait for a line that may never come
+        threading.Thread(target=self._read, name="anypool-input", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for job in self._jobs:
+                self._room.acquire()
+                self.items.append(job)
+                if self.waiting:
+                    self._wake.set()
+        except BaseException as exc:  # raised in the main thread, after the jobs read before it
+            self.error = exc
+        finally:
+            self.ended = True
+            self._wake.set()
+
+    def taken(self) -> None:
+        """One item was taken: the thread may read one more."""
+        self._room.release()
 
 
 class _Entry:
@@ -125,7 +177,7 @@ class Engine:
 
     def __init__(self, pool: Pool, printer: Printer, *, joblog: JobLog | None, halt: Halt,
                  keep_order: bool, window: int, total: int | None,
-                 record_finals_in_observer: bool = False) -> None:
+                 record_finals_in_observer: bool = False, read_ahead: bool = False) -> None:
         self.pool = pool
         self.printer = printer
         self.joblog = joblog
@@ -136,6 +188,7 @@ class Engine:
         self.window = window if halt.when == "never" else max(1, pool.workers)
         self.total = total
         self.record_finals_in_observer = record_finals_in_observer
+        self.read_ahead = read_ahead  # read the input on a thread (see the module docstring)
         self.failed = 0
         self.succeeded = 0
         self.killed = 0
@@ -151,6 +204,8 @@ class Engine:
         self._order: deque[_Entry] = deque()
         self._open = 0
         self._stopping = False
+        self._output_closed = False  # stdout was closed (| head): the run is stopping
+        printer.on_broken = self._wake.set
         if joblog is not None:
             pool.add_observer(self._observe)
 
@@ -165,6 +220,13 @@ class Engine:
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         raise NotImplementedError
+
+    def failure(self, job: Job, exc: BaseException) -> BaseException:
+        """``exc`` as the user should see it (shown and logged); subclasses may reword it."""
+        return exc
+
+    def kill_local(self) -> None:
+        """Kill what the pool's own shutdown cannot: jobs its tasks run in this process."""
 
     # -- the loop -------------------------------------------------------------
 
@@ -196,7 +258,22 @@ class Engine:
         raise Interrupted(signum)
 
     def _feed(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None) -> None:
-        for job in jobs:
+        if self.read_ahead:
+            reader = _Reader(jobs, self._wake)
+            next_job: Callable[[], Job | None] = functools.partial(self._next_input, reader)
+        else:
+            next_job = functools.partial(next, iter(jobs), None)
+        while True:
+            try:
+                job = next_job()
+                if job is None:
+                    break
+            except InputError:
+                # bad input partway: the jobs already started finish and are printed
+                # and recorded, so no finished result is lost; then the error stops the run
+                self._stopping = True
+                self._drain(None)
+                raise
             if self._stopping:
                 break
             try:
@@ -216,6 +293,35 @@ class Engine:
             if self.keep_order:
                 self._order.append(entry)
             fut.add_done_callback(functools.partial(self._on_done, entry))
+
+    def _next_input(self, reader: _Reader) -> Job | None:
+        """The next job from the reader thread (None at the end); finished jobs are handled meanwhile.
+
+        Raises:
+            Exception: what reading the input raised, once the jobs read before it are taken.
+        """
+        items, done = reader.items, self._done
+        while True:
+            if self._stopping:  # --halt: no need to wait for a line that may be long in coming
+                return None
+            if items:
+                reader.taken()
+                return items.popleft()
+            if reader.ended:
+                if items:  # appended just before the end
+                    continue
+                if reader.error is not None:
+                    raise reader.error
+                return None
+            if done:
+                self._handle(done.popleft())
+                continue
+            self.printer.flush()  # what finished shows while the input waits for its writer
+            reader.waiting = True
+            self._wake.clear()
+            if not items and not reader.ended and not done:  # else: came before the clear
+                self._wake.wait(waiting.slice_of(None))  # sliced, so signal handlers run
+            reader.waiting = False
 
     def _room(self) -> bool:
         """Wait until fewer than ``window`` jobs are open; False if the run is stopping."""
@@ -262,6 +368,8 @@ class Engine:
             self._wake.wait(step)
             if done:
                 return done.popleft()
+            if self.printer.broken:
+                self.printer.flush()  # raises BrokenPipeError here, in the printing thread
         raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
@@ -300,8 +408,12 @@ class Engine:
         exc = fut.exception()
         value = None if exc is not None else fut.result()
         ok = exc is None
+        if exc is not None:
+            exc = self.failure(job, exc)
         outcome = outcome_of(exc, ok)
         if outcome != "killed":
+            if self._output_closed:
+                return  # its output cannot be printed, so it is not done: --resume runs it again
             self.show(job, value, exc)
         if self.joblog is not None and not self.record_finals_in_observer:
             self.printer.flush()  # the log must never call done a job whose output is not out
@@ -313,8 +425,9 @@ class Engine:
             self.succeeded += 1
         else:
             self.failed += 1
-            cr = command_of(exc)
-            self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
+            if self.halted_by is None:  # after a halt the status stays the triggering job's
+                cr = command_of(exc)
+                self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
         if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
             self._halt(job)
 
@@ -332,6 +445,8 @@ class Engine:
                              f"{action}")
         # jobs queued in the pool have not started: they are cancelled either way
         self.pool.shutdown(wait=False, cancel_futures=True, kill=h.when == "now")
+        if h.when == "now":
+            self.kill_local()
 
     def _stop(self, signum: int) -> int:
         """Kill everything after a signal (or a closed stdout); report what ended; exit status."""
@@ -345,9 +460,11 @@ class Engine:
         try:
             self._stopping = True
             self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
+            self.kill_local()
             if signum == signal.SIGPIPE:
+                self._output_closed = True
                 _silence_stdout()
-                self.printer.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
+                self.printer.discard()
             try:
                 self._drain(time.monotonic() + DRAIN_SECONDS)
             except BrokenPipeError:
@@ -393,6 +510,8 @@ class Engine:
         if type(value).__name__ == "_Retrying":
             value = event.error
         ok = event.outcome == "ok"
+        if not ok and isinstance(value, BaseException):
+            value = self.failure(job, value)
         outcome = outcome_of(value, ok)
         if outcome == "killed" and event.worker in (None, "-"):
             return

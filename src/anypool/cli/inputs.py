@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -92,14 +93,32 @@ class Source:
         except OSError as exc:
             raise InputError(f"cannot read input file {self.path!r}: {exc.strerror or exc}") from exc
 
+    def may_block(self) -> bool:
+        """Whether reading may wait on a writer: stdin or a file that is a pipe, FIFO or terminal.
+
+        Raises:
+            InputError: the file cannot be opened.
+        """
+        if self.values is not None:
+            return False
+        try:
+            if self.path is None:
+                fd = sys.stdin.fileno() if sys.stdin is not None else -1
+            else:
+                self.open()
+                assert self._file is not None
+                fd = self._file.fileno()
+            return fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode)
+        except (OSError, ValueError):  # no usable descriptor (a replaced sys.stdin): assume it may
+            return True
+
     def items(self, sep: bytes) -> Iterator[str]:
         """The items, read lazily."""
         if self.values is not None:
             yield from self.values
             return
         if self.path is None:
-            stream: IO[bytes] = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
-            yield from _split(stream, sep)
+            yield from _split(_stdin(), sep)
             return
         self.open()
         f = self._file
@@ -111,6 +130,24 @@ class Source:
         finally:
             f.close()
             self._file = None
+
+
+def _stdin() -> IO[bytes]:
+    """A buffered reader of stdin's descriptor, not ``sys.stdin.buffer``.
+
+    The engine may read stdin on a daemon thread that is still blocked in a
+    read when the run stops early (Ctrl-C, ``--halt``); the interpreter's
+    shutdown then closes ``sys.stdin.buffer``, finds its lock held, and
+    aborts the process ("could not acquire lock ... at interpreter
+    shutdown").  A reader of our own is not closed at shutdown.
+    """
+    if sys.stdin is None:
+        return io.BytesIO()
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):  # a replaced sys.stdin with no descriptor
+        return sys.stdin.buffer
+    return open(fd, "rb", closefd=False)  # read to the end, or abandoned at exit
 
 
 def _split(stream: IO[bytes], sep: bytes) -> Iterator[str]:

@@ -6,13 +6,14 @@ import argparse
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backends.base import default_workers
-from ..errors import AnypoolError
+from ..errors import AnypoolError, TaskTimeout
 from ..observers.joblog import JobLog, JobLogError
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
@@ -38,7 +39,8 @@ argument from each), :::: files, or lines of stdin.  Each argument is a
 string; --json-args parses each one as JSON first.  Coroutine functions run
 on the async backend under --backend auto.
 
-Values JSON cannot hold are printed as their repr() string.  With --joblog
+Values JSON cannot hold are printed as their repr() string (NaN and the
+infinities too: "nan", "inf", "-inf"), so every line is strict JSON.  With --joblog
 every call is recorded as it ends (with --results, its JSON result too);
 anypool map has no --resume.
 """
@@ -84,7 +86,8 @@ def load_function(spec: str) -> Callable[..., Any]:
 
     Raises:
         ValueError: the spec is malformed, the module or name is missing,
-            or the object is not callable (the message says which).
+            the module fails on import, or the object is not callable (the
+            message says which).
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -95,6 +98,8 @@ def load_function(spec: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the module itself fails (SyntaxError, an error at import time)
+        raise ValueError(f"cannot import module {module_name!r}: {_failure(exc)}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -103,6 +108,17 @@ def load_function(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise ValueError(f"{spec} is a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
+
+
+def _failure(exc: BaseException) -> str:
+    """``exc`` as ``Type: message``, with where it was raised (a SyntaxError's text says it)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError):
+        return text
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{text} (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else text
 
 
 def _call(fn: Callable[..., Any], job: Job) -> Any:
@@ -116,7 +132,21 @@ async def _acall(fn: Callable[..., Any], job: Job) -> Any:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=repr)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr, allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere: Python's NaN/Infinity tokens are not JSON
+        return json.dumps(_finite(value), ensure_ascii=False, default=repr, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinite float made its ``repr()``, as other values JSON cannot hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_finite(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class MapEngine(Engine):
@@ -144,6 +174,13 @@ class MapEngine(Engine):
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         return self.spec
+
+    def failure(self, job: Job, exc: BaseException) -> BaseException:
+        if isinstance(exc, TaskTimeout):  # it names the task's function: _call, not the user's
+            named = TaskTimeout(exc.seconds, f"#{job.seq} {self.spec}")
+            named.__cause__ = exc.__cause__
+            return named
+        return exc
 
 
 def _parsed(stream: Iterator[Job]) -> Iterator[Job]:
@@ -189,7 +226,8 @@ def main(opts: argparse.Namespace) -> int:
         with Pool(opts.backend, workers, **pool_opts) as pool:
             engine = MapEngine(pool, printer, fn, opts.function, opts.tag, joblog=joblog, halt=opts.halt,
                                keep_order=not opts.unordered,
-                               window=4 * (workers or default_workers()) + 64, total=total_jobs(sources))
+                               window=4 * (workers or default_workers()) + 64, total=total_jobs(sources),
+                               read_ahead=sources[0].may_block())
             progress = None
             if bar:
                 from ..observers.progress import Progress

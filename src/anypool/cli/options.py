@@ -109,3 +109,13 @@ def check_common(p: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
         p.error("--resume and --resume-failed need --joblog FILE (the log of the earlier run)")
     if opts.results and not opts.joblog:
         p.error("--results keeps output in the job log, so it needs --joblog FILE")
+    if opts.address and opts.backend != "dask":
+        p.error(f"--address names a Dask scheduler: it needs --backend dask (not {opts.backend})")
+    if opts.backend != "auto":
+        from ..backends import get_backend
+        from ..errors import BackendUnavailable
+
+        try:
+            get_backend(opts.backend)
+        except BackendUnavailable as exc:  # a name to change, or an extra to install
+            p.error(f"--backend: {exc}")

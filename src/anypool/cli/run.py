@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -130,20 +131,42 @@ class RunEngine(Engine):
             if not self.line_buffer or not self.local or not cr.pid:
                 self.printer.job(job, cr.stdout, cr.stderr)
         elif exc is not None:
-            self.printer.message(f"anypool: job {job.seq} ({self.template.command(job, job.slot)}) "
-                                 f"failed: {type(exc).__name__}: {exc}")
+            command = _shortened(self.template.command(job, job.slot))
+            self.printer.message(f"anypool: job {job.seq} ({command}) failed: {type(exc).__name__}: "
+                                 f"{_shortened(str(exc))}")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         cr = command_of(value if exc is None else exc)
         return cr.command if cr is not None else self.template.command(job, job.slot)
+
+    def kill_local(self) -> None:
+        if not self.local:
+            # a thread backend cannot stop its tasks, and their commands run in
+            # this process: stop those (in worker processes, the pool's kill does)
+            from ..backends.subprocesses import kill_commands
+
+            kill_commands()
+
+
+MESSAGE_TEXT = 200  # characters of a command or error quoted in a message
+
+
+def _shortened(text: str) -> str:
+    """``text`` cut to about MESSAGE_TEXT characters: a command too long to run (E2BIG) may be ~200 KB."""
+    if len(text) <= MESSAGE_TEXT:
+        return text
+    return f"{text[:MESSAGE_TEXT]}... ({len(text) - MESSAGE_TEXT} more characters)"
 
 
 def main(opts: argparse.Namespace) -> int:
     """Run ``anypool run`` with parsed options; return the exit status."""
     parser: argparse.ArgumentParser = opts.parser
     check_common(parser, opts)
+    command = opts.command
+    if command and command[0] == "--":  # argparse's REMAINDER keeps the `--` that ends the options
+        command = command[1:]
     try:
-        words, sources = parse_sources(opts.command, opts.arg_file)
+        words, sources = parse_sources(command, opts.arg_file)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -154,6 +177,10 @@ def main(opts: argparse.Namespace) -> int:
         parser.error("{%} (the job slot) needs --backend subprocess")
     if opts.line_buffer and opts.backend != "subprocess":
         parser.error("--line-buffer needs --backend subprocess")
+    if opts.line_buffer and opts.keep_order:
+        # lines are printed as the jobs write them, from their threads: no order to keep
+        parser.error("-k (--keep-order) and --line-buffer do not go together: --line-buffer prints "
+                     "lines as jobs produce them; use -k alone for each job's output whole, in input order")
     workers = opts.jobs or default_workers()
     sep = b"\0" if opts.null else b"\n"
     description = {**template.description(), "sources": [s.describe() for s in sources],
@@ -161,12 +188,16 @@ def main(opts: argparse.Namespace) -> int:
     joblog = None
     try:
         stream = jobs(sources, sep)
-        if opts.joblog:
-            resuming = opts.resume or opts.resume_failed
+        resuming = opts.resume or opts.resume_failed
+        if opts.joblog and opts.dry_run:
+            # a dry run changes nothing: it only reads the log, to skip what --resume would
+            if resuming and os.path.exists(opts.joblog):
+                joblog = JobLog(opts.joblog, "read")
+                joblog.check_resumable(description)
+        elif opts.joblog:
             joblog = JobLog(opts.joblog, "append" if resuming else "new", results=opts.results)
             joblog.begin_run(description, resume=resuming, argv=sys.argv)
-        resumer = Resumer(joblog, opts.resume_failed) if joblog and (opts.resume or opts.resume_failed) \
-            else None
+        resumer = Resumer(joblog, opts.resume_failed) if joblog and resuming else None
         if opts.dry_run:
             return _dry_run(template, stream, resumer, workers)
         return _execute(opts, template, stream, sources, joblog, resumer, workers)
@@ -208,7 +239,8 @@ def _execute(opts: argparse.Namespace, template: Template, stream: Any, sources:
     total = total_jobs(sources)
     with Pool(opts.backend, workers, **pool_opts) as pool:
         engine = RunEngine(pool, printer, template, opts, joblog=joblog, halt=opts.halt,
-                           keep_order=opts.keep_order, window=4 * workers + 16, total=total)
+                           keep_order=opts.keep_order, window=4 * workers + 16, total=total,
+                           read_ahead=sources[0].may_block())
         if resumer is not None:
             engine.attempt_base = resumer.bases
         progress = _progress(pool, bar, total, resumer)

@@ -262,14 +262,7 @@ class JobLog:
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
         with self._lock:
             if resume:
-                row = self._db.execute("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1").fetchone()
-                if row is not None and row[1] != fp:
-                    raise JobLogError(
-                        f"{self.path} was written for other input, so --resume cannot use it:\n"
-                        f"  in the log: {_describe(row[0])}\n"
-                        f"  this run:   {_describe(text)}\n"
-                        f"Use another job log, or run without --resume to start this one afresh."
-                    )
+                self._check_resumable(fp, text)
             import socket
 
             from .. import __version__
@@ -282,6 +275,28 @@ class JobLog:
             )
             self.run_id = cur.lastrowid
             return int(cur.lastrowid or 0)
+
+    def check_resumable(self, description: Any) -> None:
+        """What ``begin_run(description, resume=True)`` checks, without recording a run.
+
+        Raises:
+            JobLogError: the log was written for a different description.
+        """
+        import json
+
+        text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
+        with self._lock:
+            self._check_resumable(fingerprint(description), text)
+
+    def _check_resumable(self, fp: str, text: str) -> None:
+        row = self._db.execute("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1").fetchone()
+        if row is not None and row[1] != fp:
+            raise JobLogError(
+                f"{self.path} was written for other input, so --resume cannot use it:\n"
+                f"  in the log: {_describe(row[0])}\n"
+                f"  this run:   {_describe(text)}\n"
+                f"Use another job log, or run without --resume to start this one afresh."
+            )
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run recorded in the log, oldest first, as dicts of the run table's columns."""
@@ -348,6 +363,22 @@ class JobLog:
     def succeeded_seqs(self) -> SeqSet:
         """Jobs whose latest final attempt succeeded (what ``--resume-failed`` skips)."""
         return SeqSet.from_ascending(seq for seq, _, outcome in self.finals() if outcome == "ok")
+
+    def last_attempts(self, after: int = 0) -> Iterator[tuple[int, int]]:
+        """Each job's highest attempt number as ``(seq, attempt)``, by job number.
+
+        Killed attempts included (they are not final).  Read page by page.
+        """
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq LIMIT ?",
+                    (after, _PAGE)).fetchall()
+            for seq, attempt in page:
+                yield seq, int(attempt)
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
 
     def last_attempt(self, seq: int) -> int:
         """The highest attempt number recorded for job ``seq`` (0 if none)."""
