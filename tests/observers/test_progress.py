@@ -155,6 +155,27 @@ class TestPipe:
         assert frames(screen) == []
 
 
+    def test_a_stderr_whose_reader_left_stops_the_bar_not_the_program(self) -> None:
+        """Regression: the failed draw left tqdm's write lock taken; the bar's close, then
+        tqdm's monitor thread at exit, waited for it for ever."""
+        code = WORKLOAD.format(tests=TESTS, progress="always") + (
+            "import tqdm\n"
+            "print('own bar', sum(tqdm.tqdm(range(3), file=sys.stdout, disable=True)), flush=True)\n")
+        for _ in range(2):
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stderr is not None
+                assert proc.stdout is not None
+                assert proc.stderr.read(1)  # the first bar's first byte, then nobody reads
+                proc.stderr.close()
+                out, _ = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert out.decode().split("\n")[:2] == ["results 36", "own bar 3"]
+
     def test_the_bar_leaves_the_start_method_to_the_program(self) -> None:
         """tqdm's own first bar takes a multiprocessing lock, which fixes the start method."""
         code = ("import multiprocessing, sys, time, anypool, tqdm\n"

@@ -72,6 +72,11 @@ def _bar_class(notebook: bool) -> Any:
     one thread of this process, so a subclass uses tqdm's thread lock alone
     (the one its own bars also take, so their output does not interleave);
     tqdm's class and the user's bars are left as they are.
+
+    A write that fails (stderr a pipe whose reader left) turns the bar off
+    instead of raising: tqdm raises out of ``display`` while holding its
+    write lock, which then stays taken for good, and tqdm's monitor thread
+    (not started for ours: we refresh it) waited on it at exit for ever.
     """
     cls: Any = _BAR_CLASSES.get(notebook)
     if cls is None:
@@ -81,7 +86,15 @@ def _bar_class(notebook: bool) -> Any:
             from tqdm.std import tqdm as base
         from tqdm.std import TqdmDefaultWriteLock
 
-        cls = type("AnypoolBar", (base,), {"__module__": __name__})
+        def display(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return base.display(self, *args, **kwargs)
+            except (OSError, ValueError):
+                self.disable = True  # every later draw is skipped, close() included
+                return None
+
+        cls = type("AnypoolBar", (base,), {"__module__": __name__, "display": display,
+                                           "monitor_interval": 0})
         if getattr(base, "_lock", None) is None:  # else: the lock tqdm already made, shared
             cls.set_lock(TqdmDefaultWriteLock.th_lock)
         _BAR_CLASSES[notebook] = cls
@@ -112,6 +125,7 @@ class Progress:
         self._bar: Any = None
         self._bar_lock = threading.Lock()  # the first draw may come from either thread
         self._delay = delay
+        self._broken = False  # stderr failed: the bar is not drawn again
         self._started = time.time()  # tqdm's clock
         if not delay:
             self._draw()
@@ -191,17 +205,26 @@ class Progress:
             bar.refresh()
 
     def _run(self) -> None:
-        if self._delay:
-            if self._stop.wait(self._delay):
-                return  # the run ended first: no bar
-            self.refresh()
-        while not self._stop.wait(REFRESH):
-            self.refresh()
+        try:
+            if self._delay:
+                if self._stop.wait(self._delay):
+                    return  # the run ended first: no bar
+                self.refresh()
+            while not self._stop.wait(REFRESH):
+                self.refresh()
+        except (OSError, ValueError):
+            # stderr closed under us (a pipe whose reader left, a closed file):
+            # tqdm's write lock may still be held by the failed draw, so nothing
+            # draws again, close() included, or it would wait for it for ever
+            self._broken = True
 
     def close(self) -> None:
         """Show the final counts (if the bar appeared at all) and stop refreshing."""
         self._stop.set()
         self._thread.join()
-        if self._bar is not None:
-            self.refresh()
-            self._bar.close()
+        if self._bar is not None and not self._broken:
+            try:
+                self.refresh()
+                self._bar.close()
+            except (OSError, ValueError):
+                pass  # stderr closed: nothing more to show
