@@ -236,3 +236,18 @@ def count_calls(_: Any = None) -> tuple[int, int]:
     """(pid, how many times this worker's state has counted so far)."""
     counter = anypool.worker_state().setdefault("calls", itertools.count(1))
     return os.getpid(), next(counter)
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    """Sleep; return when it ran (wall clock, comparable across processes)."""
+    t = time.time()
+    time.sleep(seconds)
+    return t, time.time()
+
+
+def timed_cpu(n: int, then_sleep: float = 0.0) -> tuple[float, float]:
+    """Pure-Python CPU work holding the GIL, then a sleep; return when it ran (wall clock)."""
+    t = time.time()
+    cpu(n)
+    time.sleep(then_sleep)
+    return t, time.time()

@@ -289,3 +289,45 @@ def test_generator_based_coroutines_go_to_async() -> None:
         assert pool.submit(functools.partial(generator_coroutine, 7)).result(10) == 7
     # timed on the event loop (never probed on a thread, which would return generator objects)
     assert pool.stats.choices["generator_coroutine"].startswith("async: coroutines that mostly wait")
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("how", ["map", "submit"])
+def test_the_probes_running_task_counts_as_one_of_the_workers(workers: int, how: str) -> None:
+    """workers=N is N calls at once, also while the probe's first task (judged mid-run) runs on.
+
+    Before the fix the held tasks went to N fresh threads beside it: N + 1 at once.
+    """
+    with anypool.Pool(workers=workers) as pool:
+        if how == "map":
+            spans = list(pool.map(tasks.timed_sleep, [0.1] * 12, chunksize=1))
+        else:
+            spans = [f.result(30) for f in [pool.submit(tasks.timed_sleep, 0.1) for _ in range(12)]]
+    assert _choice(pool, tasks.timed_sleep).startswith("thread: it mostly waits")
+    assert _most_at_once(spans) == workers
+
+
+def test_the_probes_running_task_counts_as_one_of_the_process_workers() -> None:
+    """Chosen mid-run, a process pool of N runs N - 1 tasks until the probe's task ends."""
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    # The first task: ~0.2-0.4 s of CPU work (the GIL is judged meanwhile), then a
+    # sleep that lets the process workers start while it still runs.
+    n = 3_000_000
+    with anypool.Pool(workers=2) as pool:
+        first = pool.submit(tasks.timed_cpu, n, 1.0)
+        rest = [pool.submit(tasks.timed_cpu, n) for _ in range(6)]
+        spans = [f.result(60) for f in [first, *rest]]
+    assert _choice(pool, tasks.timed_cpu).startswith("process: CPU-bound Python holding the GIL")
+    assert _most_at_once(spans) == 2

@@ -25,7 +25,10 @@ probe thread was not kept waiting for a CPU); a task still running then is
 judged mid-run from its thread's CPU clock, on the clock thread, which the
 sampler calls in only once a verdict is possible.  Later tasks of that callable
 wait, then go to the chosen backend, whose threads were started with the
-probe (threads are the likely pick).  Time the probe thread spent *ready to
+probe (threads are the likely pick).  A task still running on the probe
+thread when the choice is made counts as one of that backend's ``workers``
+until it ends (``Backend.lend``): ``workers=N`` means N calls at once, the
+probe's included.  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
 time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
@@ -323,6 +326,8 @@ class _Probe(_ProbeBase):
         self.raw_wall = 0.0
         self.items = 0
         self.current_start: float | None = None
+        # the chosen backend, while the task this probe still runs is one of its workers' share
+        self.lent: Backend | None = None
         self.current_cpu0 = 0.0
         self.current_delay0 = 0.0
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
@@ -392,6 +397,7 @@ class _Probe(_ProbeBase):
                 t1 = time.time()
                 with self.lock:
                     self.current_start = None
+                    lent, self.lent = self.lent, None
                     if not self.decided:
                         delay = schedstat.read_delay(self._sched) - d0
                         raw = time.perf_counter() - w0
@@ -410,6 +416,8 @@ class _Probe(_ProbeBase):
                             self.more.wait(pause)
                             self.sampler.counting = True
                             last = self.decided or not self.held or self._seen_enough()
+                if lent is not None:
+                    lent.give_back()
                 if last:
                     # decide before handing back this result: whoever waits for it
                     # then finds the choice already in pool.stats
@@ -421,9 +429,29 @@ class _Probe(_ProbeBase):
             bind_thread(None)
             dispatch.stats.worker_gone("probe")
             self._decide_now()
+            self._task_over()
             fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
             if fd is not None:
                 os.close(fd)
+
+    def _task_over(self) -> None:
+        """The probe runs no task now: give back the worker's share it used, if lent."""
+        with self.lock:
+            self.current_start = None
+            lent, self.lent = self.lent, None
+        if lent is not None:
+            lent.give_back()
+
+    def running(self, backend: Backend) -> bool:
+        """Whether a task still runs here, chosen ``backend`` having lent a worker's share for it.
+
+        False: none runs (any more), so ``backend`` has its share back at once.
+        """
+        with self.lock:
+            if self.current_start is None:
+                return False
+            self.lent = backend
+            return True
 
     def _seen_enough(self) -> bool:
         """Whether the measurements so far can decide (caller holds the lock)."""
@@ -533,7 +561,20 @@ class _Probe(_ProbeBase):
             decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
         else:
             decision = decide(cpu, wall, items, gil_held, self.router.cpus, self._pickle_problem)
+        # Judged mid-run, the task running here is one of the chosen backend's
+        # workers' share until it ends: lent before the choice is recorded, so
+        # no task sent there meanwhile runs beside it with all the workers busy.
+        chosen: Backend | None = None
+        if self.current_start is not None:
+            try:
+                chosen = self.router._sub(decision.backend)
+            except Exception:
+                chosen = None  # reported in _decided, where the held tasks fail
+            else:
+                chosen.lend()
         held = self._record(decision)
+        if chosen is not None and (held is None or not self.running(chosen)):
+            chosen.give_back()
         if held is not None:
             self.router._decided(self.fn, decision, held)
 

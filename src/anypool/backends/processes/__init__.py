@@ -76,6 +76,7 @@ class ProcessBackend(Backend):
         self._closed = False
         self._fns: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._fn_ids = 0
+        self.lent = 0  # workers' shares lent out (see lend()): that many fewer run tasks at once
         self.init_bytes = dumps_initializer(config.initializer, config.initargs, "to worker processes")
 
     def describe(self) -> str:
@@ -138,6 +139,17 @@ class ProcessBackend(Backend):
             manager.fail_pending(manager.broken, "unsendable")
             return
         manager.wake()
+
+    def lend(self) -> None:
+        with self._lock:
+            self.lent += 1
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.lent -= 1
+        manager = self._manager
+        if manager is not None:
+            manager.wake()  # a worker may take a task now
 
     def _start(self) -> Manager:
         from .manager import Manager

@@ -522,6 +522,13 @@ class Manager:
         pending = self.pending
         while pending:
             idle = [w for w in self.workers.values() if self._room(w)]
+            if self.backend.lent:
+                # a worker's share is lent (auto's probe still runs a task): a
+                # worker with nothing in flight may start only while fewer than
+                # n - lent run; a busy one may still take its next batch
+                busy = sum(1 for w in self.workers.values() if w.inflight)
+                free = self.n - self.backend.lent - busy
+                idle = [w for w in idle if w.inflight or (free := free - 1) >= 0]
             if not idle:
                 return
             idle.sort(key=lambda w: w.inflight_items)
