@@ -251,3 +251,8 @@ def timed_cpu(n: int, then_sleep: float = 0.0) -> tuple[float, float]:
     cpu(n)
     time.sleep(then_sleep)
     return t, time.time()
+
+
+def cpu_beside(n: int, _other: Any = None) -> tuple[int, int]:
+    """``cpu(n)`` and the pid that ran it; ``_other`` is only carried (a lock, say)."""
+    return cpu(n), os.getpid()

@@ -331,3 +331,57 @@ def test_the_probes_running_task_counts_as_one_of_the_process_workers() -> None:
         spans = [f.result(60) for f in [first, *rest]]
     assert _choice(pool, tasks.timed_cpu).startswith("process: CPU-bound Python holding the GIL")
     assert _most_at_once(spans) == 2
+
+
+def test_cpu_bound_calls_with_unpicklable_arguments_stay_on_threads_and_say_why() -> None:
+    """The held calls' arguments are checked when choosing: none fails for auto's choice.
+
+    Before the fix some of these calls failed with SerializationError (those
+    held when processes were chosen), and every later one too.
+    """
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    n = 300_000
+    with anypool.Pool(workers=2) as pool:
+        futs = [pool.submit(tasks.cpu_beside, n, threading.Lock()) for _ in range(12)]
+        assert [f.result(60) for f in futs] == [(tasks.cpu(n), os.getpid())] * 12
+        later = pool.submit(tasks.cpu_beside, n, threading.Lock())
+        assert later.result(60) == (tasks.cpu(n), os.getpid())
+    reason = _choice(pool, tasks.cpu_beside)
+    assert reason.startswith("thread: "), reason
+    if "holds the GIL" in reason:  # (a loaded machine can make it look GIL-free or brief)
+        assert reason.startswith("thread: CPU-bound and holds the GIL, but cannot go to processes: "
+                                 "argument 1 (lock"), reason
+
+
+def test_a_call_that_cannot_be_pickled_runs_on_threads_where_auto_chose_processes() -> None:
+    """Arguments that cannot go to the processes chosen for their callable: threads, said once."""
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    n = 3_000_000
+    with anypool.Pool(workers=2) as pool:
+        first = list(pool.map(tasks.cpu_beside, [n] * 4))
+        if not _choice(pool, tasks.cpu_beside).startswith("process: "):
+            pytest.skip("auto kept this CPU-bound work on threads here (a loaded machine)")
+        assert any(pid != os.getpid() for _, pid in first)  # the first ran on the probe
+        one = pool.submit(tasks.cpu_beside, 1000, threading.Lock())
+        assert one.result(60) == (tasks.cpu(1000), os.getpid())
+        items = [None] * 5 + [threading.Lock()] + [None] * 5
+        batch = list(pool.map(tasks.cpu_beside, [1000] * 11, items))
+        assert [total for total, _ in batch] == [tasks.cpu(1000)] * 11
+        assert batch[5][1] == os.getpid()
+    assert _choice(pool, tasks.cpu_beside).endswith("; calls that cannot be pickled run on thread")
+
+
+def test_a_coroutine_that_cannot_be_pickled_runs_on_the_loop_where_auto_chose_processes() -> None:
+    with anypool.Pool(workers=2) as pool:
+        assert len(list(pool.map(tasks.fetch_then_parse, range(40)))) == 40
+        if not _choice(pool, tasks.fetch_then_parse).startswith("process+async"):
+            pytest.skip("auto kept these coroutines on the loop here (one CPU, or a loaded machine)")
+        lock = threading.Lock()
+        assert pool.submit(tasks.fetch_then_parse, lock, 1000).result(60) == (lock, os.getpid())
+    assert _choice(pool, tasks.fetch_then_parse).endswith("; calls that cannot be pickled run on async")

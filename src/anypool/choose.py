@@ -5,7 +5,8 @@
   ``ASYNC_PROBE_ITEMS`` run on the loop with each step timed on the thread's
   CPU clock, and at ``ASYNC_HEAVY`` (0.2 ms) of CPU work a coroutine or more
   the rest go to ``process+async`` (a loop in each worker process), when the
-  function can be pickled and there is more than one CPU.  A pool attached
+  function (and the arguments of the coroutines held for the choice) can be
+  pickled and there is more than one CPU.  A pool attached
   to the caller's running loop is not probed: that loop's CPU time is also
   the caller's;
 * a command (a ``str`` or a list of ``str``) → ``subprocess``;
@@ -16,8 +17,16 @@
     running them → ``thread``;
   - CPU-bound but the GIL is free most of the time (hashlib, zlib, numpy:
     a sampler thread gets to run) → ``thread``;
-  - CPU-bound Python holding the GIL → ``process`` (when the callable can be
-    pickled and there is more than one CPU).
+  - CPU-bound Python holding the GIL → ``process`` (when the callable, the
+    initializer and the arguments of the calls held for the choice can be
+    pickled, and there is more than one CPU).
+
+Auto never fails a call for its own choice: a later call whose arguments
+(or a ``partial``'s) cannot be pickled, of a callable sent to ``process``
+(``process+async``), runs on ``thread`` (``async``) instead, in this
+process, with that backend's limits (a thread past its ``timeout=`` is
+abandoned, not killed); ``pool.stats.choices`` says so once per callable.
+Name the backend to get ``SerializationError`` at ``submit`` instead.
 
 The probe runs tasks for at most ``PROBE_SECONDS``, or for ``PROBE_EARLY``
 when the GIL sampler already found the GIL free nearly all the time (and the
@@ -65,11 +74,16 @@ if TYPE_CHECKING:
     from collections.abc import Generator
 
     from .backends.coroutines import AsyncBackend
+    from .backends.processes import ProcessBackend
     from .dispatch import Dispatch
 
 __all__ = ["AutoBackend", "Decision", "decide"]
 
 log = logging.getLogger("anypool")
+
+# Where a call goes whose callable was sent to processes but whose own
+# arguments cannot be pickled: the same model in this process.
+FALLBACK = {"process": "thread", "process+async": "async"}
 
 PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
@@ -299,6 +313,8 @@ class _ProbeBase:
             self.held.clear()
         return held
 
+    processes = "process"  # the backend chosen for work that needs more than one process
+
     def _pickle_problem(self) -> str | None:
         # cloudpickle is imported only for a callable that may go to processes:
         # a run on threads is spared its ~5 ms import
@@ -311,6 +327,22 @@ class _ProbeBase:
             dumps_initializer(config.initializer, config.initargs, "to worker processes")
         except SerializationError as exc:
             return str(exc)
+        with self.lock:
+            held = list(self.held)
+        if not held:
+            return None
+        # The tasks held are the calls this choice would send first: pickled
+        # now, as the process backend would (it keeps what this pickles), so
+        # arguments that cannot go (a lock, a socket) keep the callable on
+        # threads rather than failing its calls there.
+        backend = cast("ProcessBackend", self.router._sub(self.processes))
+        for k, task in enumerate(held):
+            try:
+                backend.prepare(task)
+            except SerializationError as exc:
+                for t in held[:k]:
+                    t.payload = None  # any shared memory it took goes now, not with the task
+                return str(exc)
         return None
 
 
@@ -654,6 +686,7 @@ class _AsyncProbe(_ProbeBase):
     """
 
     join_blocks = False
+    processes = "process+async"
 
     def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any], first: Task,
                  loop_backend: AsyncBackend) -> None:
@@ -835,7 +868,28 @@ class AutoBackend(Backend):
                 # than at the choice, when the probe's task may be busy on one.
                 self._sub("thread").start()
                 return
-        self._sub(name).submit(task)
+        try:
+            self._sub(name).submit(task)
+        except SerializationError as exc:
+            if name not in FALLBACK:
+                raise
+            self._fall_back(task, name, exc)
+
+    def _fall_back(self, task: Task, name: str, exc: SerializationError) -> None:
+        """Run on ``FALLBACK[name]`` a task whose arguments cannot go to the processes chosen.
+
+        Auto chose the model; a call that cannot use it must not fail for
+        that choice.  Said once per callable in ``pool.stats.choices``.
+        """
+        other = FALLBACK[name]
+        label = fn_name(task.fn)
+        choices = self.dispatch.stats.choices
+        note = f"; calls that cannot be pickled run on {other}"
+        text = choices.get(label, name)
+        if note not in text:
+            choices[label] = text + note
+            log.debug("anypool: auto runs %s on %s where it cannot go to %s: %s", label, other, name, exc)
+        self._sub(other).submit(task)
 
     def _decided(self, fn: Any, decision: Decision, held: list[Task]) -> None:
         """Record and log a probe's decision; send on the tasks it held."""
@@ -862,8 +916,14 @@ class AutoBackend(Backend):
                               for i in range(0, len(task.items), fixed)]
                 for piece in pieces:
                     try:
-                        backend.submit(piece)
-                    except Exception as exc:  # e.g. an argument that does not pickle
+                        try:
+                            backend.submit(piece)
+                        except SerializationError as exc:
+                            # held after the choice's own check of the held tasks
+                            if decision.backend not in FALLBACK:
+                                raise
+                            self._fall_back(piece, decision.backend, exc)
+                    except Exception as exc:
                         self.dispatch.fail_unrun(piece, exc)
 
     def kills_running(self) -> bool:

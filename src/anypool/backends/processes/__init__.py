@@ -124,6 +124,15 @@ class ProcessBackend(Backend):
             raise SerializationError(f"a batch of map items cannot be pickled: {exc}") from exc
         task.payload = (fn_id, fn_bytes, False, blob, shared)
 
+    def prepare(self, task: Task) -> None:
+        """Pickle ``task`` now, as ``submit`` would (kept on the task, done once).
+
+        Raises:
+            SerializationError: its callable or arguments cannot be pickled, naming which.
+        """
+        if task.payload is None:
+            self._serialize(task)
+
     def submit(self, task: Task) -> None:
         if self._closed:
             raise PoolClosed("the process backend is shut down")
