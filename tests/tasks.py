@@ -256,3 +256,9 @@ def timed_cpu(n: int, then_sleep: float = 0.0) -> tuple[float, float]:
 def cpu_beside(n: int, _other: Any = None) -> tuple[int, int]:
     """``cpu(n)`` and the pid that ran it; ``_other`` is only carried (a lock, say)."""
     return cpu(n), os.getpid()
+
+
+def nested_pool_sum(n: int) -> int:
+    """A task that runs a process pool of its own: the sum of ``square`` over ``range(n)``."""
+    with anypool.Pool("process", workers=2) as pool:
+        return sum(pool.map(square, range(n)))

@@ -541,3 +541,19 @@ def _kill_session(proc: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def test_a_forked_worker_can_run_a_process_pool_of_its_own_beside_the_parents_fork_server() -> None:
+    """A worker forked directly inherits the parent's fork-server state; its own pool must not use it.
+
+    Before the fix the nested pool's manager thread died in the fork server's
+    ensure_running (os.waitpid on a process that is not the worker's child:
+    ChildProcessError), and the task failed with a BrokenPool saying only
+    "the process pool's manager thread failed (see the log)".
+    """
+    with anypool.Pool("process", 1, start_method="forkserver") as p:
+        assert p.submit(tasks.square, 3).result(30) == 9  # this process now runs a fork server
+    # fork by name: with other threads alive (as in a full test run) the default would use the fork server
+    with anypool.Pool("process", 2, start_method="fork") as pool:
+        assert pool.submit(tasks.nested_pool_sum, 10).result(60) == sum(i * i for i in range(10))
+

@@ -33,7 +33,10 @@ the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard
 A forked worker holds every file descriptor the pool's process had open at
 the fork (as ``multiprocessing``'s forked workers do): a pipe's write end it
 holds keeps the reader from seeing end-of-file until the pool closes.  Where
-that matters, ``start_method="forkserver"``.
+that matters, ``start_method="forkserver"``.  A task may run a process pool
+of its own: a forked worker forgets its parent's fork server (which is not
+its child, so ``multiprocessing`` could not use it) and starts its own when
+that pool needs one.
 """
 
 from __future__ import annotations
