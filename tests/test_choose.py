@@ -385,3 +385,26 @@ def test_a_coroutine_that_cannot_be_pickled_runs_on_the_loop_where_auto_chose_pr
         lock = threading.Lock()
         assert pool.submit(tasks.fetch_then_parse, lock, 1000).result(60) == (lock, os.getpid())
     assert _choice(pool, tasks.fetch_then_parse).endswith("; calls that cannot be pickled run on async")
+
+
+def test_a_timeout_holds_for_the_calls_the_probe_runs() -> None:
+    """timeout= fails a probed call on time, as on threads; before, it ran to its end and succeeded."""
+    with anypool.Pool(workers=2) as pool:
+        t = time.monotonic()
+        late = pool.with_options(timeout=0.3).submit(tasks.sleep, 3, "late")
+        with pytest.raises(anypool.TaskTimeout):
+            late.result(10)
+        assert time.monotonic() - t < 2.0
+        assert pool.submit(tasks.sleep, 0, "next").result(10) == "next"
+        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
+        assert pool.stats.timed_out == 1
+
+
+def test_a_timeout_in_a_batch_the_probe_runs_fails_that_item_only() -> None:
+    with anypool.Pool(workers=2) as pool:
+        t = time.monotonic()
+        got = list(pool.with_options(timeout=0.3).imap(
+            tasks.sleep, [0.0] * 3 + [3.0] + [0.0] * 3, range(7), chunksize=7, return_exceptions=True))
+        assert time.monotonic() - t < 2.0
+    assert isinstance(got[3], anypool.TaskTimeout)
+    assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4, 5, 6]

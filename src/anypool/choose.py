@@ -37,7 +37,9 @@ wait, then go to the chosen backend, whose threads were started with the
 probe (threads are the likely pick).  A task still running on the probe
 thread when the choice is made counts as one of that backend's ``workers``
 until it ends (``Backend.lend``): ``workers=N`` means N calls at once, the
-probe's included.  Time the probe thread spent *ready to
+probe's included.  A probed call past its ``timeout=`` fails on time, as on
+``thread``: the probe thread is abandoned to finish it, and the choice is
+made at once on what was measured.  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
 time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
@@ -65,10 +67,10 @@ from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items
 from .dispatch import fn_name
-from .errors import InitializerFailed, SerializationError
+from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
 from .state import bind_thread
-from .tasks import Failure, Task
+from .tasks import ONE, STAR, Failure, Task
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -358,6 +360,11 @@ class _Probe(_ProbeBase):
         self.raw_wall = 0.0
         self.items = 0
         self.current_start: float | None = None
+        # a task with a timeout= being run (task, results so far, failed indices, start, worker
+        # stats), its item's start and the token of its deadline check: see _call_timed
+        self.timed: tuple[Task, list[Any], list[int], float, Any] | None = None
+        self.item_start = 0.0
+        self.timed_token = 0
         # the chosen backend, while the task this probe still runs is one of its workers' share
         self.lent: Backend | None = None
         self.current_cpu0 = 0.0
@@ -425,7 +432,13 @@ class _Probe(_ProbeBase):
                     continue
                 w0, c0, d0 = self.current_start, self.current_cpu0, self.current_delay0
                 t0 = time.time()
-                results, failed = call_items(task.fn, task.items, task.style, Failure)
+                if task.options.timeout is None:
+                    results, failed = call_items(task.fn, task.items, task.style, Failure)
+                else:
+                    timed = self._call_timed(task, t0, ws)
+                    if timed is None:
+                        return  # past its timeout: settled on time, and this thread abandoned
+                    results, failed = timed
                 t1 = time.time()
                 with self.lock:
                     self.current_start = None
@@ -465,6 +478,90 @@ class _Probe(_ProbeBase):
             fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
             if fd is not None:
                 os.close(fd)
+
+    def _call_timed(self, task: Task, started: float, ws: Any) -> tuple[list[Any], list[int] | None] | None:
+        """Run ``task``'s items one by one under its ``timeout=``, as the thread backend does.
+
+        None: an item ran past its timeout; ``_expire`` failed it on time,
+        sent the rest on and made the choice, and this thread, abandoned,
+        only finishes the call it is stuck in.
+        """
+        timeout = task.options.timeout
+        assert timeout is not None
+        fn, style = task.fn, task.style
+        out: list[Any] = []
+        failed: list[int] = []
+        with self.lock:
+            self.timed_token += 1
+            token = self.timed_token
+            self.timed = (task, out, failed, started, ws)
+            self.item_start = time.time()
+        clock.call_later(timeout, self._expire, token)
+        for i, item in enumerate(task.items):
+            if i:
+                with self.lock:
+                    self.item_start = time.time()
+            try:
+                if style == ONE:
+                    r = fn(item)
+                elif style == STAR:
+                    r = fn(*item)
+                else:
+                    r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+            except BaseException as exc:
+                r = Failure(exc)
+            with self.lock:
+                if self.timed_token != token:
+                    return None
+                if type(r) is Failure:
+                    failed.append(i)
+                out.append(r)
+        with self.lock:
+            if self.timed_token != token:
+                return None
+            self.timed = None
+            self.timed_token += 1
+        return out, failed or None
+
+    def _expire(self, token: int) -> None:
+        """Clock callback: fail the probe's item running past its deadline, or look again then."""
+        with self.lock:
+            timed = self.timed
+            if timed is None or token != self.timed_token:
+                return
+            task, out, failed, started, ws = timed
+            timeout = task.options.timeout
+            assert timeout is not None
+            now = time.time()
+            deadline = self.item_start + timeout
+            if now < deadline:
+                clock.call_later(deadline - now, self._expire, token)
+                return
+            self.timed = None
+            self.timed_token += 1  # the probe thread, back from the call, sees it abandoned
+            i = len(out)
+            done, bad = list(out), list(failed)
+            if not self.decided and self.current_start is not None:
+                # judged on what it did until now: the call may never return
+                self.items += i + 1
+                raw = time.perf_counter() - self.current_start
+                own = raw - (schedstat.read_delay(self._sched) - self.current_delay0)
+                self.raw_wall += raw
+                self.wall += max(own, 1e-9)
+                try:
+                    clk = time.pthread_getcpuclockid(self.thread.ident or 0)
+                    self.cpu += time.clock_gettime(clk) - self.current_cpu0
+                except (AttributeError, OSError):
+                    pass
+        # the choice first: the rest of the batch, and a retry, go to the chosen backend
+        self._decide_now()
+        self._task_over()  # an abandoned call no longer takes a worker's share, as on threads
+        dispatch = self.router.dispatch
+        exc = TaskTimeout(timeout, task.label())
+        dispatch.finish(task.head(i + 1), [*done, Failure(exc, "timeout")], started, time.time(), ws,
+                        [*bad, i])
+        if i + 1 < len(task.items):
+            dispatch.requeue(task.subtask(i + 1, task.items[i + 1:]))
 
     def _task_over(self) -> None:
         """The probe runs no task now: give back the worker's share it used, if lent."""
