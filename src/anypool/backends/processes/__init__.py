@@ -160,8 +160,10 @@ class ProcessBackend(Backend):
         with self._lock:
             self.lent -= 1
         manager = self._manager
-        if manager is not None:
-            manager.wake()  # a worker may take a task now
+        if manager is not None and not self._closed:
+            # a worker may take a task now; not once shut down, when the manager
+            # may have closed its wake pipe (and its number gone to another file)
+            manager.wake()
 
     def _start(self) -> Manager:
         from .manager import Manager
