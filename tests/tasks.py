@@ -249,3 +249,29 @@ async def aunloadable_if(x: int, bad: int) -> Any:
 
     await asyncio.sleep(0.02 * (6 - x))
     return RaiseAtUnpickle() if x == bad else x
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    """Sleep; return when it ran (wall clock, comparable across processes)."""
+    t = time.time()
+    time.sleep(seconds)
+    return t, time.time()
+
+
+def timed_cpu(n: int, then_sleep: float = 0.0) -> tuple[float, float]:
+    """Pure-Python CPU work holding the GIL, then a sleep; return when it ran (wall clock)."""
+    t = time.time()
+    cpu(n)
+    time.sleep(then_sleep)
+    return t, time.time()
+
+
+def cpu_beside(n: int, _other: Any = None) -> tuple[int, int]:
+    """``cpu(n)`` and the pid that ran it; ``_other`` is only carried (a lock, say)."""
+    return cpu(n), os.getpid()
+
+
+def nested_pool_sum(n: int) -> int:
+    """A task that runs a process pool of its own: the sum of ``square`` over ``range(n)``."""
+    with anypool.Pool("process", workers=2) as pool:
+        return sum(pool.map(square, range(n)))

@@ -289,3 +289,124 @@ def test_generator_based_coroutines_go_to_async() -> None:
         assert pool.submit(functools.partial(generator_coroutine, 7)).result(10) == 7
     # timed on the event loop (never probed on a thread, which would return generator objects)
     assert pool.stats.choices["generator_coroutine"].startswith("async: coroutines that mostly wait")
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])  # an end before a start
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("how", ["map", "submit"])
+def test_the_probes_running_task_counts_as_one_of_the_workers(workers: int, how: str) -> None:
+    """workers=N is N calls at once, also while the probe's first task (judged mid-run) runs on.
+
+    Before the fix the held tasks went to N fresh threads beside it: N + 1 at once.
+    """
+    with anypool.Pool(workers=workers) as pool:
+        if how == "map":
+            spans = list(pool.map(tasks.timed_sleep, [0.1] * 12, chunksize=1))
+        else:
+            spans = [f.result(30) for f in [pool.submit(tasks.timed_sleep, 0.1) for _ in range(12)]]
+    assert _choice(pool, tasks.timed_sleep).startswith("thread: it mostly waits")
+    assert _most_at_once(spans) == workers
+
+
+def test_the_probes_running_task_counts_as_one_of_the_process_workers() -> None:
+    """Chosen mid-run, a process pool of N runs N - 1 tasks until the probe's task ends."""
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    # The first task: ~0.2-0.4 s of CPU work (the GIL is judged meanwhile), then a
+    # sleep that lets the process workers start while it still runs.
+    n = 3_000_000
+    with anypool.Pool(workers=2) as pool:
+        first = pool.submit(tasks.timed_cpu, n, 1.0)
+        rest = [pool.submit(tasks.timed_cpu, n) for _ in range(6)]
+        spans = [f.result(60) for f in [first, *rest]]
+    choice = _choice(pool, tasks.timed_cpu)
+    if not choice.startswith("process: "):  # (the thread case is the test above)
+        pytest.skip(f"auto misjudged this GIL-bound work here (a loaded machine): {choice}")
+    assert _most_at_once(spans) == 2, spans
+
+
+def test_cpu_bound_calls_with_unpicklable_arguments_stay_on_threads_and_say_why() -> None:
+    """The held calls' arguments are checked when choosing: none fails for auto's choice.
+
+    Before the fix some of these calls failed with SerializationError (those
+    held when processes were chosen), and every later one too.
+    """
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    n = 300_000
+    with anypool.Pool(workers=2) as pool:
+        futs = [pool.submit(tasks.cpu_beside, n, threading.Lock()) for _ in range(12)]
+        assert [f.result(60) for f in futs] == [(tasks.cpu(n), os.getpid())] * 12
+        later = pool.submit(tasks.cpu_beside, n, threading.Lock())
+        assert later.result(60) == (tasks.cpu(n), os.getpid())
+    reason = _choice(pool, tasks.cpu_beside)
+    assert reason.startswith("thread: "), reason
+    if "holds the GIL" in reason:  # (a loaded machine can make it look GIL-free or brief)
+        assert reason.startswith("thread: CPU-bound and holds the GIL, but cannot go to processes: "
+                                 "argument 1 (lock"), reason
+
+
+def test_a_call_that_cannot_be_pickled_runs_on_threads_where_auto_chose_processes() -> None:
+    """Arguments that cannot go to the processes chosen for their callable: threads, said once."""
+    from anypool.backends.base import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("auto picks processes only with more than one CPU")
+    n = 3_000_000
+    with anypool.Pool(workers=2) as pool:
+        first = list(pool.map(tasks.cpu_beside, [n] * 4))
+        if not _choice(pool, tasks.cpu_beside).startswith("process: "):
+            pytest.skip("auto kept this CPU-bound work on threads here (a loaded machine)")
+        assert any(pid != os.getpid() for _, pid in first)  # the first ran on the probe
+        one = pool.submit(tasks.cpu_beside, 1000, threading.Lock())
+        assert one.result(60) == (tasks.cpu(1000), os.getpid())
+        items = [None] * 5 + [threading.Lock()] + [None] * 5
+        batch = list(pool.map(tasks.cpu_beside, [1000] * 11, items))
+        assert [total for total, _ in batch] == [tasks.cpu(1000)] * 11
+        assert batch[5][1] == os.getpid()
+    assert _choice(pool, tasks.cpu_beside).endswith("; calls that cannot be pickled run on thread")
+
+
+def test_a_coroutine_that_cannot_be_pickled_runs_on_the_loop_where_auto_chose_processes() -> None:
+    with anypool.Pool(workers=2) as pool:
+        assert len(list(pool.map(tasks.fetch_then_parse, range(40)))) == 40
+        if not _choice(pool, tasks.fetch_then_parse).startswith("process+async"):
+            pytest.skip("auto kept these coroutines on the loop here (one CPU, or a loaded machine)")
+        lock = threading.Lock()
+        assert pool.submit(tasks.fetch_then_parse, lock, 1000).result(60) == (lock, os.getpid())
+    assert _choice(pool, tasks.fetch_then_parse).endswith("; calls that cannot be pickled run on async")
+
+
+def test_a_timeout_holds_for_the_calls_the_probe_runs() -> None:
+    """timeout= fails a probed call on time, as on threads; before, it ran to its end and succeeded."""
+    with anypool.Pool(workers=2) as pool:
+        t = time.monotonic()
+        late = pool.with_options(timeout=0.3).submit(tasks.sleep, 3, "late")
+        with pytest.raises(anypool.TaskTimeout):
+            late.result(10)
+        assert time.monotonic() - t < 2.0
+        assert pool.submit(tasks.sleep, 0, "next").result(10) == "next"
+        assert _choice(pool, tasks.sleep).startswith("thread: it mostly waits")
+        assert pool.stats.timed_out == 1
+
+
+def test_a_timeout_in_a_batch_the_probe_runs_fails_that_item_only() -> None:
+    with anypool.Pool(workers=2) as pool:
+        t = time.monotonic()
+        got = list(pool.with_options(timeout=0.3).imap(
+            tasks.sleep, [0.0] * 3 + [3.0] + [0.0] * 3, range(7), chunksize=7, return_exceptions=True))
+        assert time.monotonic() - t < 2.0
+    assert isinstance(got[3], anypool.TaskTimeout)
+    assert [g for i, g in enumerate(got) if i != 3] == [0, 1, 2, 4, 5, 6]

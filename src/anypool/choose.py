@@ -5,7 +5,8 @@
   ``ASYNC_PROBE_ITEMS`` run on the loop with each step timed on the thread's
   CPU clock, and at ``ASYNC_HEAVY`` (0.2 ms) of CPU work a coroutine or more
   the rest go to ``process+async`` (a loop in each worker process), when the
-  function can be pickled and there is more than one CPU.  A pool attached
+  function (and the arguments of the coroutines held for the choice) can be
+  pickled and there is more than one CPU.  A pool attached
   to the caller's running loop is not probed: that loop's CPU time is also
   the caller's;
 * a command (a ``str`` or a list of ``str``) → ``subprocess``;
@@ -16,8 +17,16 @@
     running them → ``thread``;
   - CPU-bound but the GIL is free most of the time (hashlib, zlib, numpy:
     a sampler thread gets to run) → ``thread``;
-  - CPU-bound Python holding the GIL → ``process`` (when the callable can be
-    pickled and there is more than one CPU).
+  - CPU-bound Python holding the GIL → ``process`` (when the callable, the
+    initializer and the arguments of the calls held for the choice can be
+    pickled, and there is more than one CPU).
+
+Auto never fails a call for its own choice: a later call whose arguments
+(or a ``partial``'s) cannot be pickled, of a callable sent to ``process``
+(``process+async``), runs on ``thread`` (``async``) instead, in this
+process, with that backend's limits (a thread past its ``timeout=`` is
+abandoned, not killed); ``pool.stats.choices`` says so once per callable.
+Name the backend to get ``SerializationError`` at ``submit`` instead.
 
 The probe runs tasks for at most ``PROBE_SECONDS``, or for ``PROBE_EARLY``
 when the GIL sampler already found the GIL free nearly all the time (and the
@@ -25,7 +34,12 @@ probe thread was not kept waiting for a CPU); a task still running then is
 judged mid-run from its thread's CPU clock, on the clock thread, which the
 sampler calls in only once a verdict is possible.  Later tasks of that callable
 wait, then go to the chosen backend, whose threads were started with the
-probe (threads are the likely pick).  Time the probe thread spent *ready to
+probe (threads are the likely pick).  A task still running on the probe
+thread when the choice is made counts as one of that backend's ``workers``
+until it ends (``Backend.lend``): ``workers=N`` means N calls at once, the
+probe's included.  A probed call past its ``timeout=`` fails on time, as on
+``thread``: the probe thread is abandoned to finish it, and the choice is
+made at once on what was measured.  Time the probe thread spent *ready to
 run but waiting for a CPU* (Linux's schedstat) is taken out of its wall
 time, so a busy machine does not make CPU-bound work look like waiting.  Each choice and its reason are in
 ``pool.stats.choices`` and logged at debug level.
@@ -53,20 +67,25 @@ from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items
 from .dispatch import fn_name
-from .errors import InitializerFailed, SerializationError
+from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
 from .state import bind_thread
-from .tasks import Failure, Task
+from .tasks import ONE, STAR, Failure, Task
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from .backends.coroutines import AsyncBackend
+    from .backends.processes import ProcessBackend
     from .dispatch import Dispatch
 
 __all__ = ["AutoBackend", "Decision", "decide"]
 
 log = logging.getLogger("anypool")
+
+# Where a call goes whose callable was sent to processes but whose own
+# arguments cannot be pickled: the same model in this process.
+FALLBACK = {"process": "thread", "process+async": "async"}
 
 PROBE_SECONDS = 0.05
 PROBE_MAX = 1.0  # a busy machine may need longer to collect MIN_SAMPLES
@@ -296,6 +315,8 @@ class _ProbeBase:
             self.held.clear()
         return held
 
+    processes = "process"  # the backend chosen for work that needs more than one process
+
     def _pickle_problem(self) -> str | None:
         # cloudpickle is imported only for a callable that may go to processes:
         # a run on threads is spared its ~5 ms import
@@ -308,6 +329,22 @@ class _ProbeBase:
             dumps_initializer(config.initializer, config.initargs, "to worker processes")
         except SerializationError as exc:
             return str(exc)
+        with self.lock:
+            held = list(self.held)
+        if not held:
+            return None
+        # The tasks held are the calls this choice would send first: pickled
+        # now, as the process backend would (it keeps what this pickles), so
+        # arguments that cannot go (a lock, a socket) keep the callable on
+        # threads rather than failing its calls there.
+        backend = cast("ProcessBackend", self.router._sub(self.processes))
+        for k, task in enumerate(held):
+            try:
+                backend.prepare(task)
+            except SerializationError as exc:
+                for t in held[:k]:
+                    t.payload = None  # any shared memory it took goes now, not with the task
+                return str(exc)
         return None
 
 
@@ -323,6 +360,13 @@ class _Probe(_ProbeBase):
         self.raw_wall = 0.0
         self.items = 0
         self.current_start: float | None = None
+        # a task with a timeout= being run (task, results so far, failed indices, start, worker
+        # stats), its item's start and the token of its deadline check: see _call_timed
+        self.timed: tuple[Task, list[Any], list[int], float, Any] | None = None
+        self.item_start = 0.0
+        self.timed_token = 0
+        # the chosen backend, while the task this probe still runs is one of its workers' share
+        self.lent: Backend | None = None
         self.current_cpu0 = 0.0
         self.current_delay0 = 0.0
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
@@ -388,10 +432,17 @@ class _Probe(_ProbeBase):
                     continue
                 w0, c0, d0 = self.current_start, self.current_cpu0, self.current_delay0
                 t0 = time.time()
-                results, failed = call_items(task.fn, task.items, task.style, Failure)
+                if task.options.timeout is None:
+                    results, failed = call_items(task.fn, task.items, task.style, Failure)
+                else:
+                    timed = self._call_timed(task, t0, ws)
+                    if timed is None:
+                        return  # past its timeout: settled on time, and this thread abandoned
+                    results, failed = timed
                 t1 = time.time()
                 with self.lock:
                     self.current_start = None
+                    lent, self.lent = self.lent, None
                     if not self.decided:
                         delay = schedstat.read_delay(self._sched) - d0
                         raw = time.perf_counter() - w0
@@ -410,6 +461,8 @@ class _Probe(_ProbeBase):
                             self.more.wait(pause)
                             self.sampler.counting = True
                             last = self.decided or not self.held or self._seen_enough()
+                if lent is not None:
+                    lent.give_back()
                 if last:
                     # decide before handing back this result: whoever waits for it
                     # then finds the choice already in pool.stats
@@ -421,9 +474,113 @@ class _Probe(_ProbeBase):
             bind_thread(None)
             dispatch.stats.worker_gone("probe")
             self._decide_now()
+            self._task_over()
             fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
             if fd is not None:
                 os.close(fd)
+
+    def _call_timed(self, task: Task, started: float, ws: Any) -> tuple[list[Any], list[int] | None] | None:
+        """Run ``task``'s items one by one under its ``timeout=``, as the thread backend does.
+
+        None: an item ran past its timeout; ``_expire`` failed it on time,
+        sent the rest on and made the choice, and this thread, abandoned,
+        only finishes the call it is stuck in.
+        """
+        timeout = task.options.timeout
+        assert timeout is not None
+        fn, style = task.fn, task.style
+        out: list[Any] = []
+        failed: list[int] = []
+        with self.lock:
+            self.timed_token += 1
+            token = self.timed_token
+            self.timed = (task, out, failed, started, ws)
+            self.item_start = time.time()
+        clock.call_later(timeout, self._expire, token)
+        for i, item in enumerate(task.items):
+            if i:
+                with self.lock:
+                    self.item_start = time.time()
+            try:
+                if style == ONE:
+                    r = fn(item)
+                elif style == STAR:
+                    r = fn(*item)
+                else:
+                    r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+            except BaseException as exc:
+                r = Failure(exc)
+            with self.lock:
+                if self.timed_token != token:
+                    return None
+                if type(r) is Failure:
+                    failed.append(i)
+                out.append(r)
+        with self.lock:
+            if self.timed_token != token:
+                return None
+            self.timed = None
+            self.timed_token += 1
+        return out, failed or None
+
+    def _expire(self, token: int) -> None:
+        """Clock callback: fail the probe's item running past its deadline, or look again then."""
+        with self.lock:
+            timed = self.timed
+            if timed is None or token != self.timed_token:
+                return
+            task, out, failed, started, ws = timed
+            timeout = task.options.timeout
+            assert timeout is not None
+            now = time.time()
+            deadline = self.item_start + timeout
+            if now < deadline:
+                clock.call_later(deadline - now, self._expire, token)
+                return
+            self.timed = None
+            self.timed_token += 1  # the probe thread, back from the call, sees it abandoned
+            i = len(out)
+            done, bad = list(out), list(failed)
+            if not self.decided and self.current_start is not None:
+                # judged on what it did until now: the call may never return
+                self.items += i + 1
+                raw = time.perf_counter() - self.current_start
+                own = raw - (schedstat.read_delay(self._sched) - self.current_delay0)
+                self.raw_wall += raw
+                self.wall += max(own, 1e-9)
+                try:
+                    clk = time.pthread_getcpuclockid(self.thread.ident or 0)
+                    self.cpu += time.clock_gettime(clk) - self.current_cpu0
+                except (AttributeError, OSError):
+                    pass
+        # the choice first: the rest of the batch, and a retry, go to the chosen backend
+        self._decide_now()
+        self._task_over()  # an abandoned call no longer takes a worker's share, as on threads
+        dispatch = self.router.dispatch
+        exc = TaskTimeout(timeout, task.label())
+        dispatch.finish(task.head(i + 1), [*done, Failure(exc, "timeout")], started, time.time(), ws,
+                        [*bad, i])
+        if i + 1 < len(task.items):
+            dispatch.requeue(task.subtask(i + 1, task.items[i + 1:]))
+
+    def _task_over(self) -> None:
+        """The probe runs no task now: give back the worker's share it used, if lent."""
+        with self.lock:
+            self.current_start = None
+            lent, self.lent = self.lent, None
+        if lent is not None:
+            lent.give_back()
+
+    def running(self, backend: Backend) -> bool:
+        """Whether a task still runs here, chosen ``backend`` having lent a worker's share for it.
+
+        False: none runs (any more), so ``backend`` has its share back at once.
+        """
+        with self.lock:
+            if self.current_start is None:
+                return False
+            self.lent = backend
+            return True
 
     def _seen_enough(self) -> bool:
         """Whether the measurements so far can decide (caller holds the lock)."""
@@ -533,7 +690,20 @@ class _Probe(_ProbeBase):
             decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
         else:
             decision = decide(cpu, wall, items, gil_held, self.router.cpus, self._pickle_problem)
+        # Judged mid-run, the task running here is one of the chosen backend's
+        # workers' share until it ends: lent before the choice is recorded, so
+        # no task sent there meanwhile runs beside it with all the workers busy.
+        chosen: Backend | None = None
+        if self.current_start is not None:
+            try:
+                chosen = self.router._sub(decision.backend)
+            except Exception:
+                chosen = None  # reported in _decided, where the held tasks fail
+            else:
+                chosen.lend()
         held = self._record(decision)
+        if chosen is not None and (held is None or not self.running(chosen)):
+            chosen.give_back()
         if held is not None:
             self.router._decided(self.fn, decision, held)
 
@@ -613,6 +783,7 @@ class _AsyncProbe(_ProbeBase):
     """
 
     join_blocks = False
+    processes = "process+async"
 
     def __init__(self, router: AutoBackend, key: Any, fn: Callable[..., Any], first: Task,
                  loop_backend: AsyncBackend) -> None:
@@ -794,7 +965,28 @@ class AutoBackend(Backend):
                 # than at the choice, when the probe's task may be busy on one.
                 self._sub("thread").start()
                 return
-        self._sub(name).submit(task)
+        try:
+            self._sub(name).submit(task)
+        except SerializationError as exc:
+            if name not in FALLBACK:
+                raise
+            self._fall_back(task, name, exc)
+
+    def _fall_back(self, task: Task, name: str, exc: SerializationError) -> None:
+        """Run on ``FALLBACK[name]`` a task whose arguments cannot go to the processes chosen.
+
+        Auto chose the model; a call that cannot use it must not fail for
+        that choice.  Said once per callable in ``pool.stats.choices``.
+        """
+        other = FALLBACK[name]
+        label = fn_name(task.fn)
+        choices = self.dispatch.stats.choices
+        note = f"; calls that cannot be pickled run on {other}"
+        text = choices.get(label, name)
+        if note not in text:
+            choices[label] = text + note
+            log.debug("anypool: auto runs %s on %s where it cannot go to %s: %s", label, other, name, exc)
+        self._sub(other).submit(task)
 
     def _decided(self, fn: Any, decision: Decision, held: list[Task]) -> None:
         """Record and log a probe's decision; send on the tasks it held."""
@@ -821,8 +1013,14 @@ class AutoBackend(Backend):
                               for i in range(0, len(task.items), fixed)]
                 for piece in pieces:
                     try:
-                        backend.submit(piece)
-                    except Exception as exc:  # e.g. an argument that does not pickle
+                        try:
+                            backend.submit(piece)
+                        except SerializationError as exc:
+                            # held after the choice's own check of the held tasks
+                            if decision.backend not in FALLBACK:
+                                raise
+                            self._fall_back(piece, decision.backend, exc)
+                    except Exception as exc:
                         self.dispatch.fail_unrun(piece, exc)
 
     def kills_running(self) -> bool:

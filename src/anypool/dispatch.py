@@ -291,9 +291,18 @@ class Dispatch:
                             "cancelled")
 
     def requeue(self, task: Task) -> None:
-        """Give back a task that never started (e.g. queued on a worker that died)."""
+        """Give back a task that never started (e.g. queued on a worker that died).
+
+        Its items fail as cancelled where the backend no longer takes work
+        (shut down with ``kill=True`` meanwhile), as a retry's do: raising
+        instead would leave them unsettled in the backend thread or clock
+        callback that requeues, and the pool waiting for them for ever.
+        """
         assert self.backend is not None
-        self.backend.submit(task)
+        try:
+            self.backend.submit(task)
+        except Exception as exc:
+            self.fail_unrun(task, exc, "cancelled" if isinstance(exc, PoolClosed) else "unsendable")
 
     def broken(self, exc: BaseException) -> None:
         """Mark the pool broken: every later submit raises ``exc``."""
@@ -356,12 +365,8 @@ class Dispatch:
             self._resubmit(task)
 
     def _resubmit(self, task: Task) -> None:
-        assert self.backend is not None
         task.submitted = time.time()  # a retry's queue wait starts now, not at the first submit
-        try:
-            self.backend.submit(task)
-        except Exception as exc:  # the backend is gone (killed) or cannot take it
-            self.fail_unrun(task, exc, "cancelled" if isinstance(exc, PoolClosed) else "unsendable")
+        self.requeue(task)
 
     def _annotate(self, task: Task, exc: BaseException, worker: WorkerStats, index: int = 0) -> None:
         note = (f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "

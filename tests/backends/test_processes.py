@@ -558,3 +558,45 @@ def _kill_session(proc: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def test_a_forked_worker_can_run_a_process_pool_of_its_own_beside_the_parents_fork_server() -> None:
+    """A worker forked directly inherits the parent's fork-server state; its own pool must not use it.
+
+    Before the fix the nested pool's manager thread died in the fork server's
+    ensure_running (os.waitpid on a process that is not the worker's child:
+    ChildProcessError), and the task failed with a BrokenPool saying only
+    "the process pool's manager thread failed (see the log)".
+    """
+    with anypool.Pool("process", 1, start_method="forkserver") as p:
+        assert p.submit(tasks.square, 3).result(30) == 9  # this process now runs a fork server
+    # fork by name: with other threads alive (as in a full test run) the default would use the fork server
+    with anypool.Pool("process", 2, start_method="fork") as pool:
+        assert pool.submit(tasks.nested_pool_sum, 10).result(60) == sum(i * i for i in range(10))
+
+
+def test_a_broken_manager_thread_says_what_failed() -> None:
+    """The BrokenPool names the error that ended the manager thread, not only "see the log".
+
+    A child the script forked itself (not an anypool worker, so nothing
+    resets it) inherits the handle of its parent's fork server, and
+    multiprocessing then fails to start a fork server of its own there.
+    """
+    code = (
+        "import os, sys; sys.path.insert(0, 'tests'); import anypool, tasks\n"
+        "if __name__ == '__main__':\n"
+        "    with anypool.Pool('process', 1, start_method='forkserver') as p:\n"
+        "        p.submit(tasks.square, 1).result(30)\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        try:\n"
+        "            with anypool.Pool('process', 1, start_method='forkserver') as p:\n"
+        "                print(p.submit(tasks.square, 2).result(30), flush=True)\n"
+        "        except anypool.BrokenPool as e:\n"
+        "            print(e, flush=True)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+    )
+    out = subprocess.run(python(code), capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("the process pool's manager thread failed, starting a worker process: "
+                                 "ChildProcessError: "), (out.stdout, out.stderr)

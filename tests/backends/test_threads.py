@@ -129,3 +129,24 @@ def test_a_map_retry_that_finishes_first_is_neither_lost_nor_counted_twice(tmp_p
         assert [o if isinstance(o, int) else type(o).__name__ for o in out] == \
             [0, 1, 2, "ValueError", *range(4, 20)]
         assert pool.stats.retried == 1
+
+
+def test_kill_during_a_timed_batch_settles_the_items_behind_the_timed_out_one() -> None:
+    """The item that times out after shutdown(kill=True) hands the rest of its batch back.
+
+    Before the fix that hand-back raised PoolClosed inside the clock's
+    callback: items 2-4 were never settled and the map waited for ever.
+    """
+    pool = anypool.Pool("thread", workers=1)
+    it = pool.with_options(timeout=0.2).imap(tasks.sleep, [0.5] * 4, range(4), chunksize=4,
+                                              return_exceptions=True)
+    time.sleep(0.05)
+    pool.shutdown(kill=True)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.extend(it), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), f"the map hung with {pool._dispatch.outstanding} unit(s) outstanding"
+    assert isinstance(got[0], anypool.TaskTimeout)
+    assert [type(g).__name__ for g in got[1:]] == ["PoolClosed"] * 3
+    assert pool._dispatch.outstanding == 0

@@ -108,6 +108,20 @@ class Backend(ABC):
         """
         return
 
+    def lend(self) -> None:
+        """Run one task fewer at once until ``give_back()``: a worker's share is in use elsewhere.
+
+        ``auto`` lends one while its probe thread still runs a task of a
+        callable it has already handed to this backend: ``workers=N`` then
+        still means N calls at once, not N plus the probe's.  Backends that
+        ``auto``'s probe never picks need not do anything.
+        """
+        return
+
+    def give_back(self) -> None:
+        """End one ``lend()``."""
+        return
+
     def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
         """The future class ``submit(fn, ...)`` returns (a router answers per callable)."""
         return self.future_class

@@ -89,6 +89,20 @@ class ThreadBackend(Backend):
             for _ in range(self.workers):
                 self._spawn()
 
+    def lend(self) -> None:
+        # A stop marker ahead of whatever comes next retires the first thread
+        # to go idle: one thread fewer takes tasks until give_back() starts one.
+        self.start()
+        with self._lock:
+            if self._stopping:
+                return
+            self._queue.put(None)
+
+    def give_back(self) -> None:
+        with self._lock:
+            if not self._stopping:
+                self._spawn()
+
     def _spawn(self) -> None:
         # caller holds self._lock
         name = f"thread-{next(self._names)}"

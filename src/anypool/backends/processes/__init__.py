@@ -33,7 +33,10 @@ the fork server or ``spawn`` needs the ``if __name__ == "__main__":`` guard
 A forked worker holds every file descriptor the pool's process had open at
 the fork (as ``multiprocessing``'s forked workers do): a pipe's write end it
 holds keeps the reader from seeing end-of-file until the pool closes.  Where
-that matters, ``start_method="forkserver"``.
+that matters, ``start_method="forkserver"``.  A task may run a process pool
+of its own: a forked worker forgets its parent's fork server (which is not
+its child, so ``multiprocessing`` could not use it) and starts its own when
+that pool needs one.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class ProcessBackend(Backend):
         self._closed = False
         self._fns: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._fn_ids = 0
+        self.lent = 0  # workers' shares lent out (see lend()): that many fewer run tasks at once
         self.init_bytes = dumps_initializer(config.initializer, config.initargs, "to worker processes")
 
     def describe(self) -> str:
@@ -123,6 +127,15 @@ class ProcessBackend(Backend):
             raise SerializationError(f"a batch of map items cannot be pickled: {exc}") from exc
         task.payload = (fn_id, fn_bytes, False, blob, shared)
 
+    def prepare(self, task: Task) -> None:
+        """Pickle ``task`` now, as ``submit`` would (kept on the task, done once).
+
+        Raises:
+            SerializationError: its callable or arguments cannot be pickled, naming which.
+        """
+        if task.payload is None:
+            self._serialize(task)
+
     def submit(self, task: Task) -> None:
         if self._closed:
             raise PoolClosed("the process backend is shut down")
@@ -138,6 +151,19 @@ class ProcessBackend(Backend):
             manager.fail_pending(manager.broken, "unsendable")
             return
         manager.wake()
+
+    def lend(self) -> None:
+        with self._lock:
+            self.lent += 1
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.lent -= 1
+        manager = self._manager
+        if manager is not None and not self._closed:
+            # a worker may take a task now; not once shut down, when the manager
+            # may have closed its wake pipe (and its number gone to another file)
+            manager.wake()
 
     def _start(self) -> Manager:
         from .manager import Manager

@@ -244,9 +244,12 @@ class Manager:
                             self._flush(w)
                     elif kind == "exit":
                         self._on_exit(w)
-        except BaseException:
+        except BaseException as exc:
             log.exception("anypool: the process manager failed; the pool is broken")
-            err = BrokenPool("the process pool's manager thread failed (see the log)")
+            # what failed, in the error every pending task gets: the log may be out of sight
+            err = BrokenPool(f"the process pool's manager thread failed, {_doing(exc)}: "
+                             f"{type(exc).__name__}: {exc} (its traceback is in the log)")
+            err.__cause__ = exc
             self._break(err)
             for w in list(self.workers.values()):
                 _kill_group(w.pid)
@@ -523,6 +526,13 @@ class Manager:
         pending = self.pending
         while pending:
             idle = [w for w in self.workers.values() if self._room(w)]
+            if self.backend.lent:
+                # a worker's share is lent (auto's probe still runs a task): a
+                # worker with nothing in flight may start only while fewer than
+                # n - lent run; a busy one may still take its next batch
+                busy = sum(1 for w in self.workers.values() if w.inflight)
+                free = self.n - self.backend.lent - busy
+                idle = [w for w in idle if w.inflight or (free := free - 1) >= 0]
             if not idle:
                 return
             idle.sort(key=lambda w: w.inflight_items)
@@ -767,6 +777,16 @@ class Manager:
         finally:
             os.close(self.wake_r)
             os.close(self.wake_w)
+
+
+def _doing(exc: BaseException) -> str:
+    """What the manager was doing when ``exc`` ended it, from its innermost frame in this module."""
+    tb, where = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == __file__:
+            where = tb.tb_frame.f_code.co_name
+        tb = tb.tb_next
+    return "starting a worker process" if where == "_start_worker" else "running the pool"
 
 
 class _Missing:

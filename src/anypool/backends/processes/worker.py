@@ -66,6 +66,7 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _forget_parents_fork_server()
     sys.path[:] = cfg["sys_path"]
     faulthandler.enable(file=fault.fileno(), all_threads=True)
     _watch_parent(cfg["parent_pid"])
@@ -88,6 +89,33 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
         asyncio.run(worker.serve_async(cfg["concurrency"]))
     else:
         worker.serve()
+
+
+def _forget_parents_fork_server() -> None:
+    """Drop the fork server a directly forked worker inherited the handle of.
+
+    ``multiprocessing`` keeps its fork server's pid in the process that
+    started it; a fork copies that, and the first process pool a task then
+    starts (from the fork server: this worker runs threads) asks
+    ``os.waitpid`` about a process that is not its child: ChildProcessError,
+    and that pool is broken.  Forgotten, a task's pool starts a fork server
+    of this worker's own, as in any fresh process.  Workers the fork server
+    or ``spawn`` started have no pid to forget.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is None:
+        return  # never imported before the fork: nothing inherited
+    server: Any = forkserver._forkserver
+    if server._forkserver_pid is None:
+        return
+    alive = server._forkserver_alive_fd
+    server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+    server._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    if alive is not None:
+        try:
+            os.close(alive)  # this copy would keep the parent's fork server alive as long as we are
+        except OSError:
+            pass
 
 
 def _watch_parent(pid: int) -> None:
