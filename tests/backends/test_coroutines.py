@@ -7,6 +7,8 @@ import concurrent.futures as cf
 import gc
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 import types
@@ -14,6 +16,7 @@ import weakref
 from collections.abc import Generator
 from typing import Any
 
+import psutil
 import pytest
 
 import anypool
@@ -401,6 +404,73 @@ class TestProcessAsync:
             with pytest.raises(anypool.TaskTimeout):
                 pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
             assert pool.submit(tasks.asquare, 4).result(10) == 16
+
+
+_SPAWNING_SCRIPT = """
+import asyncio, os, subprocess, sys
+sys.path.insert(0, {tests!r})
+import anypool
+
+async def spawn(i):
+    child = subprocess.Popen(["sleep", "104"])
+    with open(os.path.join({out!r}, str(child.pid)), "w"):
+        pass
+    await asyncio.sleep(60)
+
+if __name__ == "__main__":
+    # the fork server's workers, as in any program with threads (a forked worker holds its
+    # siblings' sockets, so only the last one forked would see end-of-file)
+    with anypool.Pool("process+async", 2, start_method="forkserver") as pool:
+        futs = [pool.submit(spawn, i) for i in range(4)]
+        while len(os.listdir({out!r})) < 4:
+            pass
+        print("ready", flush=True)
+        for f in futs:
+            f.result()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_processes_a_coroutine_started_die_with_the_program(tmp_path: Any, sig: int) -> None:
+    """Regression: a process+async worker saw end-of-file on its socket when the pool's
+    process died, returned normally and exited before its watchdog could kill its group,
+    leaving every process its coroutines had started running."""
+    out = tmp_path / "children"
+    out.mkdir()
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _SPAWNING_SCRIPT.format(tests=tests_dir, out=str(out))],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        children = [psutil.Process(int(name)) for name in os.listdir(out)]
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        alive = children
+        while alive and time.monotonic() < deadline:
+            alive = [c for c in alive if _alive(c)]
+            time.sleep(0.05)
+        assert alive == [], f"{len(alive)} of 4 children outlived the pool's process"
+    finally:
+        for c in children:
+            try:
+                c.kill()
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def _apid(_: int) -> int:

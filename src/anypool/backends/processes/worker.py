@@ -7,8 +7,9 @@
     loop:  recv TASK → load callable (cached by id) and items → mark the slot →
            run (sync: one item after another; async: coroutines on a loop,
            at most `concurrency` at once) → send RESULT / PARTIAL
-    exit:  STOP or EOF from the parent, or the parent dies (the watchdog kills
-           this process group: no worker outlives its pool)
+    exit:  STOP from the parent; EOF (the pool's process died or gave up on this
+           worker) or the parent's death seen by the watchdog kill this process
+           group first: no worker, nor what its tasks started, outlives its pool
 
 Everything a task can do wrong stays inside its own result: an exception
 (even ``SystemExit`` or ``KeyboardInterrupt``), an argument that fails to
@@ -89,21 +90,23 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
         worker.serve()
 
 
+def _die() -> None:
+    """The pool is gone: kill every process this worker started, and this worker."""
+    try:
+        import psutil  # children that left our process group escape killpg
+
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+    except Exception:
+        pass
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(70)
+
+
 def _watch_parent(pid: int) -> None:
     """Exit (with every process this worker started) as soon as the pool's process dies."""
-
-    def die() -> None:
-        try:
-            import psutil  # children that left our process group escape killpg
-
-            for p in psutil.Process().children(recursive=True):
-                p.kill()
-        except Exception:
-            pass
-        try:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        finally:
-            os._exit(70)
 
     def watch() -> None:
         try:
@@ -114,12 +117,12 @@ def _watch_parent(pid: int) -> None:
             import select
 
             select.select([fd], [], [])
-            die()
+            _die()
         while True:  # no pidfd: poll (the parent may already be gone: then getppid changed)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                die()
+                _die()
             except PermissionError:
                 pass
             time.sleep(0.2)
@@ -197,7 +200,7 @@ class _Worker:
             try:
                 msg = pickle.loads(recv_frame(sock))
             except EOFError:
-                return
+                _die()  # returning would leave what earlier tasks started running
             if msg[0] == STOP:
                 return
             assert msg[0] == TASK
@@ -324,8 +327,7 @@ class _Worker:
                 else:
                     loop.add_writer(sock.fileno(), pump)
             except OSError:
-                if not done.done():
-                    done.set_result(None)
+                _die()  # the pool's end is closed: nobody is left to take the results
 
         def report(item: tuple[Any, ...]) -> None:
             nonlocal flush_scheduled
@@ -371,8 +373,11 @@ class _Worker:
                     t = loop.create_task(run_item(wire_id, i, fn, style, item, timeout))
                     running.add(t)
                     t.add_done_callback(running.discard)
-            if reader.eof and not done.done():
-                done.set_result(None)
+            if reader.eof:
+                # The pool's process died (or closed this channel for good).  A normal
+                # return would end this process before the watchdog kills its group,
+                # and every process a coroutine started would run on.
+                _die()
 
         loop.add_reader(sock.fileno(), on_readable)
         try:
