@@ -405,6 +405,21 @@ class TestProcessAsync:
                 pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
             assert pool.submit(tasks.asquare, 4).result(10) == 16
 
+    @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_in_a_coroutine_with_a_timeout_fails_only_that_task(
+            self, exc: BaseException) -> None:
+        """Regression: with timeout= each coroutine ran in a task of its own (wait_for), and
+        asyncio re-raises SystemExit/KeyboardInterrupt from a task out of the loop: the
+        worker ended and the coroutines beside it failed with a bare CancelledError."""
+        with anypool.Pool("process+async", 1, timeout=10) as pool:
+            others = [pool.submit(tasks.asleep, 0.5, i) for i in range(3)]
+            quitter = pool.submit(_sleep_then_raise, 0.1, exc)
+            with pytest.raises(type(exc)):
+                quitter.result(30)
+            assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.crashed == 0
+
 
 _SPAWNING_SCRIPT = """
 import asyncio, os, subprocess, sys
@@ -471,6 +486,11 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def _sleep_then_raise(seconds: float, exc: BaseException) -> None:
+    await asyncio.sleep(seconds)
+    raise exc
 
 
 async def _apid(_: int) -> int:

@@ -340,6 +340,17 @@ class _Worker:
                            timeout: float | None) -> None:
             async with sem:
                 t0 = time.time()
+                # The timeout cancels this very task, not one of its own (wait_for's
+                # way): asyncio re-raises SystemExit and KeyboardInterrupt from a task
+                # out of the loop, which would end the worker and every coroutine in it.
+                timer: asyncio.TimerHandle | None = None
+                expired = False
+
+                def expire(task: asyncio.Task[None]) -> None:
+                    nonlocal expired
+                    expired = True
+                    task.cancel()
+
                 try:
                     if style == CALL:
                         r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
@@ -348,12 +359,19 @@ class _Worker:
                     else:
                         r = fn(*item)
                     if inspect.isawaitable(r):
-                        r = await (asyncio.wait_for(r, timeout) if timeout else r)
+                        me = asyncio.current_task() if timeout else None
+                        if me is not None:
+                            timer = loop.call_at(loop.time() + (timeout or 0.0) - (time.time() - t0),
+                                                 expire, me)
+                        r = await r
                     bad = False
-                except asyncio.TimeoutError:
-                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
                 except BaseException as exc:
                     r, bad = _packed(exc), True
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if expired:  # even if the coroutine swallowed the cancellation: it ran too long
+                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
                 report((wire_id, i, r, bad, t0, time.time()))
 
         def on_readable() -> None:
