@@ -420,6 +420,42 @@ class TestProcessAsync:
             assert [f.result(30) for f in others] == [0, 1, 2]
             assert pool.stats.crashed == 0
 
+    def test_a_coroutine_that_kills_its_process_fails_alone_and_the_others_run_again(self) -> None:
+        """Regression: every coroutine the dead process held failed with it, even those that
+        had finished (their results still in its outbox) or never started."""
+        with anypool.Pool("process+async", 2) as pool:
+            got = list(pool.imap(_double_or_die, range(30), [7] * 30, return_exceptions=True))
+            assert isinstance(got[7], anypool.WorkerCrashed)
+            assert "while running #7 _double_or_die" in str(got[7])
+            assert [g for i, g in enumerate(got) if i != 7] == [2 * i for i in range(30) if i != 7]
+            assert pool.stats.crashed == 1
+
+    def test_retries_re_run_the_others_without_using_up_their_attempts(self) -> None:
+        with anypool.Pool("process+async", 2, retries=3, backoff=0.01) as pool:
+            futs = [pool.submit(_double_or_die, i, 7) for i in range(30)]
+            with pytest.raises(anypool.WorkerCrashed, match="exited with code 3") as info:
+                futs[7].result(30)
+            assert "attempt 4 of 4" in str(info.value.__notes__)
+            others = [f for i, f in enumerate(futs) if i != 7]
+            assert [f.result(30) for f in others] == [2 * i for i in range(30) if i != 7]
+            assert all(len(f.attempts) == 0 for f in others)
+            assert pool.stats.crashed == 4
+
+    def test_a_process_killed_while_its_coroutines_wait_fails_them_all_saying_why(self,
+                                                                                 tmp_path: Any) -> None:
+        """No coroutine held the loop: none can be blamed, so each fails (an attempt each)."""
+        with anypool.Pool("process+async", 1) as pool:
+            futs = [pool.submit(tasks.amark_then_sleep, str(tmp_path / str(i)), 30) for i in range(3)]
+            deadline = time.monotonic() + 10
+            while len(os.listdir(tmp_path)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            pid = pool.submit(_apid, 0).result(10)
+            os.kill(pid, signal.SIGKILL)
+            for f in futs:
+                with pytest.raises(anypool.WorkerCrashed, match="none could be blamed"):
+                    f.result(10)
+            assert pool.submit(tasks.asquare, 3).result(10) == 9
+
 
 _SPAWNING_SCRIPT = """
 import asyncio, os, subprocess, sys
@@ -491,6 +527,13 @@ def _alive(p: psutil.Process) -> bool:
 async def _sleep_then_raise(seconds: float, exc: BaseException) -> None:
     await asyncio.sleep(seconds)
     raise exc
+
+
+async def _double_or_die(x: int, bad: int) -> int:
+    await asyncio.sleep(0.01)
+    if x == bad:
+        os._exit(3)
+    return 2 * x
 
 
 async def _apid(_: int) -> int:

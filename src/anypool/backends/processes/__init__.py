@@ -177,7 +177,12 @@ class AsyncProcessBackend(ProcessBackend):
 
     ``workers`` processes, each running up to ``concurrency`` coroutines at
     once (default 1000).  ``timeout=`` cancels the coroutine inside its
-    process; a process that dies fails the coroutines it was running.
+    process.  A process that dies while a coroutine's step runs (``os._exit``,
+    a segfault) fails that coroutine only; the others it held run again,
+    without using up an attempt (results that had finished but were not yet
+    sent back run again too: at-least-once).  A death while no step runs (a
+    kill from outside, the OOM killer) can blame none of them: each fails
+    with ``WorkerCrashed``, an attempt each.
     """
 
     name = "process+async"

@@ -367,11 +367,7 @@ class Manager:
             self._settle_killed(w, wires, now)
             return
         if self.mode == "async":
-            # every coroutine in the process was running: all of them lost their worker
-            msg = _crash_message(w, code, fault, f"{sum(x.n for x in wires)} coroutines")
-            for wire in wires:
-                for task in wire.units:
-                    self._fail_items(task, WorkerCrashed(msg, code, w.pid), "crash", w.ws, wire, now)
+            self._settle_lost_async(w, wires, code, fault, now)
             return
         first, rest = wires[0], wires[1:]
         for wire in rest:  # never started: hand back untouched
@@ -401,6 +397,75 @@ class Manager:
 
         start = self.slots[base + 2] or first.started
         self._settle_started(w, first, culprit, failure, start, now)
+
+    def _settle_lost_async(self, w: _Worker, wires: list[_Wire], code: int | None, fault: str,
+                           now: float) -> None:
+        """Settle the coroutines of a dead process+async worker.
+
+        The worker names in its slot the coroutine whose step holds its loop
+        (see ``worker._Marked``).  If one did when it died, that one is blamed
+        (one attempt, as on ``process``) and the others, which only shared its
+        process, run again without losing an attempt.  A timeout kill blames
+        the coroutines it named.  A death between steps (killed from outside,
+        the OOM killer, a thread's crash) names nobody: every coroutine it held
+        fails, each counting an attempt, so retries re-run them and a cause
+        that keeps coming back cannot re-run them for ever.
+        """
+        killed = w.killed
+        base = w.slot * SLOT_WIDTH
+        timed_out = killed is not None and killed[0] == "timeout"
+        blamed: set[tuple[int, int]] | None
+        if timed_out:
+            assert killed is not None
+            blamed = killed[1]
+        elif self.slots[base] != IDLE:
+            blamed = {(int(self.slots[base]), int(self.slots[base + 1]))}
+        else:
+            blamed = None
+        held = sum(wire.n for wire in wires) - sum(wire.n - wire.remaining for wire in wires)
+
+        def failure(wire: _Wire, task: Task) -> Failure:
+            if timed_out:
+                return Failure(TaskTimeout(wire.timeout or 0.0, task.label()), "timeout")
+            what = task.label()
+            if blamed is None:
+                what += (f" (one of the {held} coroutines it held; none of them was running a step"
+                         " when it died, so none could be blamed)")
+            return Failure(WorkerCrashed(_crash_message(w, code, fault, what), code, w.pid), "crash")
+
+        for wire in wires:
+            results = wire.results
+            assert results is not None
+            pos = 0
+            for task in wire.units:
+                n = len(task.items)
+                lo = pos
+                pos += n
+                # split the unit into runs: reported, blamed, or to run again
+                i = 0
+                while i < n:
+                    r = results[lo + i]
+                    if r is not _MISSING:
+                        j = i + 1
+                        while j < n and results[lo + j] is not _MISSING:
+                            j += 1
+                        if task.future is None:  # a map batch: settle what came back
+                            res = results[lo + i:lo + j]
+                            failed = [k for k, x in enumerate(res) if type(x) is Failure] or None
+                            self.dispatch.finish(task.subtask(i, task.items[i:j]), res, wire.started, now,
+                                                 w.ws, failed)
+                        i = j
+                    elif blamed is None or (wire.id, lo + i) in blamed:
+                        part = task if n == 1 else task.subtask(i, [task.items[i]])
+                        self.dispatch.finish(part, [failure(wire, part)], wire.started, now, w.ws, [0])
+                        i += 1
+                    else:
+                        j = i + 1
+                        while (j < n and results[lo + j] is _MISSING
+                               and (wire.id, lo + j) not in blamed):
+                            j += 1
+                        self.dispatch.requeue(task if j - i == n else task.subtask(i, task.items[i:j]))
+                        i = j
 
     def _settle_killed(self, w: _Worker, wires: list[_Wire], now: float) -> None:
         """Fail the tasks of a worker killed by ``shutdown(kill=True)``.
@@ -683,8 +748,10 @@ class Manager:
                 prev = self.cost.get(wire.fn_id)
                 self.cost[wire.fn_id] = (e - s) if prev is None else 0.8 * prev + 0.2 * (e - s)
             if len(wire.units) > 1 or wire.units[0].future is not None:
-                # single calls: each finishes on its own
+                # single calls: each finishes on its own (marked done: not re-run if its worker dies)
                 self.dispatch.finish_one(wire.units[index], result, s, e, w.ws)
+                if wire.results is not None:
+                    wire.results[index] = None
             else:
                 assert wire.results is not None
                 wire.results[index] = result

@@ -301,7 +301,7 @@ class _Worker:
         import inspect
 
         loop = asyncio.get_running_loop()
-        sock = self.sock
+        sock, slots, base = self.sock, self.slots, self.base
         sock.setblocking(False)
         reader, writer = FrameReader(sock), FrameWriter(sock)
         done = loop.create_future()
@@ -352,18 +352,24 @@ class _Worker:
                     task.cancel()
 
                 try:
-                    if style == CALL:
-                        r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
-                    elif style == ONE:
-                        r = fn(item)
-                    else:
-                        r = fn(*item)
+                    slots[base + 2] = t0  # the slot names who holds the loop: see _Marked
+                    slots[base + 1] = i
+                    slots[base] = wire_id
+                    try:
+                        if style == CALL:
+                            r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+                        elif style == ONE:
+                            r = fn(item)
+                        else:
+                            r = fn(*item)
+                    finally:
+                        slots[base] = IDLE
                     if inspect.isawaitable(r):
                         me = asyncio.current_task() if timeout else None
                         if me is not None:
                             timer = loop.call_at(loop.time() + (timeout or 0.0) - (time.time() - t0),
                                                  expire, me)
-                        r = await r
+                        r = await _Marked(r, slots, base, wire_id, i, t0)
                     bad = False
                 except BaseException as exc:
                     r, bad = _packed(exc), True
@@ -404,3 +410,51 @@ class _Worker:
             loop.remove_reader(sock.fileno())
             for t in running:
                 t.cancel()
+
+
+class _Marked:
+    """Awaits a task's awaitable, naming it in the worker's slot while each of its steps runs.
+
+    A process+async worker runs many coroutines, and one of them may kill it
+    (``os._exit``, a segfault) or block its loop past its timeout.  The slot
+    then tells the pool which one (``[wire_id, index, its start]``, written
+    start first, as the sync worker does), so only that one is blamed and the
+    others run again; between steps it reads IDLE, so a death while the loop
+    waits blames nobody.  It costs a generator step and four stores per step.
+    """
+
+    __slots__ = ("aw", "base", "index", "slots", "start", "wire_id")
+
+    def __init__(self, aw: Any, slots: Any, base: int, wire_id: int, index: int, start: float) -> None:
+        self.aw = aw
+        self.slots = slots
+        self.base = base
+        self.wire_id = wire_id
+        self.index = index
+        self.start = start
+
+    def __await__(self) -> Any:
+        it = self.aw.__await__()
+        slots, base, wire_id, index, start = self.slots, self.base, self.wire_id, self.index, self.start
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            slots[base + 2] = start
+            slots[base + 1] = index
+            slots[base] = wire_id
+            try:
+                out = it.send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                slots[base] = IDLE
+            exc = None
+            try:
+                value = yield out
+            except GeneratorExit:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as e:  # a cancellation (or anything thrown in): pass it on
+                value, exc = None, e
