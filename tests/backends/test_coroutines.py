@@ -456,6 +456,40 @@ class TestProcessAsync:
                     f.result(10)
             assert pool.submit(tasks.asquare, 3).result(10) == 9
 
+    def test_a_coroutine_blocking_its_loop_past_its_timeout_is_stopped(self) -> None:
+        """Regression: a coroutine that never yields to its loop (time.sleep) ran on past its
+        timeout and returned a success; now its process is killed, ASYNC_GRACE after the
+        deadline, and the coroutines waiting behind it run again."""
+        with anypool.Pool("process+async", 1, timeout=1) as pool:
+            blocker = pool.submit(_block, 6)
+            others = [pool.submit(tasks.asleep, 0.2, i) for i in range(3)]
+            t0 = time.monotonic()
+            with pytest.raises(anypool.TaskTimeout, match=r"task #1 _block ran past its timeout of 1 s"):
+                blocker.result(30)
+            assert time.monotonic() - t0 < 4
+            assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.timed_out == 1
+
+    def test_a_stopped_process_still_times_out(self) -> None:
+        """Regression: a SIGSTOPped worker never timed out (nor ended shutdown(wait=True))."""
+        with anypool.Pool("process+async", 1, timeout=0.5) as pool:
+            pid = pool.submit(_apid, 0).result(10)
+            futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+            while not all(f.running() for f in futs):
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGSTOP)
+            for f in futs:
+                with pytest.raises(anypool.TaskTimeout, match=r"task #\d asleep ran past"):
+                    f.result(10)
+            assert pool.submit(tasks.asquare, 3).result(10) == 9
+
+    def test_a_timeout_names_the_task(self) -> None:
+        with anypool.Pool("process+async", 1) as pool:
+            with pytest.raises(anypool.TaskTimeout, match=r"task #1 asleep ran past its timeout of 0.3 s"):
+                pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
+            got = list(pool.with_options(timeout=0.3).imap(tasks.asleep, [0, 30], return_exceptions=True))
+            assert "task #1 asleep ran past" in str(got[1])  # numbered within the map
+
 
 _SPAWNING_SCRIPT = """
 import asyncio, os, subprocess, sys
@@ -534,6 +568,11 @@ async def _double_or_die(x: int, bad: int) -> int:
     if x == bad:
         os._exit(3)
     return 2 * x
+
+
+async def _block(seconds: float) -> str:
+    time.sleep(seconds)  # never yields to the loop: only killing the process stops it
+    return "finished"
 
 
 async def _apid(_: int) -> int:

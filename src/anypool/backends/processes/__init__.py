@@ -177,7 +177,10 @@ class AsyncProcessBackend(ProcessBackend):
 
     ``workers`` processes, each running up to ``concurrency`` coroutines at
     once (default 1000).  ``timeout=`` cancels the coroutine inside its
-    process.  A process that dies while a coroutine's step runs (``os._exit``,
+    process; if it still runs ``ASYNC_GRACE`` (1 s) later (it blocks the loop,
+    ignores the cancellation, or the process is stopped), the process is
+    killed: that coroutine fails with ``TaskTimeout``, the others run again.
+    A process that dies while a coroutine's step runs (``os._exit``,
     a segfault) fails that coroutine only; the others it held run again,
     without using up an attempt (results that had finished but were not yet
     sent back run again too: at-least-once).  A death while no step runs (a

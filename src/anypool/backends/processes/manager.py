@@ -80,6 +80,7 @@ log = logging.getLogger("anypool")
 
 STARTUP_FAILURES = 3  # workers dying before READY, in a row, before the pool is declared broken
 STOP_GRACE = 5.0  # seconds a stopping worker gets before it is killed
+ASYNC_GRACE = 1.0  # seconds a process+async worker gets to stop a coroutine past its timeout
 PREFETCH_BELOW = 0.05  # send a second batch to a busy worker only if batches take less than this
 MAX_COALESCE = 256  # submit() calls packed into one message at most
 
@@ -740,6 +741,8 @@ class Manager:
                 continue
             if bad:
                 result = Failure(unpack_exception(result.exc), result.kind)
+                if result.kind == "timeout" and type(result.exc) is TaskTimeout and not result.exc.task:
+                    result.exc.task = _item_label(wire, index)  # the worker knows no task numbers
             w.inflight_items -= 1
             w.tasks_done += 1
             wire.remaining -= 1
@@ -776,7 +779,10 @@ class Manager:
 
     def _check_deadlines(self) -> float | None:
         if self.mode == "async":
-            return 1.0 if self.stopping else None
+            wait = self._check_async_deadlines()
+            if self.stopping:
+                wait = 1.0 if wait is None else min(wait, 1.0)
+            return wait
         now = time.time()
         soonest: float | None = None
         slots = self.slots
@@ -800,6 +806,54 @@ class Manager:
             soonest = left if soonest is None else min(soonest, left)
         if self.stopping:
             soonest = 0.5 if soonest is None else min(soonest, 0.5)
+        return soonest
+
+    def _check_async_deadlines(self) -> float | None:
+        """Kill a process+async worker that did not stop a coroutine at its timeout.
+
+        The worker cancels a coroutine at its deadline itself; it cannot when a
+        coroutine blocks its loop (``time.sleep``, a C call that hangs), ignores
+        its cancellation, or the process is stopped.  ``ASYNC_GRACE`` after the
+        deadline the pool kills the process, as ``process`` kills a late task:
+        the coroutine holding the loop (its slot, see ``worker._Marked``) fails
+        with ``TaskTimeout`` if it is the late one; else every coroutine past
+        its deadline does.  The others it held run again (``_settle_lost_async``).
+        """
+        now = time.time()
+        soonest: float | None = None
+        slots = self.slots
+        for w in self.workers.values():
+            if not w.inflight or w.killed is not None:
+                continue
+            base = w.slot * SLOT_WIDTH
+            wire_id = slots[base]
+            if wire_id != IDLE:
+                index, start = int(slots[base + 1]), slots[base + 2]
+                holder = next((x for x in w.inflight if x.id == wire_id), None)
+                # read the id again: the same one both times means index and start are its own
+                if holder is not None and holder.timeout is not None and slots[base] == wire_id:
+                    left = start + holder.timeout + ASYNC_GRACE - now
+                    if left <= 0:
+                        w.killed = ("timeout", {(holder.id, index)})
+                        _kill_group(w.pid)
+                        continue
+                    # The others wait behind it (they started no later than it did): their
+                    # deadlines come first, but the blame is its own if it still holds the loop.
+                    soonest = left if soonest is None else min(soonest, left)
+                    continue
+            late: set[tuple[int, int]] = set()
+            for wire in w.inflight:
+                if wire.timeout is None:
+                    continue
+                left = wire.started + wire.timeout + ASYNC_GRACE - now
+                if left <= 0:
+                    assert wire.results is not None
+                    late.update((wire.id, k) for k, r in enumerate(wire.results) if r is _MISSING)
+                else:
+                    soonest = left if soonest is None else min(soonest, left)
+            if late:
+                w.killed = ("timeout", late)
+                _kill_group(w.pid)
         return soonest
 
     # -- failure of the whole pool -------------------------------------------------
@@ -846,6 +900,14 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+
+
+def _item_label(wire: _Wire, index: int) -> str:
+    """The label of item ``index`` of ``wire``, as ``Task.label`` gives it."""
+    if len(wire.units) > 1 or wire.units[0].future is not None:
+        return wire.units[index].label()
+    task = wire.units[0]
+    return task.label() if len(task.items) == 1 else task.subtask(index, [task.items[index]]).label()
 
 
 def _kill_group(pid: int) -> None:
