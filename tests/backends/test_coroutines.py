@@ -13,6 +13,7 @@ import sys
 import time
 import types
 import weakref
+from collections import Counter
 from collections.abc import Generator
 from typing import Any
 
@@ -489,6 +490,15 @@ class TestProcessAsync:
                 pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
             got = list(pool.with_options(timeout=0.3).imap(tasks.asleep, [0, 30], return_exceptions=True))
             assert "task #1 asleep ran past" in str(got[1])  # numbered within the map
+
+    def test_max_tasks_per_worker_recycles_processes(self) -> None:
+        """Regression: process+async ignored max_tasks_per_worker (40 of 40 tasks on one pid)."""
+        with anypool.Pool("process+async", 2, max_tasks_per_worker=3) as pool:
+            by_map = Counter(pool.map(_apid, range(40)))
+            by_submit = Counter(f.result(30) for f in [pool.submit(_apid, i) for i in range(40)])
+        assert max(by_map.values()) <= 3, by_map
+        assert max(by_submit.values()) <= 3, by_submit
+        assert sum(by_map.values()) == sum(by_submit.values()) == 40
 
 
 _SPAWNING_SCRIPT = """

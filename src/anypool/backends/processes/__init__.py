@@ -198,7 +198,10 @@ class AsyncProcessBackend(ProcessBackend):
         return self.config.concurrency or 1000
 
     def fixed_batch(self) -> int | None:
-        return max(1, self.concurrency // 8)
+        size = self.concurrency // 8
+        if self.config.max_tasks_per_worker is not None:  # a batch never outlasts its worker
+            size = min(size, self.config.max_tasks_per_worker)
+        return max(1, size)
 
     def window(self) -> int:
         return 2 * self.workers * 8 + 2

@@ -572,11 +572,14 @@ class Manager:
     def _room(self, w: _Worker) -> bool:
         if not w.ready or w.retiring or w.killed is not None:
             return False
+        limit = self.config.max_tasks_per_worker
         if self.mode == "async":
+            # nothing more once its tasks reach the limit: it retires when they are done
+            if limit is not None and w.tasks_done + w.inflight_items >= limit:
+                return False
             return w.inflight_items < (self.config.concurrency or 1000)
         if not w.inflight:
             return True
-        limit = self.config.max_tasks_per_worker
         if limit is not None and w.tasks_done + w.inflight_items >= limit:
             return False
         if len(w.inflight) >= 2:
