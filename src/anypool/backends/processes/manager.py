@@ -573,6 +573,9 @@ class Manager:
         if not w.ready or w.retiring or w.killed is not None:
             return False
         limit = self.config.max_tasks_per_worker
+        memory = self.config.max_memory_per_worker
+        if w.inflight and memory is not None and w.rss > memory:
+            return False  # too big: let it go idle, so that _maybe_retire can replace it
         if self.mode == "async":
             # nothing more once its tasks reach the limit: it retires when they are done
             if limit is not None and w.tasks_done + w.inflight_items >= limit:
