@@ -62,6 +62,10 @@ class TestCrashes:
         assert pool.submit(tasks.square, 5).result(30) == 25  # the pool goes on
         assert pool.stats.crashed == 1
 
+    def test_an_exit_with_code_zero_is_a_crash_that_says_how(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.WorkerCrashed, match=r"exited with code 0 \(os._exit\(\) or a C library"):
+            pool.submit(tasks.exit_hard, 0).result(30)
+
     def test_a_segfault_message_carries_the_workers_last_words(self, pool: anypool.Pool) -> None:
         """faulthandler's traceback of the dying worker is part of the error."""
         with pytest.raises(anypool.WorkerCrashed) as info:

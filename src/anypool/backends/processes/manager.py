@@ -990,7 +990,7 @@ _HINTS = {
 
 def _crash_message(w: _Worker, code: int | None, fault: str, what: str) -> str:
     hint = _HINTS.get(code or 0, "")
-    if code is not None and code > 0:
+    if code is not None and code >= 0:  # 0 too: a worker never exits by itself while it holds tasks
         hint = " (os._exit() or a C library exiting the process)"
     msg = f"worker {w.name} (pid {w.pid}) {describe_exit(code)}{hint} while running {what}"
     if fault:
