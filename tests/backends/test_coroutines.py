@@ -374,9 +374,11 @@ def _generator_based(n: int) -> Generator[Any, None, int]:
     return n * 2
 
 
-def test_generator_based_coroutines_run_on_the_async_backend() -> None:
-    with anypool.Pool("async") as pool:
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_generator_based_coroutines_run_on_the_async_backends(backend: str) -> None:
+    with anypool.Pool(backend, 1) as pool:
         assert pool.submit(_generator_based, 21).result(10) == 42
+        assert pool.with_options(timeout=5).submit(_generator_based, 1).result(10) == 2
 
 
 class TestProcessAsync:

@@ -434,7 +434,9 @@ class _Marked:
         self.start = start
 
     def __await__(self) -> Any:
-        it = self.aw.__await__()
+        aw = self.aw
+        to_await = getattr(aw, "__await__", None)
+        it = aw if to_await is None else to_await()  # None: a @types.coroutine generator steps itself
         slots, base, wire_id, index, start = self.slots, self.base, self.wire_id, self.index, self.start
         value: Any = None
         exc: BaseException | None = None
