@@ -423,7 +423,7 @@ class Manager:
             blamed = {(int(self.slots[base]), int(self.slots[base + 1]))}
         else:
             blamed = None
-        held = sum(wire.n for wire in wires) - sum(wire.n - wire.remaining for wire in wires)
+        held = sum(wire.remaining for wire in wires)
 
         def failure(wire: _Wire, task: Task) -> Failure:
             if timed_out:
@@ -836,7 +836,8 @@ class Manager:
             if wire_id != IDLE:
                 index, start = int(slots[base + 1]), slots[base + 2]
                 holder = next((x for x in w.inflight if x.id == wire_id), None)
-                # read the id again: the same one both times means index and start are its own
+                # the id read again, unchanged: index and start are of that wire's coroutine
+                # holding the loop (at worst of one of its items that held it a moment ago)
                 if holder is not None and holder.timeout is not None and slots[base] == wire_id:
                     left = start + holder.timeout + ASYNC_GRACE - now
                     if left <= 0:

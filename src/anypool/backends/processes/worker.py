@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ...calls import call_items
 from ...errors import SerializationError, TaskTimeout
@@ -90,7 +90,7 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
         worker.serve()
 
 
-def _die() -> None:
+def _die() -> NoReturn:
     """The pool is gone: kill every process this worker started, and this worker."""
     try:
         import psutil  # children that left our process group escape killpg
