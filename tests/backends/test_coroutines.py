@@ -7,13 +7,17 @@ import concurrent.futures as cf
 import gc
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 import types
 import weakref
+from collections import Counter
 from collections.abc import Generator
 from typing import Any
 
+import psutil
 import pytest
 
 import anypool
@@ -370,9 +374,11 @@ def _generator_based(n: int) -> Generator[Any, None, int]:
     return n * 2
 
 
-def test_generator_based_coroutines_run_on_the_async_backend() -> None:
-    with anypool.Pool("async") as pool:
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_generator_based_coroutines_run_on_the_async_backends(backend: str) -> None:
+    with anypool.Pool(backend, 1) as pool:
         assert pool.submit(_generator_based, 21).result(10) == 42
+        assert pool.with_options(timeout=5).submit(_generator_based, 1).result(10) == 2
 
 
 class TestProcessAsync:
@@ -401,6 +407,184 @@ class TestProcessAsync:
             with pytest.raises(anypool.TaskTimeout):
                 pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
             assert pool.submit(tasks.asquare, 4).result(10) == 16
+
+    @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_in_a_coroutine_with_a_timeout_fails_only_that_task(
+            self, exc: BaseException) -> None:
+        """Regression: with timeout= each coroutine ran in a task of its own (wait_for), and
+        asyncio re-raises SystemExit/KeyboardInterrupt from a task out of the loop: the
+        worker ended and the coroutines beside it failed with a bare CancelledError."""
+        with anypool.Pool("process+async", 1, timeout=10) as pool:
+            others = [pool.submit(tasks.asleep, 0.5, i) for i in range(3)]
+            quitter = pool.submit(_sleep_then_raise, 0.1, exc)
+            with pytest.raises(type(exc)):
+                quitter.result(30)
+            assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.crashed == 0
+
+    def test_a_coroutine_that_kills_its_process_fails_alone_and_the_others_run_again(self) -> None:
+        """Regression: every coroutine the dead process held failed with it, even those that
+        had finished (their results still in its outbox) or never started."""
+        with anypool.Pool("process+async", 2) as pool:
+            got = list(pool.imap(_double_or_die, range(30), [7] * 30, return_exceptions=True))
+            assert isinstance(got[7], anypool.WorkerCrashed)
+            assert "while running #7 _double_or_die" in str(got[7])
+            assert [g for i, g in enumerate(got) if i != 7] == [2 * i for i in range(30) if i != 7]
+            assert pool.stats.crashed == 1
+
+    def test_retries_re_run_the_others_without_using_up_their_attempts(self) -> None:
+        with anypool.Pool("process+async", 2, retries=3, backoff=0.01) as pool:
+            futs = [pool.submit(_double_or_die, i, 7) for i in range(30)]
+            with pytest.raises(anypool.WorkerCrashed, match="exited with code 3") as info:
+                futs[7].result(30)
+            assert "attempt 4 of 4" in str(info.value.__notes__)
+            others = [f for i, f in enumerate(futs) if i != 7]
+            assert [f.result(30) for f in others] == [2 * i for i in range(30) if i != 7]
+            assert all(len(f.attempts) == 0 for f in others)
+            assert pool.stats.crashed == 4
+
+    def test_a_process_killed_while_its_coroutines_wait_fails_them_all_saying_why(self,
+                                                                                 tmp_path: Any) -> None:
+        """No coroutine held the loop: none can be blamed, so each fails (an attempt each)."""
+        with anypool.Pool("process+async", 1) as pool:
+            futs = [pool.submit(tasks.amark_then_sleep, str(tmp_path / str(i)), 30) for i in range(3)]
+            deadline = time.monotonic() + 10
+            while len(os.listdir(tmp_path)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            pid = pool.submit(_apid, 0).result(10)
+            os.kill(pid, signal.SIGKILL)
+            for f in futs:
+                with pytest.raises(anypool.WorkerCrashed, match="none could be blamed"):
+                    f.result(10)
+            assert pool.submit(tasks.asquare, 3).result(10) == 9
+
+    def test_a_coroutine_blocking_its_loop_past_its_timeout_is_stopped(self) -> None:
+        """Regression: a coroutine that never yields to its loop (time.sleep) ran on past its
+        timeout and returned a success; now its process is killed, ASYNC_GRACE after the
+        deadline, and the coroutines waiting behind it run again."""
+        with anypool.Pool("process+async", 1, timeout=1) as pool:
+            blocker = pool.submit(_block, 6)
+            others = [pool.submit(tasks.asleep, 0.2, i) for i in range(3)]
+            t0 = time.monotonic()
+            with pytest.raises(anypool.TaskTimeout, match=r"task #1 _block ran past its timeout of 1 s"):
+                blocker.result(30)
+            assert time.monotonic() - t0 < 4
+            assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.timed_out == 1
+
+    def test_a_stopped_process_still_times_out(self) -> None:
+        """Regression: a SIGSTOPped worker never timed out (nor ended shutdown(wait=True))."""
+        with anypool.Pool("process+async", 1, timeout=0.5) as pool:
+            pid = pool.submit(_apid, 0).result(10)
+            futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+            while not all(f.running() for f in futs):
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGSTOP)
+            for f in futs:
+                with pytest.raises(anypool.TaskTimeout, match=r"task #\d asleep ran past"):
+                    f.result(10)
+            assert pool.submit(tasks.asquare, 3).result(10) == 9
+
+    def test_a_timeout_names_the_task(self) -> None:
+        with anypool.Pool("process+async", 1) as pool:
+            with pytest.raises(anypool.TaskTimeout, match=r"task #1 asleep ran past its timeout of 0.3 s"):
+                pool.with_options(timeout=0.3).submit(tasks.asleep, 30).result(10)
+            got = list(pool.with_options(timeout=0.3).imap(tasks.asleep, [0, 30], return_exceptions=True))
+            assert "task #1 asleep ran past" in str(got[1])  # numbered within the map
+
+    def test_max_tasks_per_worker_recycles_processes(self) -> None:
+        """Regression: process+async ignored max_tasks_per_worker (40 of 40 tasks on one pid)."""
+        with anypool.Pool("process+async", 2, max_tasks_per_worker=3) as pool:
+            by_map = Counter(pool.map(_apid, range(40)))
+            by_submit = Counter(f.result(30) for f in [pool.submit(_apid, i) for i in range(40)])
+        assert max(by_map.values()) <= 3, by_map
+        assert max(by_submit.values()) <= 3, by_submit
+        assert sum(by_map.values()) == sum(by_submit.values()) == 40
+
+
+_SPAWNING_SCRIPT = """
+import asyncio, os, subprocess, sys
+sys.path.insert(0, {tests!r})
+import anypool
+
+async def spawn(i):
+    child = subprocess.Popen(["sleep", "104"])
+    with open(os.path.join({out!r}, str(child.pid)), "w"):
+        pass
+    await asyncio.sleep(60)
+
+if __name__ == "__main__":
+    # the fork server's workers, as in any program with threads (a forked worker holds its
+    # siblings' sockets, so only the last one forked would see end-of-file)
+    with anypool.Pool("process+async", 2, start_method="forkserver") as pool:
+        futs = [pool.submit(spawn, i) for i in range(4)]
+        while len(os.listdir({out!r})) < 4:
+            pass
+        print("ready", flush=True)
+        for f in futs:
+            f.result()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_processes_a_coroutine_started_die_with_the_program(tmp_path: Any, sig: int) -> None:
+    """Regression: a process+async worker saw end-of-file on its socket when the pool's
+    process died, returned normally and exited before its watchdog could kill its group,
+    leaving every process its coroutines had started running."""
+    out = tmp_path / "children"
+    out.mkdir()
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _SPAWNING_SCRIPT.format(tests=tests_dir, out=str(out))],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        children = [psutil.Process(int(name)) for name in os.listdir(out)]
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        alive = children
+        while alive and time.monotonic() < deadline:
+            alive = [c for c in alive if _alive(c)]
+            time.sleep(0.05)
+        assert alive == [], f"{len(alive)} of 4 children outlived the pool's process"
+    finally:
+        for c in children:
+            try:
+                c.kill()
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _sleep_then_raise(seconds: float, exc: BaseException) -> None:
+    await asyncio.sleep(seconds)
+    raise exc
+
+
+async def _double_or_die(x: int, bad: int) -> int:
+    await asyncio.sleep(0.01)
+    if x == bad:
+        os._exit(3)
+    return 2 * x
+
+
+async def _block(seconds: float) -> str:
+    time.sleep(seconds)  # never yields to the loop: only killing the process stops it
+    return "finished"
 
 
 async def _apid(_: int) -> int:

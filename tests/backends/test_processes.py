@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -61,6 +62,10 @@ class TestCrashes:
         assert [f.result(30) for f in others] == list(range(6))
         assert pool.submit(tasks.square, 5).result(30) == 25  # the pool goes on
         assert pool.stats.crashed == 1
+
+    def test_an_exit_with_code_zero_is_a_crash_that_says_how(self, pool: anypool.Pool) -> None:
+        with pytest.raises(anypool.WorkerCrashed, match=r"exited with code 0 \(os._exit\(\) or a C library"):
+            pool.submit(tasks.exit_hard, 0).result(30)
 
     def test_a_segfault_message_carries_the_workers_last_words(self, pool: anypool.Pool) -> None:
         """faulthandler's traceback of the dying worker is part of the error."""
@@ -326,6 +331,17 @@ class TestRecycling:
         assert len(set(pids)) >= 3, pids
         runs = [len(list(g)) for _, g in __import__("itertools").groupby(pids)]
         assert max(runs) <= 4, runs
+
+    def test_max_memory_per_worker_recycles_a_worker_leaking_in_fast_tasks(self) -> None:
+        """Regression: a worker was sent its next batch before the last one's RSS came back,
+        so with fast tasks it was never idle between them and never replaced (21 tasks of
+        20 MiB on one worker)."""
+        with anypool.Pool("process", 2, max_memory_per_worker=120 << 20) as pool:
+            by_map = Counter(pool.map(tasks.leak, [20] * 40))
+            by_submit = Counter(f.result(30) for f in [pool.submit(tasks.leak, 20) for _ in range(40)])
+        # ~5 leaks reach the ceiling; a batch or a coalesced message sent before may add a few
+        assert max(by_map.values()) <= 12, by_map
+        assert max(by_submit.values()) <= 12, by_submit
 
 
 class TestStartMethods:

@@ -203,7 +203,15 @@ class AsyncProcessBackend(ProcessBackend):
 
     ``workers`` processes, each running up to ``concurrency`` coroutines at
     once (default 1000).  ``timeout=`` cancels the coroutine inside its
-    process; a process that dies fails the coroutines it was running.
+    process; if it still runs ``ASYNC_GRACE`` (1 s) later (it blocks the loop,
+    ignores the cancellation, or the process is stopped), the process is
+    killed: that coroutine fails with ``TaskTimeout``, the others run again.
+    A process that dies while a coroutine's step runs (``os._exit``,
+    a segfault) fails that coroutine only; the others it held run again,
+    without using up an attempt (results that had finished but were not yet
+    sent back run again too: at-least-once).  A death while no step runs (a
+    kill from outside, the OOM killer) can blame none of them: each fails
+    with ``WorkerCrashed``, an attempt each.
     """
 
     name = "process+async"
@@ -216,7 +224,10 @@ class AsyncProcessBackend(ProcessBackend):
         return self.config.concurrency or 1000
 
     def fixed_batch(self) -> int | None:
-        return max(1, self.concurrency // 8)
+        size = self.concurrency // 8
+        if self.config.max_tasks_per_worker is not None:  # a batch never outlasts its worker
+            size = min(size, self.config.max_tasks_per_worker)
+        return max(1, size)
 
     def window(self) -> int:
         return 2 * self.workers * 8 + 2

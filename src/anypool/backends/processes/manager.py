@@ -81,6 +81,7 @@ log = logging.getLogger("anypool")
 
 STARTUP_FAILURES = 3  # workers dying before READY, in a row, before the pool is declared broken
 STOP_GRACE = 5.0  # seconds a stopping worker gets before it is killed
+ASYNC_GRACE = 1.0  # seconds a process+async worker gets to stop a coroutine past its timeout
 PREFETCH_BELOW = 0.05  # send a second batch to a busy worker only if batches take less than this
 MAX_COALESCE = 256  # submit() calls packed into one message at most
 
@@ -371,11 +372,7 @@ class Manager:
             self._settle_killed(w, wires, now)
             return
         if self.mode == "async":
-            # every coroutine in the process was running: all of them lost their worker
-            msg = _crash_message(w, code, fault, f"{sum(x.n for x in wires)} coroutines")
-            for wire in wires:
-                for task in wire.units:
-                    self._fail_items(task, WorkerCrashed(msg, code, w.pid), "crash", w.ws, wire, now)
+            self._settle_lost_async(w, wires, code, fault, now)
             return
         first, rest = wires[0], wires[1:]
         for wire in rest:  # never started: hand back untouched
@@ -405,6 +402,75 @@ class Manager:
 
         start = self.slots[base + 2] or first.started
         self._settle_started(w, first, culprit, failure, start, now)
+
+    def _settle_lost_async(self, w: _Worker, wires: list[_Wire], code: int | None, fault: str,
+                           now: float) -> None:
+        """Settle the coroutines of a dead process+async worker.
+
+        The worker names in its slot the coroutine whose step holds its loop
+        (see ``worker._Marked``).  If one did when it died, that one is blamed
+        (one attempt, as on ``process``) and the others, which only shared its
+        process, run again without losing an attempt.  A timeout kill blames
+        the coroutines it named.  A death between steps (killed from outside,
+        the OOM killer, a thread's crash) names nobody: every coroutine it held
+        fails, each counting an attempt, so retries re-run them and a cause
+        that keeps coming back cannot re-run them for ever.
+        """
+        killed = w.killed
+        base = w.slot * SLOT_WIDTH
+        timed_out = killed is not None and killed[0] == "timeout"
+        blamed: set[tuple[int, int]] | None
+        if timed_out:
+            assert killed is not None
+            blamed = killed[1]
+        elif self.slots[base] != IDLE:
+            blamed = {(int(self.slots[base]), int(self.slots[base + 1]))}
+        else:
+            blamed = None
+        held = sum(wire.remaining for wire in wires)
+
+        def failure(wire: _Wire, task: Task) -> Failure:
+            if timed_out:
+                return Failure(TaskTimeout(wire.timeout or 0.0, task.label()), "timeout")
+            what = task.label()
+            if blamed is None:
+                what += (f" (one of the {held} coroutines it held; none of them was running a step"
+                         " when it died, so none could be blamed)")
+            return Failure(WorkerCrashed(_crash_message(w, code, fault, what), code, w.pid), "crash")
+
+        for wire in wires:
+            results = wire.results
+            assert results is not None
+            pos = 0
+            for task in wire.units:
+                n = len(task.items)
+                lo = pos
+                pos += n
+                # split the unit into runs: reported, blamed, or to run again
+                i = 0
+                while i < n:
+                    r = results[lo + i]
+                    if r is not _MISSING:
+                        j = i + 1
+                        while j < n and results[lo + j] is not _MISSING:
+                            j += 1
+                        if task.future is None:  # a map batch: settle what came back
+                            res = results[lo + i:lo + j]
+                            failed = [k for k, x in enumerate(res) if type(x) is Failure] or None
+                            self.dispatch.finish(task.subtask(i, task.items[i:j]), res, wire.started, now,
+                                                 w.ws, failed)
+                        i = j
+                    elif blamed is None or (wire.id, lo + i) in blamed:
+                        part = task if n == 1 else task.subtask(i, [task.items[i]])
+                        self.dispatch.finish(part, [failure(wire, part)], wire.started, now, w.ws, [0])
+                        i += 1
+                    else:
+                        j = i + 1
+                        while (j < n and results[lo + j] is _MISSING
+                               and (wire.id, lo + j) not in blamed):
+                            j += 1
+                        self.dispatch.requeue(task if j - i == n else task.subtask(i, task.items[i:j]))
+                        i = j
 
     def _settle_killed(self, w: _Worker, wires: list[_Wire], now: float) -> None:
         """Fail the tasks of a worker killed by ``shutdown(kill=True)``.
@@ -510,11 +576,17 @@ class Manager:
     def _room(self, w: _Worker) -> bool:
         if not w.ready or w.retiring or w.killed is not None:
             return False
+        limit = self.config.max_tasks_per_worker
+        memory = self.config.max_memory_per_worker
+        if w.inflight and memory is not None and w.rss > memory:
+            return False  # too big: let it go idle, so that _maybe_retire can replace it
         if self.mode == "async":
+            # nothing more once its tasks reach the limit: it retires when they are done
+            if limit is not None and w.tasks_done + w.inflight_items >= limit:
+                return False
             return w.inflight_items < (self.config.concurrency or 1000)
         if not w.inflight:
             return True
-        limit = self.config.max_tasks_per_worker
         if limit is not None and w.tasks_done + w.inflight_items >= limit:
             return False
         if len(w.inflight) >= 2:
@@ -680,6 +752,8 @@ class Manager:
                 continue
             if bad:
                 result = Failure(unpack_exception(result.exc), result.kind)
+                if result.kind == "timeout" and type(result.exc) is TaskTimeout and not result.exc.task:
+                    result.exc.task = _item_label(wire, index)  # the worker knows no task numbers
             w.inflight_items -= 1
             w.tasks_done += 1
             wire.remaining -= 1
@@ -688,8 +762,10 @@ class Manager:
                 prev = self.cost.get(wire.fn_id)
                 self.cost[wire.fn_id] = (e - s) if prev is None else 0.8 * prev + 0.2 * (e - s)
             if len(wire.units) > 1 or wire.units[0].future is not None:
-                # single calls: each finishes on its own
+                # single calls: each finishes on its own (marked done: not re-run if its worker dies)
                 self.dispatch.finish_one(wire.units[index], result, s, e, w.ws)
+                if wire.results is not None:
+                    wire.results[index] = None
             else:
                 assert wire.results is not None
                 wire.results[index] = result
@@ -714,7 +790,10 @@ class Manager:
 
     def _check_deadlines(self) -> float | None:
         if self.mode == "async":
-            return 1.0 if self.stopping else None
+            wait = self._check_async_deadlines()
+            if self.stopping:
+                wait = 1.0 if wait is None else min(wait, 1.0)
+            return wait
         now = time.time()
         soonest: float | None = None
         slots = self.slots
@@ -738,6 +817,55 @@ class Manager:
             soonest = left if soonest is None else min(soonest, left)
         if self.stopping:
             soonest = 0.5 if soonest is None else min(soonest, 0.5)
+        return soonest
+
+    def _check_async_deadlines(self) -> float | None:
+        """Kill a process+async worker that did not stop a coroutine at its timeout.
+
+        The worker cancels a coroutine at its deadline itself; it cannot when a
+        coroutine blocks its loop (``time.sleep``, a C call that hangs), ignores
+        its cancellation, or the process is stopped.  ``ASYNC_GRACE`` after the
+        deadline the pool kills the process, as ``process`` kills a late task:
+        the coroutine holding the loop (its slot, see ``worker._Marked``) fails
+        with ``TaskTimeout`` if it is the late one; else every coroutine past
+        its deadline does.  The others it held run again (``_settle_lost_async``).
+        """
+        now = time.time()
+        soonest: float | None = None
+        slots = self.slots
+        for w in self.workers.values():
+            if not w.inflight or w.killed is not None:
+                continue
+            base = w.slot * SLOT_WIDTH
+            wire_id = slots[base]
+            if wire_id != IDLE:
+                index, start = int(slots[base + 1]), slots[base + 2]
+                holder = next((x for x in w.inflight if x.id == wire_id), None)
+                # the id read again, unchanged: index and start are of that wire's coroutine
+                # holding the loop (at worst of one of its items that held it a moment ago)
+                if holder is not None and holder.timeout is not None and slots[base] == wire_id:
+                    left = start + holder.timeout + ASYNC_GRACE - now
+                    if left <= 0:
+                        w.killed = ("timeout", {(holder.id, index)})
+                        _kill_group(w.pid)
+                        continue
+                    # The others wait behind it (they started no later than it did): their
+                    # deadlines come first, but the blame is its own if it still holds the loop.
+                    soonest = left if soonest is None else min(soonest, left)
+                    continue
+            late: set[tuple[int, int]] = set()
+            for wire in w.inflight:
+                if wire.timeout is None:
+                    continue
+                left = wire.started + wire.timeout + ASYNC_GRACE - now
+                if left <= 0:
+                    assert wire.results is not None
+                    late.update((wire.id, k) for k, r in enumerate(wire.results) if r is _MISSING)
+                else:
+                    soonest = left if soonest is None else min(soonest, left)
+            if late:
+                w.killed = ("timeout", late)
+                _kill_group(w.pid)
         return soonest
 
     # -- failure of the whole pool -------------------------------------------------
@@ -794,6 +922,14 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+
+
+def _item_label(wire: _Wire, index: int) -> str:
+    """The label of item ``index`` of ``wire``, as ``Task.label`` gives it."""
+    if len(wire.units) > 1 or wire.units[0].future is not None:
+        return wire.units[index].label()
+    task = wire.units[0]
+    return task.label() if len(task.items) == 1 else task.subtask(index, [task.items[index]]).label()
 
 
 def _kill_group(pid: int) -> None:
@@ -870,7 +1006,7 @@ _HINTS = {
 
 def _crash_message(w: _Worker, code: int | None, fault: str, what: str) -> str:
     hint = _HINTS.get(code or 0, "")
-    if code is not None and code > 0:
+    if code is not None and code >= 0:  # 0 too: a worker never exits by itself while it holds tasks
         hint = " (os._exit() or a C library exiting the process)"
     msg = f"worker {w.name} (pid {w.pid}) {describe_exit(code)}{hint} while running {what}"
     if fault:

@@ -41,7 +41,8 @@ running right now: ``[wire_id, item_index, item_start]``.  It is how the
 parent times out the exact item that hangs and blames the exact item that
 crashed, without a message per item.  The worker writes the start time
 before the index, so a torn read can only make a deadline later, never
-earlier.
+earlier.  A process+async worker names there the coroutine whose step is
+running (its start being the coroutine's own), and IDLE between steps.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
     loop:  recv TASK → load callable (cached by id) and items → mark the slot →
            run (sync: one item after another; async: coroutines on a loop,
            at most `concurrency` at once) → send RESULT / PARTIAL
-    exit:  STOP or EOF from the parent, or the parent dies (the watchdog kills
-           this process group: no worker outlives its pool)
+    exit:  STOP from the parent; EOF (the pool's process died or gave up on this
+           worker) or the parent's death seen by the watchdog kill this process
+           group first: no worker, nor what its tasks started, outlives its pool
 
 Everything a task can do wrong stays inside its own result: an exception
 (even ``SystemExit`` or ``KeyboardInterrupt``), an argument that fails to
@@ -29,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ...calls import call_items
 from ...errors import SerializationError, TaskTimeout
@@ -118,21 +119,23 @@ def _forget_parents_fork_server() -> None:
             pass
 
 
+def _die() -> NoReturn:
+    """The pool is gone: kill every process this worker started, and this worker."""
+    try:
+        import psutil  # children that left our process group escape killpg
+
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+    except Exception:
+        pass
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(70)
+
+
 def _watch_parent(pid: int) -> None:
     """Exit (with every process this worker started) as soon as the pool's process dies."""
-
-    def die() -> None:
-        try:
-            import psutil  # children that left our process group escape killpg
-
-            for p in psutil.Process().children(recursive=True):
-                p.kill()
-        except Exception:
-            pass
-        try:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        finally:
-            os._exit(70)
 
     def watch() -> None:
         try:
@@ -143,12 +146,12 @@ def _watch_parent(pid: int) -> None:
             import select
 
             select.select([fd], [], [])
-            die()
+            _die()
         while True:  # no pidfd: poll (the parent may already be gone: then getppid changed)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                die()
+                _die()
             except PermissionError:
                 pass
             time.sleep(0.2)
@@ -226,7 +229,7 @@ class _Worker:
             try:
                 msg = pickle.loads(recv_frame(sock))
             except EOFError:
-                return
+                _die()  # returning would leave what earlier tasks started running
             if msg[0] == STOP:
                 return
             assert msg[0] == TASK
@@ -336,7 +339,7 @@ class _Worker:
         import inspect
 
         loop = asyncio.get_running_loop()
-        sock = self.sock
+        sock, slots, base = self.sock, self.slots, self.base
         sock.setblocking(False)
         reader, writer = FrameReader(sock), FrameWriter(sock)
         done = loop.create_future()
@@ -362,8 +365,7 @@ class _Worker:
                 else:
                     loop.add_writer(sock.fileno(), pump)
             except OSError:
-                if not done.done():
-                    done.set_result(None)
+                _die()  # the pool's end is closed: nobody is left to take the results
 
         def report(item: tuple[Any, ...]) -> None:
             nonlocal flush_scheduled
@@ -376,20 +378,44 @@ class _Worker:
                            timeout: float | None) -> None:
             async with sem:
                 t0 = time.time()
+                # The timeout cancels this very task, not one of its own (wait_for's
+                # way): asyncio re-raises SystemExit and KeyboardInterrupt from a task
+                # out of the loop, which would end the worker and every coroutine in it.
+                timer: asyncio.TimerHandle | None = None
+                expired = False
+
+                def expire(task: asyncio.Task[None]) -> None:
+                    nonlocal expired
+                    expired = True
+                    task.cancel()
+
                 try:
-                    if style == CALL:
-                        r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
-                    elif style == ONE:
-                        r = fn(item)
-                    else:
-                        r = fn(*item)
+                    slots[base + 2] = t0  # the slot names who holds the loop: see _Marked
+                    slots[base + 1] = i
+                    slots[base] = wire_id
+                    try:
+                        if style == CALL:
+                            r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+                        elif style == ONE:
+                            r = fn(item)
+                        else:
+                            r = fn(*item)
+                    finally:
+                        slots[base] = IDLE
                     if inspect.isawaitable(r):
-                        r = await (asyncio.wait_for(r, timeout) if timeout else r)
+                        me = asyncio.current_task() if timeout else None
+                        if me is not None:
+                            timer = loop.call_at(loop.time() + (timeout or 0.0) - (time.time() - t0),
+                                                 expire, me)
+                        r = await _Marked(r, slots, base, wire_id, i, t0)
                     bad = False
-                except asyncio.TimeoutError:
-                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
                 except BaseException as exc:
                     r, bad = _packed(exc), True
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if expired:  # even if the coroutine swallowed the cancellation: it ran too long
+                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
                 report((wire_id, i, r, bad, t0, time.time()))
 
         def on_readable() -> None:
@@ -409,8 +435,11 @@ class _Worker:
                     t = loop.create_task(run_item(wire_id, i, fn, style, item, timeout))
                     running.add(t)
                     t.add_done_callback(running.discard)
-            if reader.eof and not done.done():
-                done.set_result(None)
+            if reader.eof:
+                # The pool's process died (or closed this channel for good).  A normal
+                # return would end this process before the watchdog kills its group,
+                # and every process a coroutine started would run on.
+                _die()
 
         loop.add_reader(sock.fileno(), on_readable)
         try:
@@ -419,3 +448,53 @@ class _Worker:
             loop.remove_reader(sock.fileno())
             for t in running:
                 t.cancel()
+
+
+class _Marked:
+    """Awaits a task's awaitable, naming it in the worker's slot while each of its steps runs.
+
+    A process+async worker runs many coroutines, and one of them may kill it
+    (``os._exit``, a segfault) or block its loop past its timeout.  The slot
+    then tells the pool which one (``[wire_id, index, its start]``, written
+    start first, as the sync worker does), so only that one is blamed and the
+    others run again; between steps it reads IDLE, so a death while the loop
+    waits blames nobody.  It costs a generator step and four stores per step.
+    """
+
+    __slots__ = ("aw", "base", "index", "slots", "start", "wire_id")
+
+    def __init__(self, aw: Any, slots: Any, base: int, wire_id: int, index: int, start: float) -> None:
+        self.aw = aw
+        self.slots = slots
+        self.base = base
+        self.wire_id = wire_id
+        self.index = index
+        self.start = start
+
+    def __await__(self) -> Any:
+        aw = self.aw
+        to_await = getattr(aw, "__await__", None)
+        it = aw if to_await is None else to_await()  # None: a @types.coroutine generator steps itself
+        slots, base, wire_id, index, start = self.slots, self.base, self.wire_id, self.index, self.start
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            slots[base + 2] = start
+            slots[base + 1] = index
+            slots[base] = wire_id
+            try:
+                out = it.send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                slots[base] = IDLE
+            exc = None
+            try:
+                value = yield out
+            except GeneratorExit:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as e:  # a cancellation (or anything thrown in): pass it on
+                value, exc = None, e
