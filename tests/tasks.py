@@ -275,3 +275,16 @@ def nested_pool_sum(n: int) -> int:
     """A task that runs a process pool of its own: the sum of ``square`` over ``range(n)``."""
     with anypool.Pool("process", workers=2) as pool:
         return sum(pool.map(square, range(n)))
+
+
+class Scaler:
+    """A callable with state: ``x * k``."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return x * self.k
+
+    def times(self, x: int) -> int:
+        return x * self.k

@@ -288,6 +288,15 @@ class TestSerialization:
             assert pool.stats.failed == 1
             assert pool.stats.done == 5
 
+    def test_a_callable_with_state_is_sent_as_it_is_at_each_submit(self, pool: anypool.Pool) -> None:
+        """Regression: its first pickle was reused, so later changes never reached a worker
+        (``ProcessPoolExecutor`` pickles it with every call)."""
+        scale = tasks.Scaler(1)
+        assert [pool.submit(scale, 3).result(30), pool.submit(scale.times, 3).result(30)] == [3, 3]
+        scale.k = 5
+        assert [pool.submit(scale, 3).result(30), pool.submit(scale.times, 3).result(30)] == [15, 15]
+        assert list(pool.map(scale, [1, 2])) == [5, 10]
+
     def test_an_unpicklable_exception_becomes_a_task_error_with_its_text(self, pool: anypool.Pool) -> None:
         with pytest.raises(anypool.TaskError) as info:
             pool.submit(tasks.raise_unpicklable).result(30)

@@ -42,6 +42,7 @@ that pool needs one.
 from __future__ import annotations
 
 import threading
+import types
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -59,6 +60,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncProcessBackend", "ProcessBackend"]
 
 _FN_REGISTRY = 256  # callables whose pickles are kept, so repeated submits pickle them once
+# callables with no state of their own to change between two submits (a closure's
+# cells and a function's globals travel as they were first sent, as they would in a
+# worker forked or started before they changed)
+_STATELESS = frozenset({types.FunctionType, types.BuiltinFunctionType})
 
 
 class ProcessBackend(Backend):
@@ -87,26 +92,36 @@ class ProcessBackend(Backend):
         return f"{self.name} ({self.workers} worker processes, {method})"
 
     def _fn_entry(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
-        """The id and pickle of ``fn``, pickled once per callable (an LRU of them)."""
-        try:
+        """The id and pickle of ``fn``, as it is now (an LRU of them).
+
+        A function is pickled once and known by itself.  Anything carrying
+        state (a bound method, a callable object, a partial) is pickled
+        again each time, as ``ProcessPoolExecutor`` does, so a change to its
+        state reaches the next task; identical pickles keep one id, so a
+        worker unpickles it once while the state stays the same.
+        """
+        if type(fn) in _STATELESS:
             key: Any = fn
-            hash(key)
-        except TypeError:
-            key = None
-        with self._lock:
-            if key is not None:
+            with self._lock:
                 entry = self._fns.get(key)
                 if entry is not None:
                     self._fns.move_to_end(key)
                     return entry
-        data = dumps_callable(fn)
+            data = dumps_callable(fn)
+        else:
+            data = dumps_callable(fn)
+            key = data
+            with self._lock:
+                entry = self._fns.get(key)
+                if entry is not None:
+                    self._fns.move_to_end(key)
+                    return entry
         with self._lock:
             self._fn_ids += 1
             entry = (self._fn_ids, data)
-            if key is not None:
-                self._fns[key] = entry  # holds fn, so its id is never reused while cached
-                if len(self._fns) > _FN_REGISTRY:
-                    self._fns.popitem(last=False)
+            self._fns[key] = entry  # holds fn, so its id is never reused while cached
+            if len(self._fns) > _FN_REGISTRY:
+                self._fns.popitem(last=False)
         return entry
 
     def _serialize(self, task: Task) -> None:
