@@ -151,6 +151,7 @@ class MapRun:
         self._input_error: BaseException | None = None
         self._exhausted = False
         self.closed = False
+        self.owner: object = None  # the Pool, kept alive while this run is
         self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._fill()  # start work now, as Executor.map does, not at the first next()
 

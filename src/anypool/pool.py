@@ -18,16 +18,17 @@ Differences from the standard executors, on purpose:
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures as cf
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
+from . import exiting, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig
 from .dispatch import Dispatch
@@ -63,18 +64,112 @@ log = logging.getLogger("anypool")
 # a command's its 0.25 s grace), on backends that can kill a running task.
 KILL_SETTLE = 2.0
 
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
+class _Life:
+    """A pool's shutdown, apart from the ``Pool`` object.
 
-@atexit.register
-def _stop_live_pools() -> None:
-    # Registered after multiprocessing's own exit hook, so it runs first:
-    # workers are gone before multiprocessing tries to join them.
-    for pool in list(_live_pools):
-        try:
-            pool.shutdown(wait=False, cancel_futures=True, kill=True)
-        except Exception:
-            log.exception("anypool: failed to stop a pool at exit")
+    A pool dropped without a shutdown is closed through this (the ``Pool``
+    is gone by then), as the standard executors close theirs: its work
+    finishes, then its workers exit.  The exit hook (``anypool.exiting``)
+    finds every pool not yet closed here.
+    """
+
+    def __init__(self, dispatch: Dispatch, backend: Backend, stats: StatsCollector) -> None:
+        self.dispatch = dispatch
+        self.backend = backend
+        self.stats = stats
+        self.closers: list[Callable[[], None]] = []
+        self.lock = threading.Lock()
+        self.shut = False
+        self.killed = False
+        self.draining = False  # shut down without waiting: the work finishes in the background
+        self.closing = False  # the job log and the bar are being closed, once
+        self.closed = threading.Event()
+
+    def shutdown(self, wait: bool, cancel_futures: bool, kill: bool) -> None:
+        if sys.is_finalizing():
+            # past the exit hook (a generator or a pool collected last): no thread
+            # can start, and the pool's own would not run, so stop, as the hook does
+            wait, cancel_futures, kill = False, True, True
+        with self.lock:
+            first = not self.shut
+            self.shut = True
+            self.killed = self.killed or kill
+        dispatch = self.dispatch
+        dispatch.close()
+        if cancel_futures or kill:
+            cancel = getattr(self.backend, "cancel_pending", None)
+            if cancel is not None:
+                cancel()
+        if kill:
+            self.draining = False
+            self.backend.shutdown(wait=False, kill=True)
+            # The killed tasks are reported a moment later (a worker's death
+            # is noticed, a job's group gets its grace): the job log and the
+            # bar close after that, or those attempts would be missing from
+            # them.  Not where tasks cannot be killed (threads run on).
+            if wait or sys.is_finalizing():
+                if self.backend.kills_running():
+                    dispatch.wait_idle(KILL_SETTLE)
+                self._finish_closing()
+            else:
+                threading.Thread(target=self._close_when_killed, name="anypool-shutdown",
+                                 daemon=True).start()
+            return
+        if wait:
+            try:
+                dispatch.wait_idle()
+                self.backend.shutdown(wait=True)
+            except BaseException:
+                # Ctrl-C while waiting: stop the work now, as leaving a `with` on Ctrl-C does
+                self.shutdown(wait=False, cancel_futures=True, kill=True)
+                raise
+            self._finish_closing()
+            return
+        if first:
+            self.draining = True
+            threading.Thread(target=self._close_when_idle, name="anypool-shutdown",
+                             daemon=True).start()
+
+    def _close_when_idle(self) -> None:
+        self.dispatch.wait_idle()
+        if not self.killed:
+            self.backend.shutdown(wait=True)
+        self._finish_closing()
+
+    def _close_when_killed(self) -> None:
+        if self.backend.kills_running():
+            self.dispatch.wait_idle(KILL_SETTLE)
+        self._finish_closing()
+
+    def _finish_closing(self) -> None:
+        with self.lock:
+            if self.closing:
+                return
+            self.closing = True
+        exiting.discard(self)
+        self.stats.close()
+        closers, self.closers = self.closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("anypool: failed to close %r", close)
+        self.closed.set()
+
+    def dropped(self) -> None:
+        """The ``Pool`` was garbage-collected: close it as ``shutdown(wait=False)`` would."""
+        if not self.shut:
+            self.shutdown(wait=False, cancel_futures=False, kill=False)
+
+    # -- for the exit hook --------------------------------------------------
+
+    def kill_at_exit(self) -> None:
+        self.shutdown(wait=True, cancel_futures=True, kill=True)
+
+    def wait_closed(self) -> None:
+        while not self.closed.wait(waiting.slice_of(None)):
+            pass
 
 
 class _Submitter:
@@ -200,6 +295,7 @@ class _Submitter:
             options=self._options, ordered=ordered, length=length, chunksize=chunksize,
             buffersize=buffersize, timeout=timeout, return_exceptions=return_exceptions,
         )
+        run.owner = pool  # a pool dropped while its map is read would close under the reader
         bar = pool._progress
         if bar is not None and length is not None:
             bar.expect(run, length)
@@ -348,10 +444,8 @@ class Pool(_Submitter, cf.Executor):
         self._backend = backend_cls(self._config, self._dispatch)
         self._dispatch.backend = self._backend
         self._stats.workers = self._backend.workers
-        self._shutdown_lock = threading.Lock()
-        self._shut = False
+        self._life = _Life(self._dispatch, self._backend, self._stats)
         self._recorder: Recorder | None = None
-        self._closers: list[Callable[[], None]] = []
         if record:
             from .observers.recorder import Recorder
 
@@ -364,15 +458,17 @@ class Pool(_Submitter, cf.Executor):
             log_ = JobLog(joblog)
             log_.begin_run({"pool": backend})
             self._dispatch.add_observer(JobLogObserver(log_))
-            self._closers.append(log_.close)
+            self._life.closers.append(log_.close)
         self._progress: Progress | None = None
         if progress:
             from .observers.progress import Progress
 
             self._progress = Progress.for_pool(self, progress)
             if self._progress is not None:
-                self._closers.append(self._progress.close)
-        _live_pools.add(self)
+                self._life.closers.append(self._progress.close)
+        exiting.add(self._life)
+        # not atexit: the exit hook closes the pools still open, in its own order
+        weakref.finalize(self, self._life.dropped).atexit = False
         log.debug("anypool: pool started on %s", self._backend.describe())
 
     # -- introspection --------------------------------------------------------
@@ -444,7 +540,8 @@ class Pool(_Submitter, cf.Executor):
         Args:
             wait: block until every submitted task is final and the workers
                 are gone; with False, return at once (the work finishes in
-                the background, and then the workers exit).
+                the background, even past the end of the program, and then
+                the workers exit).
             cancel_futures: cancel the tasks that have not started.
             kill: stop running tasks now (worker processes are killed, their
                 tasks fail with ``PoolClosed``; threads cannot be killed and
@@ -458,57 +555,11 @@ class Pool(_Submitter, cf.Executor):
                 "shutdown(wait=True) would block the event loop that runs this pool's tasks; "
                 "use `await pool.ashutdown()` or `async with Pool(...)`"
             )
-        with self._shutdown_lock:
-            first = not self._shut
-            self._shut = True
-        self._dispatch.close()
-        if cancel_futures or kill:
-            cancel = getattr(self._backend, "cancel_pending", None)
-            if cancel is not None:
-                cancel()
-        if kill:
-            self._backend.shutdown(wait=False, kill=True)
-            # The killed tasks are reported a moment later (a worker's death
-            # is noticed, a job's group gets its grace): the job log and the
-            # bar close after that, or those attempts would be missing from
-            # them.  Not where tasks cannot be killed (threads run on).
-            if wait:
-                if self._backend.kills_running():
-                    self._dispatch.wait_idle(KILL_SETTLE)
-                self._finish_closing(first)
-            else:
-                threading.Thread(target=self._close_when_killed, args=(first,),
-                                 name="anypool-shutdown", daemon=True).start()
-            return
-        if wait:
-            self._dispatch.wait_idle()
-            self._backend.shutdown(wait=True)
-            self._finish_closing(first)
-            return
-        threading.Thread(target=self._close_when_idle, args=(first,), name="anypool-shutdown",
-                         daemon=True).start()
+        self._life.shutdown(wait, cancel_futures, kill)
 
-    def _close_when_idle(self, first: bool) -> None:
-        self._dispatch.wait_idle()
-        self._backend.shutdown(wait=True)
-        self._finish_closing(first)
-
-    def _close_when_killed(self, first: bool) -> None:
-        if self._backend.kills_running():
-            self._dispatch.wait_idle(KILL_SETTLE)
-        self._finish_closing(first)
-
-    def _finish_closing(self, first: bool) -> None:
-        if not first:
-            return
-        _live_pools.discard(self)
-        self._stats.close()
-        closers, self._closers = self._closers, []
-        for close in closers:
-            try:
-                close()
-            except Exception:
-                log.exception("anypool: failed to close %r", close)
+    @property
+    def _shut(self) -> bool:
+        return self._life.shut
 
     def __enter__(self) -> Pool:
         return self
