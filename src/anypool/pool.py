@@ -9,7 +9,11 @@ Differences from the standard executors, on purpose:
 
 * ``map`` is lazy: it submits a bounded window of work at once and the rest
   as you consume results, so an endless input uses flat memory.  A ``map``
-  you never iterate runs only its first window.
+  you never iterate runs only its first window until the pool shuts down;
+  then an input of known length (a list, a range...) is run to its end, so
+  its results can be read after the ``with`` block as with the stdlib, and
+  one of unknown length (maybe endless) stops, raising ``PoolClosed`` after
+  the results it had.
 * A worker that dies fails only its own task (``WorkerCrashed``); the pool
   goes on.  ``BrokenProcessPool`` handlers still catch it.
 * ``shutdown(kill=True)`` stops running work now; leaving a ``with`` block
@@ -96,6 +100,9 @@ class _Life:
             self.shut = True
             self.killed = self.killed or kill
         dispatch = self.dispatch
+        runs = [] if cancel_futures or kill else dispatch.finite_runs()
+        for run in runs:
+            run.keep_feeding()
         dispatch.close()
         if cancel_futures or kill:
             cancel = getattr(self.backend, "cancel_pending", None)
@@ -118,6 +125,8 @@ class _Life:
             return
         if wait:
             try:
+                for run in runs:
+                    run.feed_to_end()
                 dispatch.wait_idle()
                 self.backend.shutdown(wait=True)
             except BaseException:
@@ -128,10 +137,12 @@ class _Life:
             return
         if first:
             self.draining = True
-            threading.Thread(target=self._close_when_idle, name="anypool-shutdown",
+            threading.Thread(target=self._close_when_idle, args=(runs,), name="anypool-shutdown",
                              daemon=True).start()
 
-    def _close_when_idle(self) -> None:
+    def _close_when_idle(self, runs: list[MapRun]) -> None:
+        for run in runs:
+            run.feed_to_end()
         self.dispatch.wait_idle()
         if not self.killed:
             self.backend.shutdown(wait=True)
@@ -537,12 +548,19 @@ class Pool(_Submitter, cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False) -> None:
         """Stop taking tasks and release the workers.
 
+        A ``map``/``imap`` over an input of known length (a list, a range...)
+        made before the shutdown still runs to its end, as the standard
+        executors' ``map`` does, so its results can be read afterwards; one
+        over an iterator (possibly endless) yields what was submitted, then
+        raises ``PoolClosed``.
+
         Args:
             wait: block until every submitted task is final and the workers
                 are gone; with False, return at once (the work finishes in
                 the background, even past the end of the program, and then
                 the workers exit).
-            cancel_futures: cancel the tasks that have not started.
+            cancel_futures: cancel the tasks that have not started (and
+                the rest of every map's input).
             kill: stop running tasks now (worker processes are killed, their
                 tasks fail with ``PoolClosed``; threads cannot be killed and
                 run their current call to its end).  With ``wait``, returns
@@ -584,11 +602,16 @@ class Pool(_Submitter, cf.Executor):
 
     async def ashutdown(self, *, cancel_futures: bool = False) -> None:
         """``shutdown(wait=True)`` for coroutines: waits without blocking the event loop."""
+        runs = [] if cancel_futures else self._dispatch.finite_runs()
+        for run in runs:
+            run.keep_feeding()
         self._dispatch.close()
         if cancel_futures:
             cancel = getattr(self._backend, "cancel_pending", None)
             if cancel is not None:
                 cancel()
+        for run in runs:
+            run.feed_to_end()
         import asyncio
 
         await asyncio.wrap_future(self._dispatch.idle_future())
