@@ -119,3 +119,13 @@ def test_a_dropped_process_pool_does_not_hold_up_exit() -> None:
             "    gc.collect()\n")
     out = _run(code, limit=20)
     assert (out.returncode, out.stdout, out.stderr) == (0, "9\n", "")
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_inside_an_inline_task_does_not_wait_for_that_task() -> None:
+    """The task runs in the caller, inside submit(): waiting would wait for itself."""
+    pool = anypool.Pool("inline")
+    fut = pool.submit(lambda: (pool.shutdown(), "returned")[1])
+    assert fut.result(10) == "returned"
+    with pytest.raises(anypool.PoolClosed):
+        pool.submit(tasks.square, 1)

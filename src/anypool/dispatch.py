@@ -44,6 +44,24 @@ log = logging.getLogger("anypool")
 
 _new_event: Any = tuple.__new__
 
+# Which pool the current thread works for (see serve()).
+_serving = threading.local()
+EVERY_POOL = object()  # a thread every pool may need: the shared clock's
+
+
+def serve(dispatch: object) -> None:
+    """Mark the current thread as one ``dispatch``'s pool needs to finish its work.
+
+    Its worker, manager and loop threads run tasks and done-callbacks: a
+    ``shutdown()`` there must not wait for that pool's work (itself among it).
+    """
+    _serving.dispatch = dispatch
+
+
+def serving() -> object:
+    """What the current thread was marked as serving (None: nothing)."""
+    return getattr(_serving, "dispatch", None)
+
 # Failure kinds that another attempt cannot fix.
 _NEVER_RETRY = frozenset({"cancelled", "unsendable"})
 
@@ -142,6 +160,11 @@ class Dispatch:
         with self._lock:
             runs = list(self._runs)
         return [r for r in runs if r.finite and not r.fed]
+
+    def serves_this_thread(self) -> bool:
+        """Whether the current thread is one this pool needs to finish its work (see ``serve``)."""
+        owner = serving()
+        return owner is self or owner is EVERY_POOL
 
     def close(self) -> None:
         """Refuse new units from now on."""

@@ -100,6 +100,11 @@ class _Life:
             self.shut = True
             self.killed = self.killed or kill
         dispatch = self.dispatch
+        if wait and not kill and dispatch.serves_this_thread():
+            # One of this pool's own threads (a task's, a done-callback's): the
+            # work waited for would include the caller's own, and on a process
+            # pool the manager thread that would report it.
+            wait = False
         runs = [] if cancel_futures or kill else dispatch.finite_runs()
         for run in runs:
             run.keep_feeding()
@@ -558,7 +563,9 @@ class Pool(_Submitter, cf.Executor):
             wait: block until every submitted task is final and the workers
                 are gone; with False, return at once (the work finishes in
                 the background, even past the end of the program, and then
-                the workers exit).
+                the workers exit).  Called from one of the pool's own tasks
+                or done-callbacks, where waiting would wait for the caller
+                itself, it does not wait.
             cancel_futures: cancel the tasks that have not started (and
                 the rest of every map's input).
             kill: stop running tasks now (worker processes are killed, their

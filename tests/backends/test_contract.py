@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -251,6 +252,21 @@ class TestLifecycle:
         with flavor.pool() as pool:
             ended = pool.map(flavor.fn("square"), iter([1, 2, 3]))
         assert list(ended) == [1, 4, 9]  # it had ended inside the first window: nothing was cut
+
+    def test_shutdown_from_a_done_callback_closes_the_pool_without_waiting_for_itself(
+            self, flavor: Flavor) -> None:
+        """The callback runs on a thread the pool needs (a worker's, the manager's): no deadlock."""
+        if flavor.backend == "async":
+            pytest.skip("on its loop's thread a blocking shutdown() raises: see test_coroutines")
+        pool = flavor.pool()
+        done = threading.Event()
+        first = pool.submit(flavor.fn("square"), 3)
+        first.add_done_callback(lambda f: (pool.shutdown(), done.set()))
+        assert done.wait(30)
+        assert first.result(30) == 9
+        with pytest.raises(anypool.PoolClosed):
+            pool.submit(flavor.fn("square"), 1)
+        pool.shutdown()  # from here it waits, for the workers too (the fixtures check them gone)
 
     def test_initializer_runs_in_each_worker_and_fills_worker_state(self, flavor: Flavor) -> None:
         with flavor.pool(initializer=tasks.set_state, initargs=("who", "init")) as pool:
