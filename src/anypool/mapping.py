@@ -138,7 +138,13 @@ class MapRun:
         plan = self._backend
         workers = max(1, plan.workers)
         fixed = chunksize if chunksize and chunksize > 0 else plan.fixed_batch()
-        self._sizer = BatchSizer(plan.batch_seconds, plan.max_batch, workers, length, fixed)
+        cap = plan.max_batch
+        limit = plan.config.max_tasks_per_worker
+        if limit is not None:
+            # a worker is replaced after this many items: a bigger batch would run past that
+            cap = min(cap, limit)
+            fixed = None if fixed is None else min(fixed, limit)
+        self._sizer = BatchSizer(plan.batch_seconds, cap, workers, length, fixed)
         self._max_batches = plan.window()
         self._max_items = buffersize if buffersize and buffersize > 0 else None
         self._backend_for_submit = backend

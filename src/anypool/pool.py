@@ -68,6 +68,9 @@ log = logging.getLogger("anypool")
 # a command's its 0.25 s grace), on backends that can kill a running task.
 KILL_SETTLE = 2.0
 
+# multiprocessing's start methods (whether this platform has one is checked when workers start)
+_START_METHODS = ("fork", "forkserver", "spawn")
+
 
 class _Life:
     """A pool's shutdown, apart from the ``Pool`` object.
@@ -304,6 +307,13 @@ class _Submitter:
              return_exceptions: bool) -> MapIterator[Any]:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        for name, value in (("chunksize", chunksize), ("buffersize", buffersize)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int or None, not {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, not {value!r}")
         pool = self._pool
         source, style, length = source_of(iterables)
         run = MapRun(
@@ -360,9 +370,12 @@ class Pool(_Submitter, cf.Executor):
         timeout, retries, retry_on, backoff, backoff_max: the default
             :class:`~anypool.TaskOptions` for every task.
         initializer, initargs: called once in each worker before its first task.
-        max_tasks_per_worker: replace a worker process after this many tasks.
+        max_tasks_per_worker: replace a worker process after this many tasks
+            (each map item counts: batches are cut to fit).
         max_memory_per_worker: replace a worker process, between tasks, once
-            its resident memory passes this many bytes.
+            its resident memory passes this many bytes.  These two and
+            ``start_method`` are refused where no worker processes run
+            (``thread``, ``async``, ``subprocess``, ``inline``, ``dask``).
         start_method: ``"forkserver"``, ``"fork"`` or ``"spawn"``, for
             process backends.  Default: the first workers are forked while
             the program has a single thread, all others come from the fork
@@ -389,8 +402,9 @@ class Pool(_Submitter, cf.Executor):
 
     Raises:
         BackendUnavailable: unknown backend, or its extra is not installed.
-        ValueError: ``workers`` < 1, an out-of-range option, or a ``progress``
-            other than True, False or ``"always"``.
+        ValueError: ``workers`` < 1, an out-of-range option, an option the
+            backend cannot apply, or a ``progress`` other than True, False or
+            ``"always"``.
         JobLogError: ``joblog`` names a file that is not a job log.
     """
 
@@ -429,6 +443,9 @@ class Pool(_Submitter, cf.Executor):
                             ("concurrency", concurrency)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, not {value!r}")
+        if start_method is not None and start_method not in _START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(map(repr, _START_METHODS))} "
+                             f"or None, not {start_method!r}")
         if progress not in (True, False, None, "always"):
             raise ValueError(f"progress must be True, False or 'always', not {progress!r}")
         if initializer is not None and not callable(initializer):
@@ -448,6 +465,15 @@ class Pool(_Submitter, cf.Executor):
             backend_cls: type[Backend] = AutoBackend
         else:
             backend_cls = get_backend(backend)
+        if not backend_cls.process_options:
+            given: tuple[tuple[str, object], ...] = (
+                ("start_method", start_method), ("max_tasks_per_worker", max_tasks_per_worker),
+                ("max_memory_per_worker", max_memory_per_worker))
+            for opt, val in given:
+                if val is not None:
+                    raise ValueError(
+                        f"{opt}= does not apply to the {backend!r} backend: it runs no worker "
+                        "processes of anypool's (it applies to 'process', 'process+async' and 'auto')")
         unknown = sorted(set(backend_options) - set(backend_cls.options))
         if unknown:
             takes = ", ".join(backend_cls.options) or "none"

@@ -28,6 +28,7 @@ class InlineBackend(Backend):
     """Runs each task immediately in the thread that submits it."""
 
     name = "inline"
+    process_options = False
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)

@@ -480,6 +480,7 @@ class SubprocessBackend(Backend):
     """Runs commands, each in its own process group (see the module docstring)."""
 
     name = "subprocess"
+    process_options = False
     can_kill = True
     max_batch = 1
 

@@ -61,6 +61,7 @@ class ThreadBackend(Backend):
     """Runs sync callables on ``workers`` threads (see the module docstring)."""
 
     name = "thread"
+    process_options = False
     can_kill = False
     batch_seconds = 0.002
     max_batch = 4096
