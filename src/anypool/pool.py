@@ -178,8 +178,16 @@ class _Life:
 
     def dropped(self) -> None:
         """The ``Pool`` was garbage-collected: close it as ``shutdown(wait=False)`` would."""
-        if not self.shut:
+        if self.shut:
+            return
+        if sys.is_finalizing():
             self.shutdown(wait=False, cancel_futures=False, kill=False)
+            return
+        # Not here: the collection may run inside one of this pool's own
+        # threads while it holds the dispatcher's lock, which shutdown takes.
+        self.draining = True  # for the exit hook, should it run before that thread
+        threading.Thread(target=self.shutdown, args=(False, False, False), name="anypool-shutdown",
+                         daemon=True).start()
 
     # -- for the exit hook --------------------------------------------------
 
