@@ -129,3 +129,20 @@ def test_shutdown_inside_an_inline_task_does_not_wait_for_that_task() -> None:
     assert fut.result(10) == "returned"
     with pytest.raises(anypool.PoolClosed):
         pool.submit(tasks.square, 1)
+
+
+def _fail_when_set(gate: threading.Event) -> None:
+    gate.wait(10)
+    raise RuntimeError("initializer refuses")
+
+
+@pytest.mark.timeout(60)
+def test_a_broken_pool_raises_from_the_map_not_from_the_shutdown_that_feeds_it() -> None:
+    gate = threading.Event()
+    with anypool.Pool("thread", 1, initializer=_fail_when_set, initargs=(gate,)) as pool:
+        results = pool.map(tasks.square, range(100))
+        gate.set()
+        with pytest.raises(anypool.InitializerFailed):
+            pool.submit(tasks.square, 1).result(10)  # broken from here on
+    with pytest.raises(anypool.InitializerFailed):
+        list(results)

@@ -226,7 +226,13 @@ class MapRun:
 
     def feed_to_end(self) -> None:
         """Submit the rest of the input now, all of it (a graceful shutdown)."""
-        self._fill()
+        try:
+            self._fill()
+        except Exception as exc:
+            # a broken pool refusing the rest: the reader's error, after the
+            # results that came, not the shutdown's (a `with` block's exit)
+            self._input_error = exc
+            self._exhausted = True
 
     def _submit(self, items: list[Any]) -> None:
         n = len(items)
