@@ -36,6 +36,16 @@ class TestTaskOptions:
         with pytest.raises(ValueError, match=message):
             TaskOptions(**kwargs)
 
+    @pytest.mark.parametrize("kwargs", [{"timeout": "1"}, {"backoff": "0.5"}, {"backoff_max": None},
+                                        {"timeout": True}])
+    def test_a_value_that_is_not_a_number_is_refused_by_name(self, kwargs: dict) -> None:
+        name = next(iter(kwargs))
+        with pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
+            TaskOptions(**kwargs)
+        with anypool.Pool("thread", 1) as pool, \
+                pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
+            pool.with_options(**kwargs)
+
     def test_retry_on_must_be_exception_types_or_a_predicate(self) -> None:
         with pytest.raises(TypeError, match="retry_on must be"):
             TaskOptions(retry_on=(ValueError, "nope"))  # type: ignore[arg-type]
@@ -93,6 +103,34 @@ class TestPoolArguments:
     def test_unknown_backend_lists_the_known_ones(self) -> None:
         with pytest.raises(anypool.BackendUnavailable, match=r"unknown backend 'threads'.*thread"):
             anypool.Pool("threads")
+
+    @pytest.mark.parametrize(("kwargs", "error", "message"), [
+        ({"chunksize": 0}, ValueError, "chunksize must be >= 1, not 0"),
+        ({"chunksize": -1}, ValueError, "chunksize must be >= 1, not -1"),
+        ({"buffersize": 0}, ValueError, "buffersize must be >= 1, not 0"),
+        ({"buffersize": -1}, ValueError, "buffersize must be >= 1, not -1"),
+        ({"chunksize": 2.5}, TypeError, "chunksize must be an int or None, not 2.5"),
+        ({"chunksize": "3"}, TypeError, "chunksize must be an int or None, not '3'"),
+        ({"buffersize": True}, TypeError, "buffersize must be an int or None, not True"),
+    ])
+    def test_map_sizes_are_checked_at_the_call(self, kwargs: dict, error: type, message: str) -> None:
+        with anypool.Pool("thread", 1) as pool:
+            for method in (pool.map, pool.imap, pool.imap_unordered):
+                with pytest.raises(error, match=message):
+                    method(abs, range(3), **kwargs)
+            assert pool.stats.submitted == 0
+
+    def test_a_start_method_is_checked_when_the_pool_is_made(self) -> None:
+        with pytest.raises(ValueError, match="start_method must be one of 'fork', 'forkserver', 'spawn'"):
+            anypool.Pool("process", start_method="bogus")
+
+    @pytest.mark.parametrize("backend", ["thread", "async", "subprocess", "inline"])
+    @pytest.mark.parametrize("kwargs", [{"start_method": "fork"}, {"max_tasks_per_worker": 2},
+                                        {"max_memory_per_worker": 1 << 30}])
+    def test_worker_process_options_are_refused_where_there_are_no_worker_processes(
+            self, backend: str, kwargs: dict) -> None:
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))}= does not apply to the '{backend}'"):
+            anypool.Pool(backend, **kwargs)
 
     def test_max_workers_is_a_synonym_and_cannot_contradict(self) -> None:
         assert anypool.Pool("thread", max_workers=3).workers == 3

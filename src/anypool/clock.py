@@ -56,6 +56,9 @@ class _Clock:
         return handle
 
     def _run(self) -> None:
+        from .dispatch import EVERY_POOL, serve
+
+        serve(EVERY_POOL)  # deadlines and retries of every pool: none may wait here
         while True:
             with self._cond:
                 while True:

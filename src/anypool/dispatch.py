@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from .tasks import Failure, Task
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .mapping import MapRun
     from .observers.recorder import Recorder
     from .stats import StatsCollector, WorkerStats
 
@@ -41,6 +43,24 @@ __all__ = ["Dispatch"]
 log = logging.getLogger("anypool")
 
 _new_event: Any = tuple.__new__
+
+# Which pool the current thread works for (see serve()).
+_serving = threading.local()
+EVERY_POOL = object()  # a thread every pool may need: the shared clock's
+
+
+def serve(dispatch: object) -> None:
+    """Mark the current thread as one ``dispatch``'s pool needs to finish its work.
+
+    Its worker, manager and loop threads run tasks and done-callbacks: a
+    ``shutdown()`` there must not wait for that pool's work (itself among it).
+    """
+    _serving.dispatch = dispatch
+
+
+def serving() -> object:
+    """What the current thread was marked as serving (None: nothing)."""
+    return getattr(_serving, "dispatch", None)
 
 # Failure kinds that another attempt cannot fix.
 _NEVER_RETRY = frozenset({"cancelled", "unsendable"})
@@ -78,20 +98,23 @@ class Dispatch:
         self._next_id = 1
         self._closed = False
         self._idle_waiters: list[cf.Future[None]] = []
+        self._runs: weakref.WeakSet[MapRun] = weakref.WeakSet()
         self.broken_exc: BaseException | None = None
         self._last_name: tuple[Any, str] = (None, "")  # (callable, fn_name of it)
 
     # -- accounting ---------------------------------------------------------
 
-    def begin(self, items: int) -> int:
+    def begin(self, items: int, draining: bool = False) -> int:
         """Count one new unit of ``items`` tasks; return the id of its first task.
+
+        ``draining``: a map run made before the shutdown, feeding the rest of its input.
 
         Raises:
             PoolClosed: the pool is shut down.
             BrokenPool: the pool is broken (e.g. an initializer failed).
         """
         with self._lock:
-            if self._closed:
+            if self._closed and not draining:
                 raise PoolClosed("cannot submit tasks to a pool that is shut down")
             if self.broken_exc is not None:
                 raise self.broken_exc
@@ -126,6 +149,22 @@ class Dispatch:
     @property
     def outstanding(self) -> int:
         return self._outstanding
+
+    def add_run(self, run: MapRun) -> None:
+        """Know of a map run, so a graceful shutdown can run its input to its end."""
+        with self._lock:
+            self._runs.add(run)
+
+    def finite_runs(self) -> list[MapRun]:
+        """The map runs still feeding from an input of known length (finite: in memory)."""
+        with self._lock:
+            runs = list(self._runs)
+        return [r for r in runs if r.finite and not r.fed]
+
+    def serves_this_thread(self) -> bool:
+        """Whether the current thread is one this pool needs to finish its work (see ``serve``)."""
+        owner = serving()
+        return owner is self or owner is EVERY_POOL
 
     def close(self) -> None:
         """Refuse new units from now on."""

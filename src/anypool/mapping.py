@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import waiting
-from .errors import SerializationError
+from .errors import PoolClosed, SerializationError
 from .tasks import ONE, Failure, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -138,7 +138,13 @@ class MapRun:
         plan = self._backend
         workers = max(1, plan.workers)
         fixed = chunksize if chunksize and chunksize > 0 else plan.fixed_batch()
-        self._sizer = BatchSizer(plan.batch_seconds, plan.max_batch, workers, length, fixed)
+        cap = plan.max_batch
+        limit = plan.config.max_tasks_per_worker
+        if limit is not None:
+            # a worker is replaced after this many items: a bigger batch would run past that
+            cap = min(cap, limit)
+            fixed = None if fixed is None else min(fixed, limit)
+        self._sizer = BatchSizer(plan.batch_seconds, cap, workers, length, fixed)
         self._max_batches = plan.window()
         self._max_items = buffersize if buffersize and buffersize > 0 else None
         self._backend_for_submit = backend
@@ -151,19 +157,34 @@ class MapRun:
         self._input_error: BaseException | None = None
         self._exhausted = False
         self.closed = False
+        self.finite = length is not None
+        self.owner: object = None  # the Pool, kept alive while this run is
+        self._draining = False  # the pool is shutting down: feed the rest of the input, unwindowed
+        # The input is read by the consumer, but also by a shutdown feeding it to its end
+        self._feed_lock = threading.Lock()
         self._async_waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        dispatch.add_run(self)
         self._fill()  # start work now, as Executor.map does, not at the first next()
 
     # -- feeding --------------------------------------------------------------
 
     def _fill(self) -> None:
-        while (
-            not self._exhausted
-            and len(self._inflight) < self._max_batches
+        if self._exhausted:
+            return
+        with self._feed_lock:
+            self._fill_locked()
+
+    def _fill_locked(self) -> None:
+        while not self._exhausted and (self._draining or (
+            len(self._inflight) < self._max_batches
             and (self._max_items is None or self._inflight_items < self._max_items)
-        ):
+        )):
             size = self._sizer.next_size()
-            if self._max_items is not None:
+            if self._draining and not self._sizer.fixed:
+                size = max(size, self._sizer.cap)  # nobody consumes meanwhile: fair shares at once
+            elif self._dispatch.closed and not self._draining:
+                size = 1  # only to learn whether the input had ended: it is dropped if not
+            elif self._max_items is not None:
                 size = max(1, min(size, self._max_items - self._inflight_items))
             try:
                 items = list(itertools.islice(self._source, size))
@@ -174,15 +195,50 @@ class MapRun:
             if not items:
                 self._exhausted = True
                 return
-            self._submit(items)
+            try:
+                self._submit(items)
+            except PoolClosed:
+                self._cut_off(len(items))
+                return
             if len(items) < size:
                 self._exhausted = True
+
+    def _cut_off(self, unread: int) -> None:
+        """The pool shut down before the input ended: what was submitted still comes, then this error."""
+        self._exhausted = True
+        if self.closed:
+            return
+        self._input_error = PoolClosed(
+            f"the pool was shut down before this map's input was read to its end ({self._seq} items "
+            f"were submitted, {unread} more read and dropped): an input of "
+            "unknown length (an iterator, possibly endless) stops where it was at the shutdown; "
+            "consume the results before the pool shuts down (inside its `with` block), or pass a "
+            "list, tuple or range, which a shutdown runs to its end")
+
+    @property
+    def fed(self) -> bool:
+        """Whether no more input will be read (it ended, or the run is closed)."""
+        return self._exhausted
+
+    def keep_feeding(self) -> None:
+        """Let this run submit the rest of its input after the pool closes (it is finite)."""
+        self._draining = True
+
+    def feed_to_end(self) -> None:
+        """Submit the rest of the input now, all of it (a graceful shutdown)."""
+        try:
+            self._fill()
+        except Exception as exc:
+            # a broken pool refusing the rest: the reader's error, after the
+            # results that came, not the shutdown's (a `with` block's exit)
+            self._input_error = exc
+            self._exhausted = True
 
     def _submit(self, items: list[Any]) -> None:
         n = len(items)
         batch = Batch(self, self._index, n)
         self._index += 1
-        first = self._dispatch.begin(n)
+        first = self._dispatch.begin(n, self._draining)
         task = Task(first, self._fn, items, self._style, self._options, None, batch, 0, self._seq)
         self._seq += n
         with self._cond:

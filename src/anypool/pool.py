@@ -9,7 +9,11 @@ Differences from the standard executors, on purpose:
 
 * ``map`` is lazy: it submits a bounded window of work at once and the rest
   as you consume results, so an endless input uses flat memory.  A ``map``
-  you never iterate runs only its first window.
+  you never iterate runs only its first window until the pool shuts down;
+  then an input of known length (a list, a range...) is run to its end, so
+  its results can be read after the ``with`` block as with the stdlib, and
+  one of unknown length (maybe endless) stops, raising ``PoolClosed`` after
+  the results it had.
 * A worker that dies fails only its own task (``WorkerCrashed``); the pool
   goes on.  ``BrokenProcessPool`` handlers still catch it.
 * ``shutdown(kill=True)`` stops running work now; leaving a ``with`` block
@@ -18,16 +22,17 @@ Differences from the standard executors, on purpose:
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures as cf
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
+from . import exiting, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig
 from .dispatch import Dispatch
@@ -63,18 +68,135 @@ log = logging.getLogger("anypool")
 # a command's its 0.25 s grace), on backends that can kill a running task.
 KILL_SETTLE = 2.0
 
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+# multiprocessing's start methods (whether this platform has one is checked when workers start)
+_START_METHODS = ("fork", "forkserver", "spawn")
 
 
-@atexit.register
-def _stop_live_pools() -> None:
-    # Registered after multiprocessing's own exit hook, so it runs first:
-    # workers are gone before multiprocessing tries to join them.
-    for pool in list(_live_pools):
-        try:
-            pool.shutdown(wait=False, cancel_futures=True, kill=True)
-        except Exception:
-            log.exception("anypool: failed to stop a pool at exit")
+class _Life:
+    """A pool's shutdown, apart from the ``Pool`` object.
+
+    A pool dropped without a shutdown is closed through this (the ``Pool``
+    is gone by then), as the standard executors close theirs: its work
+    finishes, then its workers exit.  The exit hook (``anypool.exiting``)
+    finds every pool not yet closed here.
+    """
+
+    def __init__(self, dispatch: Dispatch, backend: Backend, stats: StatsCollector) -> None:
+        self.dispatch = dispatch
+        self.backend = backend
+        self.stats = stats
+        self.closers: list[Callable[[], None]] = []
+        self.lock = threading.Lock()
+        self.shut = False
+        self.killed = False
+        self.draining = False  # shut down without waiting: the work finishes in the background
+        self.closing = False  # the job log and the bar are being closed, once
+        self.closed = threading.Event()
+
+    def shutdown(self, wait: bool, cancel_futures: bool, kill: bool) -> None:
+        if sys.is_finalizing():
+            # past the exit hook (a generator or a pool collected last): no thread
+            # can start, and the pool's own would not run, so stop, as the hook does
+            wait, cancel_futures, kill = False, True, True
+        with self.lock:
+            first = not self.shut
+            self.shut = True
+            self.killed = self.killed or kill
+        dispatch = self.dispatch
+        if wait and not kill and dispatch.serves_this_thread():
+            # One of this pool's own threads (a task's, a done-callback's): the
+            # work waited for would include the caller's own, and on a process
+            # pool the manager thread that would report it.
+            wait = False
+        runs = [] if cancel_futures or kill else dispatch.finite_runs()
+        for run in runs:
+            run.keep_feeding()
+        dispatch.close()
+        if cancel_futures or kill:
+            cancel = getattr(self.backend, "cancel_pending", None)
+            if cancel is not None:
+                cancel()
+        if kill:
+            self.draining = False
+            self.backend.shutdown(wait=False, kill=True)
+            # The killed tasks are reported a moment later (a worker's death
+            # is noticed, a job's group gets its grace): the job log and the
+            # bar close after that, or those attempts would be missing from
+            # them.  Not where tasks cannot be killed (threads run on).
+            if wait or sys.is_finalizing():
+                if self.backend.kills_running():
+                    dispatch.wait_idle(KILL_SETTLE)
+                self._finish_closing()
+            else:
+                threading.Thread(target=self._close_when_killed, name="anypool-shutdown",
+                                 daemon=True).start()
+            return
+        if wait:
+            try:
+                for run in runs:
+                    run.feed_to_end()
+                dispatch.wait_idle()
+                self.backend.shutdown(wait=True)
+            except BaseException:
+                # Ctrl-C while waiting: stop the work now, as leaving a `with` on Ctrl-C does
+                self.shutdown(wait=False, cancel_futures=True, kill=True)
+                raise
+            self._finish_closing()
+            return
+        if first:
+            self.draining = True
+            threading.Thread(target=self._close_when_idle, args=(runs,), name="anypool-shutdown",
+                             daemon=True).start()
+
+    def _close_when_idle(self, runs: list[MapRun]) -> None:
+        for run in runs:
+            run.feed_to_end()
+        self.dispatch.wait_idle()
+        if not self.killed:
+            self.backend.shutdown(wait=True)
+        self._finish_closing()
+
+    def _close_when_killed(self) -> None:
+        if self.backend.kills_running():
+            self.dispatch.wait_idle(KILL_SETTLE)
+        self._finish_closing()
+
+    def _finish_closing(self) -> None:
+        with self.lock:
+            if self.closing:
+                return
+            self.closing = True
+        exiting.discard(self)
+        self.stats.close()
+        closers, self.closers = self.closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("anypool: failed to close %r", close)
+        self.closed.set()
+
+    def dropped(self) -> None:
+        """The ``Pool`` was garbage-collected: close it as ``shutdown(wait=False)`` would."""
+        if self.shut:
+            return
+        if sys.is_finalizing():
+            self.shutdown(wait=False, cancel_futures=False, kill=False)
+            return
+        # Not here: the collection may run inside one of this pool's own
+        # threads while it holds the dispatcher's lock, which shutdown takes.
+        self.draining = True  # for the exit hook, should it run before that thread
+        threading.Thread(target=self.shutdown, args=(False, False, False), name="anypool-shutdown",
+                         daemon=True).start()
+
+    # -- for the exit hook --------------------------------------------------
+
+    def kill_at_exit(self) -> None:
+        self.shutdown(wait=True, cancel_futures=True, kill=True)
+
+    def wait_closed(self) -> None:
+        while not self.closed.wait(waiting.slice_of(None)):
+            pass
 
 
 class _Submitter:
@@ -193,6 +315,13 @@ class _Submitter:
              return_exceptions: bool) -> MapIterator[Any]:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        for name, value in (("chunksize", chunksize), ("buffersize", buffersize)):
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int or None, not {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, not {value!r}")
         pool = self._pool
         source, style, length = source_of(iterables)
         run = MapRun(
@@ -200,6 +329,7 @@ class _Submitter:
             options=self._options, ordered=ordered, length=length, chunksize=chunksize,
             buffersize=buffersize, timeout=timeout, return_exceptions=return_exceptions,
         )
+        run.owner = pool  # a pool dropped while its map is read would close under the reader
         bar = pool._progress
         if bar is not None and length is not None:
             bar.expect(run, length)
@@ -248,9 +378,12 @@ class Pool(_Submitter, cf.Executor):
         timeout, retries, retry_on, backoff, backoff_max: the default
             :class:`~anypool.TaskOptions` for every task.
         initializer, initargs: called once in each worker before its first task.
-        max_tasks_per_worker: replace a worker process after this many tasks.
+        max_tasks_per_worker: replace a worker process after this many tasks
+            (each map item counts: batches are cut to fit).
         max_memory_per_worker: replace a worker process, between tasks, once
-            its resident memory passes this many bytes.
+            its resident memory passes this many bytes.  These two and
+            ``start_method`` are refused where no worker processes run
+            (``thread``, ``async``, ``subprocess``, ``inline``, ``dask``).
         start_method: ``"forkserver"``, ``"fork"`` or ``"spawn"``, for
             process backends.  Default: the first workers are forked while
             the program has a single thread, all others come from the fork
@@ -277,8 +410,9 @@ class Pool(_Submitter, cf.Executor):
 
     Raises:
         BackendUnavailable: unknown backend, or its extra is not installed.
-        ValueError: ``workers`` < 1, an out-of-range option, or a ``progress``
-            other than True, False or ``"always"``.
+        ValueError: ``workers`` < 1, an out-of-range option, an option the
+            backend cannot apply, or a ``progress`` other than True, False or
+            ``"always"``.
         JobLogError: ``joblog`` names a file that is not a job log.
     """
 
@@ -317,6 +451,9 @@ class Pool(_Submitter, cf.Executor):
                             ("concurrency", concurrency)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, not {value!r}")
+        if start_method is not None and start_method not in _START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(map(repr, _START_METHODS))} "
+                             f"or None, not {start_method!r}")
         if progress not in (True, False, None, "always"):
             raise ValueError(f"progress must be True, False or 'always', not {progress!r}")
         if initializer is not None and not callable(initializer):
@@ -336,6 +473,15 @@ class Pool(_Submitter, cf.Executor):
             backend_cls: type[Backend] = AutoBackend
         else:
             backend_cls = get_backend(backend)
+        if not backend_cls.process_options:
+            given: tuple[tuple[str, object], ...] = (
+                ("start_method", start_method), ("max_tasks_per_worker", max_tasks_per_worker),
+                ("max_memory_per_worker", max_memory_per_worker))
+            for opt, val in given:
+                if val is not None:
+                    raise ValueError(
+                        f"{opt}= does not apply to the {backend!r} backend: it runs no worker "
+                        "processes of anypool's (it applies to 'process', 'process+async' and 'auto')")
         unknown = sorted(set(backend_options) - set(backend_cls.options))
         if unknown:
             takes = ", ".join(backend_cls.options) or "none"
@@ -348,10 +494,8 @@ class Pool(_Submitter, cf.Executor):
         self._backend = backend_cls(self._config, self._dispatch)
         self._dispatch.backend = self._backend
         self._stats.workers = self._backend.workers
-        self._shutdown_lock = threading.Lock()
-        self._shut = False
+        self._life = _Life(self._dispatch, self._backend, self._stats)
         self._recorder: Recorder | None = None
-        self._closers: list[Callable[[], None]] = []
         if record:
             from .observers.recorder import Recorder
 
@@ -364,15 +508,17 @@ class Pool(_Submitter, cf.Executor):
             log_ = JobLog(joblog)
             log_.begin_run({"pool": backend})
             self._dispatch.add_observer(JobLogObserver(log_))
-            self._closers.append(log_.close)
+            self._life.closers.append(log_.close)
         self._progress: Progress | None = None
         if progress:
             from .observers.progress import Progress
 
             self._progress = Progress.for_pool(self, progress)
             if self._progress is not None:
-                self._closers.append(self._progress.close)
-        _live_pools.add(self)
+                self._life.closers.append(self._progress.close)
+        exiting.add(self._life)
+        # not atexit: the exit hook closes the pools still open, in its own order
+        weakref.finalize(self, self._life.dropped).atexit = False
         log.debug("anypool: pool started on %s", self._backend.describe())
 
     # -- introspection --------------------------------------------------------
@@ -441,11 +587,21 @@ class Pool(_Submitter, cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False) -> None:
         """Stop taking tasks and release the workers.
 
+        A ``map``/``imap`` over an input of known length (a list, a range...)
+        made before the shutdown still runs to its end, as the standard
+        executors' ``map`` does, so its results can be read afterwards; one
+        over an iterator (possibly endless) yields what was submitted, then
+        raises ``PoolClosed``.
+
         Args:
             wait: block until every submitted task is final and the workers
                 are gone; with False, return at once (the work finishes in
-                the background, and then the workers exit).
-            cancel_futures: cancel the tasks that have not started.
+                the background, even past the end of the program, and then
+                the workers exit).  Called from one of the pool's own tasks
+                or done-callbacks, where waiting would wait for the caller
+                itself, it does not wait.
+            cancel_futures: cancel the tasks that have not started (and
+                the rest of every map's input).
             kill: stop running tasks now (worker processes are killed, their
                 tasks fail with ``PoolClosed``; threads cannot be killed and
                 run their current call to its end).  With ``wait``, returns
@@ -458,57 +614,11 @@ class Pool(_Submitter, cf.Executor):
                 "shutdown(wait=True) would block the event loop that runs this pool's tasks; "
                 "use `await pool.ashutdown()` or `async with Pool(...)`"
             )
-        with self._shutdown_lock:
-            first = not self._shut
-            self._shut = True
-        self._dispatch.close()
-        if cancel_futures or kill:
-            cancel = getattr(self._backend, "cancel_pending", None)
-            if cancel is not None:
-                cancel()
-        if kill:
-            self._backend.shutdown(wait=False, kill=True)
-            # The killed tasks are reported a moment later (a worker's death
-            # is noticed, a job's group gets its grace): the job log and the
-            # bar close after that, or those attempts would be missing from
-            # them.  Not where tasks cannot be killed (threads run on).
-            if wait:
-                if self._backend.kills_running():
-                    self._dispatch.wait_idle(KILL_SETTLE)
-                self._finish_closing(first)
-            else:
-                threading.Thread(target=self._close_when_killed, args=(first,),
-                                 name="anypool-shutdown", daemon=True).start()
-            return
-        if wait:
-            self._dispatch.wait_idle()
-            self._backend.shutdown(wait=True)
-            self._finish_closing(first)
-            return
-        threading.Thread(target=self._close_when_idle, args=(first,), name="anypool-shutdown",
-                         daemon=True).start()
+        self._life.shutdown(wait, cancel_futures, kill)
 
-    def _close_when_idle(self, first: bool) -> None:
-        self._dispatch.wait_idle()
-        self._backend.shutdown(wait=True)
-        self._finish_closing(first)
-
-    def _close_when_killed(self, first: bool) -> None:
-        if self._backend.kills_running():
-            self._dispatch.wait_idle(KILL_SETTLE)
-        self._finish_closing(first)
-
-    def _finish_closing(self, first: bool) -> None:
-        if not first:
-            return
-        _live_pools.discard(self)
-        self._stats.close()
-        closers, self._closers = self._closers, []
-        for close in closers:
-            try:
-                close()
-            except Exception:
-                log.exception("anypool: failed to close %r", close)
+    @property
+    def _shut(self) -> bool:
+        return self._life.shut
 
     def __enter__(self) -> Pool:
         return self
@@ -533,11 +643,16 @@ class Pool(_Submitter, cf.Executor):
 
     async def ashutdown(self, *, cancel_futures: bool = False) -> None:
         """``shutdown(wait=True)`` for coroutines: waits without blocking the event loop."""
+        runs = [] if cancel_futures else self._dispatch.finite_runs()
+        for run in runs:
+            run.keep_feeding()
         self._dispatch.close()
         if cancel_futures:
             cancel = getattr(self._backend, "cancel_pending", None)
             if cancel is not None:
                 cancel()
+        for run in runs:
+            run.feed_to_end()
         import asyncio
 
         await asyncio.wrap_future(self._dispatch.idle_future())

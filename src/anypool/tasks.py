@@ -79,8 +79,13 @@ class TaskOptions(Frozen):
 
         Raises:
             ValueError: an out-of-range timeout, retry count or back-off.
+            TypeError: a timeout or back-off that is not a number.
             TypeError: ``retry_on`` is neither exception types nor a callable.
         """
+        for name, value in (("timeout", timeout), ("backoff", backoff), ("backoff_max", backoff_max)):
+            if (value is not None or name != "timeout") and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{name} must be a number of seconds, not {value!r}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -226,6 +227,46 @@ class TestLifecycle:
         pool.shutdown(wait=False)
         assert time.monotonic() - t < 0.5
         assert fut.result(30) == "done"
+
+    def test_map_results_can_be_read_after_the_with_block(self, flavor: Flavor) -> None:
+        """The stdlib idiom: an input of known length runs to its end at shutdown, not one window."""
+        with flavor.pool() as pool:
+            results = pool.map(flavor.fn("square"), range(300))
+            peeked = pool.imap(flavor.fn("square"), range(300))
+            assert next(peeked) == 0
+            unordered = pool.imap_unordered(flavor.fn("square"), [3] * 300)
+        assert list(results) == [x * x for x in range(300)]
+        assert list(peeked) == [x * x for x in range(1, 300)]
+        assert list(unordered) == [9] * 300
+        assert pool.stats.done == 900
+
+    def test_a_map_over_an_iterator_stops_at_shutdown_and_says_why(self, flavor: Flavor) -> None:
+        """An iterator may be endless: what was submitted comes back, then a clear PoolClosed."""
+        with flavor.pool() as pool:
+            results = pool.map(flavor.fn("square"), itertools.count())
+        got: list[int] = []
+        with pytest.raises(anypool.PoolClosed, match="before this map's input was read to its end"):
+            got.extend(results)
+        assert got
+        assert got == [x * x for x in range(len(got))]
+        with flavor.pool() as pool:
+            ended = pool.map(flavor.fn("square"), iter([1, 2, 3]))
+        assert list(ended) == [1, 4, 9]  # it had ended inside the first window: nothing was cut
+
+    def test_shutdown_from_a_done_callback_closes_the_pool_without_waiting_for_itself(
+            self, flavor: Flavor) -> None:
+        """The callback runs on a thread the pool needs (a worker's, the manager's): no deadlock."""
+        if flavor.backend == "async":
+            pytest.skip("on its loop's thread a blocking shutdown() raises: see test_coroutines")
+        pool = flavor.pool()
+        done = threading.Event()
+        first = pool.submit(flavor.fn("square"), 3)
+        first.add_done_callback(lambda f: (pool.shutdown(), done.set()))
+        assert done.wait(30)
+        assert first.result(30) == 9
+        with pytest.raises(anypool.PoolClosed):
+            pool.submit(flavor.fn("square"), 1)
+        pool.shutdown()  # from here it waits, for the workers too (the fixtures check them gone)
 
     def test_initializer_runs_in_each_worker_and_fills_worker_state(self, flavor: Flavor) -> None:
         with flavor.pool(initializer=tasks.set_state, initargs=("who", "init")) as pool:

@@ -332,6 +332,15 @@ class TestRecycling:
             assert [f.result(30) for f in futs] == list(range(40))
         assert len(set(pids)) >= 4
 
+    @pytest.mark.parametrize("chunksize", [None, 25])
+    def test_max_tasks_per_worker_holds_for_map_items(self, chunksize: int | None) -> None:
+        """A map batch is capped at the limit: no worker runs more items than it allows."""
+        import collections
+
+        with anypool.Pool("process", 2, max_tasks_per_worker=2) as pool:
+            pids = list(pool.map(tasks.pid, range(50), chunksize=chunksize))
+        assert max(collections.Counter(pids).values()) <= 2
+
     def test_max_memory_per_worker_recycles_a_leaking_worker(self) -> None:
         ceiling = 120 << 20
         with anypool.Pool("process", 1, max_memory_per_worker=ceiling) as pool:

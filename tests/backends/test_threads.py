@@ -48,6 +48,26 @@ def test_an_abandoned_thread_does_not_hold_up_interpreter_exit() -> None:
     assert time.monotonic() - t < 10
 
 
+def test_shutdown_inside_a_task_closes_the_pool_without_waiting_for_that_task() -> None:
+    """ThreadPoolExecutor raises "cannot join current thread"; waiting would wait for itself."""
+    pool = anypool.Pool("thread", 2)
+    go = threading.Event()
+
+    def stop_then_return(x: int) -> int:
+        go.wait(10)
+        pool.shutdown()
+        return x
+
+    fut = pool.submit(stop_then_return, 7)
+    queued = [pool.submit(tasks.sleep, 0.05, i) for i in range(4)]
+    go.set()
+    assert fut.result(10) == 7
+    assert [f.result(10) for f in queued] == [0, 1, 2, 3]  # queued before it: still run
+    with pytest.raises(anypool.PoolClosed):
+        pool.submit(tasks.square, 1)
+    pool.shutdown()
+
+
 def test_each_thread_has_its_own_worker_state() -> None:
     barrier = threading.Barrier(2)
 

@@ -80,6 +80,8 @@ class Backend(ABC):
     coroutines: ClassVar[bool] = False
     """True if the backend runs coroutine functions (else sync callables)."""
     options: ClassVar[tuple[str, ...]] = ()
+    process_options: ClassVar[bool] = True
+    """False where ``start_method`` and ``max_*_per_worker`` cannot apply (no worker processes)."""
     """Backend-only ``Pool(**options)`` this backend takes (others raise ``TypeError``)."""
     future_class: ClassVar[type[Future[Any]]] = Future
     """What ``submit`` returns; ``AsyncFuture`` where a running task can always be cancelled."""

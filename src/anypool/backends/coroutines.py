@@ -76,6 +76,7 @@ class AsyncBackend(Backend):
     """Coroutine functions on an event loop (see the module docstring)."""
 
     name = "async"
+    process_options = False
     can_kill = True
     coroutines = True
     future_class = AsyncFuture

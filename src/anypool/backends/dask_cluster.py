@@ -78,7 +78,7 @@ from distributed import KilledWorker
 from distributed.client import FutureCancelledError
 
 from .. import clock, mainguard
-from ..dispatch import fn_name
+from ..dispatch import fn_name, serve
 from ..errors import (
     BrokenPool,
     InitializerFailed,
@@ -364,6 +364,7 @@ class DaskBackend(Backend):
     # -- the pool's thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        serve(self.dispatch)
         try:
             while True:
                 with self._cond:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..calls import call_items
+from ..dispatch import serve, serving
 from ..errors import InitializerFailed, PoolClosed
 from ..state import bind_call, unbind_call
 from ..tasks import Failure, Task
@@ -27,6 +28,7 @@ class InlineBackend(Backend):
     """Runs each task immediately in the thread that submits it."""
 
     name = "inline"
+    process_options = False
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)
@@ -48,12 +50,17 @@ class InlineBackend(Backend):
         # thread worker's task or a coroutine sees its own state, and theirs
         # is back afterwards (a thread binding would lose to a coroutine's).
         token = bind_call(self._worker_state())
+        # the caller's thread is the pool's worker while the task runs: a
+        # shutdown() inside it must not wait for the task that called it
+        served = serving()
+        serve(self.dispatch)
         try:
             t0 = time.time()
             results, failed = call_items(task.fn, task.items, task.style, Failure,
                                          reraise=(KeyboardInterrupt,))
             self.dispatch.finish(task, results, t0, time.time(), self._ws, failed)
         finally:
+            serve(served)
             unbind_call(token)
 
     def _worker_state(self) -> dict[str, object]:

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock, jobguard, waiting
 from ..commands import SHELL, CommandResult, Spec, prepare
+from ..dispatch import serve
 from ..errors import CommandFailed, PoolClosed, TaskTimeout
 from ..tasks import CALL, ONE, STAR, Failure, Task
 from .base import Backend, BackendConfig, drain
@@ -524,6 +525,7 @@ class SubprocessBackend(Backend):
     """Runs commands, each in its own process group (see the module docstring)."""
 
     name = "subprocess"
+    process_options = False
     can_kill = True
     max_batch = 1
 
@@ -572,6 +574,7 @@ class SubprocessBackend(Backend):
         dispatch = self.dispatch
         name = f"slot-{slot}"
         ws = dispatch.stats.worker(name)
+        serve(dispatch)
         q = self._queue
         try:
             while True:

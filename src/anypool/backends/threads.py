@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock, waiting
 from ..calls import call_items
+from ..dispatch import serve
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
 from ..state import bind_thread
 from ..tasks import CALL, ONE, STAR, Failure, Task
@@ -60,6 +61,7 @@ class ThreadBackend(Backend):
     """Runs sync callables on ``workers`` threads (see the module docstring)."""
 
     name = "thread"
+    process_options = False
     can_kill = False
     batch_seconds = 0.002
     max_batch = 4096
@@ -114,6 +116,7 @@ class ThreadBackend(Backend):
     def _work(self, name: str, rec: _Running) -> None:
         dispatch = self.dispatch
         ws = dispatch.stats.worker(name)
+        serve(dispatch)
         bind_thread({})
         try:
             if self.config.initializer is not None and not self._initialize():

@@ -47,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ... import mainguard, waiting
+from ... import exiting, mainguard, waiting
 from ...errors import PoolClosed, SerializationError
 from ...serialize import dumps_args, dumps_callable, dumps_initializer, explain_args, explain_item
 from ...tasks import Task
@@ -187,6 +187,7 @@ class ProcessBackend(Backend):
             if self._manager is None:
                 # a pool merely made at import is harmless; one that starts its workers there is not
                 mainguard.check("a process pool")
+                exiting.run_before_multiprocessing()  # its workers must be gone before it joins them
                 self._manager = Manager(self)
             return self._manager
 

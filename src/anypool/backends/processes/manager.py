@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ... import mainguard
+from ...dispatch import serve
 from ...errors import (
     BrokenPool,
     InitializerFailed,
@@ -219,6 +220,7 @@ class Manager:
     # -- the loop ---------------------------------------------------------------
 
     def _run(self) -> None:
+        serve(self.dispatch)
         try:
             if self.first_ctx is None:
                 for _ in range(self.n):
