@@ -163,6 +163,18 @@ class TestPacking:
         dask_cluster.wait_for_workers(2)
 
 
+class TestCallables:
+    def test_a_callable_with_state_is_sent_as_it_is_at_each_submit(self, dask_cluster: DaskCluster) -> None:
+        """Regression: its first pickle was reused, so a later change never reached a worker."""
+        with anypool.Pool("dask", address=dask_cluster.address) as pool:
+            scale = tasks.Scaler(1)
+            assert [pool.submit(scale, 3).result(30), pool.submit(scale.times, 3).result(30)] == [3, 3]
+            scale.k = 5
+            assert [pool.submit(scale, 3).result(30), pool.submit(scale.times, 3).result(30)] == [15, 15]
+            futs = [pool.submit(scale, i) for i in range(50)]  # packed several to a Dask task
+            assert [f.result(30) for f in futs] == [5 * i for i in range(50)]
+
+
 class TestScheduling:
     def test_the_scheduler_never_holds_more_than_the_pool_allows(self, dask_cluster: DaskCluster) -> None:
         """workers=2 on a shared cluster: at most 2 of this pool's tasks reach the scheduler at once."""

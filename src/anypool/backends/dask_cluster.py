@@ -68,6 +68,7 @@ import re
 import threading
 import time
 import traceback
+import types
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -309,11 +310,10 @@ class DaskBackend(Backend):
             self._cond.notify()
 
     def _fn_blob(self, fn: Callable[..., Any]) -> bytes:
-        try:
-            key: Any = fn
-            hash(key)
-        except TypeError:
-            key = None
+        # Only a function is pickled once: anything with state of its own (a bound
+        # method, a callable object, a partial) is pickled as it is at each submit,
+        # as ProcessPoolExecutor does, so a change to that state reaches the next task.
+        key: Any = fn if type(fn) in (types.FunctionType, types.BuiltinFunctionType) else None
         if key is not None:
             with self._cond:
                 blob = self._fns.get(key)
