@@ -406,11 +406,18 @@ class Dispatch:
         self._set_observers(self.observers)
 
     def emit(self, event: TaskEvent) -> None:
-        """Send ``event`` to the observers that want it; one that raises is logged and removed."""
+        """Send ``event`` to the observers that want it; one that raises is logged and removed.
+
+        Anything it raises is caught, ``SystemExit`` and ``KeyboardInterrupt``
+        included: this runs in the middle of settling a task (on a worker, a
+        backend thread, the event loop), and an exception escaping here would
+        skip the rest of the settlement (the unit never ended, so ``shutdown``
+        waited for ever) and kill the thread that reports every later task.
+        """
         for obs in self.observers if event.kind == "finished" else self._lifecycle:
             try:
                 obs(event)
-            except Exception:
+            except BaseException:  # see above: no observer may stop the bookkeeping
                 log.exception("anypool: observer %r failed and was removed", obs)
                 self.remove_observer(obs)
 

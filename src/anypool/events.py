@@ -9,7 +9,8 @@ Every backend reports the same transitions through the dispatcher::
 An *observer* is any callable taking a :class:`TaskEvent`.  Observers run on
 whichever thread the backend reports from, so they must be quick and
 thread-safe, and must not keep ``items`` or ``results`` (that would pin every
-task's data in memory).  An observer that raises is logged and dropped.
+task's data in memory).  An observer that raises (anything, ``SystemExit``
+included) is logged and dropped; the task is settled all the same.
 An observer with a true ``finished_only`` attribute gets ``finished``
 events only, and a pool whose observers all say so builds no others (the
 recorder and the job log do: it keeps recording cheap).

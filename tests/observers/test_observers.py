@@ -1,0 +1,45 @@
+"""Observers of a pool's events: whatever they do, the pool's own bookkeeping goes on."""
+
+from __future__ import annotations
+
+import pytest
+
+import anypool
+import tasks
+from anypool.events import TaskEvent
+
+
+class _Raises:
+    """An observer that raises ``exc`` at the first finished event it sees."""
+
+    finished_only = True
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    def __call__(self, event: TaskEvent) -> None:
+        self.calls += 1
+        raise self.exc
+
+
+@pytest.mark.parametrize("backend", ["thread", "inline", "async"])
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), ValueError("observer bug")])
+def test_an_observer_raising_anything_is_removed_and_the_pool_goes_on(
+        backend: str, exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    """Before, SystemExit or KeyboardInterrupt escaped the settlement: the unit never
+    ended (``with`` hung in shutdown) and the thread reporting tasks died."""
+    obs = _Raises(exc)
+    fn = tasks.asquare if backend == "async" else tasks.square
+    pool = anypool.Pool(backend, 1, observers=[obs])
+    try:
+        assert pool.submit(fn, 3).result(10) == 9
+        assert pool.submit(fn, 4).result(10) == 16, "the worker still takes tasks"
+        assert list(pool.map(fn, range(3), timeout=10)) == [0, 1, 4]
+    finally:
+        pool.shutdown(wait=False)
+    assert pool._dispatch.wait_idle(10), "every unit ended"
+    assert obs.calls == 1, "removed after it raised"
+    s = pool.stats
+    assert (s.submitted, s.done, s.failed, s.running) == (5, 5, 0, 0)
+    assert "failed and was removed" in caplog.text
