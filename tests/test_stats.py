@@ -94,6 +94,42 @@ class TestCounts:
         assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (6, 1, 0, 5, 0)
         assert s.throughput > 0
 
+    def test_a_map_left_early_counts_its_cancelled_items_once(self) -> None:
+        """Before, each cancelled item was counted as failed too (done + failed +
+        cancelled > submitted) and gave run time and queue wait a zero-length sample."""
+        pool = anypool.Pool("thread", 1)
+        it = pool.map(tasks.sleep, [0.05] * 40, chunksize=1)
+        next(it)
+        pool.shutdown(cancel_futures=True)
+        s = pool.stats
+        assert s.failed == 0
+        assert s.cancelled >= 1
+        assert s.done + s.failed + s.cancelled == s.submitted
+        assert s.running == 0
+        assert s.run_time.count == s.queue_wait.count == s.done, "only the items that ran are timed"
+        assert s.throughput == pytest.approx(s.done / s.elapsed)
+
+    def test_a_coroutine_cancelled_while_it_runs_is_cancelled_not_failed(self) -> None:
+        with anypool.Pool("async", 2) as pool:
+            slow = pool.submit(tasks.asleep, 5)
+            quick = pool.submit(tasks.asleep, 0.01)
+            time.sleep(0.1)
+            assert slow.cancel()
+            quick.result(10)
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (2, 1, 0, 1, 0)
+
+    def test_tasks_stopped_by_a_kill_are_cancelled_not_failed(self) -> None:
+        pool = anypool.Pool("process", 1)
+        futs = [pool.submit(tasks.sleep, 5) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not futs[0].running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pool.shutdown(kill=True)
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (3, 0, 0, 3, 0)
+        assert "0 done, 0 failed, 3 cancelled, 0 running (of 3 submitted)" in str(s)
+
     def test_crashed_workers_are_counted(self) -> None:
         with anypool.Pool("process", 2, retries=1, backoff=0) as pool:
             futs = [pool.submit(tasks.crash_if, i, 3) for i in range(6)]
@@ -193,7 +229,7 @@ class TestPieces:
             s = pool.stats
         assert (s.submitted, s.done, s.running, s.throughput) == (0, 0, 0, 0.0)
         assert s.run_time == Summary()
-        assert "0 done, 0 failed, 0 running (of 0 submitted)" in str(s)
+        assert "0 done, 0 failed, 0 cancelled, 0 running (of 0 submitted)" in str(s)
 
     def test_the_table_uses_readable_units(self) -> None:
         with anypool.Pool("thread", 1) as pool:

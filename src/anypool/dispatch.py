@@ -195,10 +195,13 @@ class Dispatch:
                     retries.append((task.subtask(i, [task.items[i]]), f))
                     results[i] = _RETRYING
                 else:
-                    worker.failed += 1
+                    if f.kind != "cancelled":  # counted as cancelled (above), never as failed too
+                        worker.failed += 1
                     self._annotate(task, f.exc, worker, index=i)
         worker.done += n - len(failed or ())
-        if times:
+        if worker is self.unassigned:
+            pass  # never ran (cancelled or unsendable): no run time or queue wait to count
+        elif times:
             for k in range(0, len(times), 2):
                 worker.record(times[k], times[k + 1], task.submitted, 1)
         else:
@@ -225,14 +228,16 @@ class Dispatch:
             return
         if type(value) is Failure:
             self._count_failure(value, worker)
-            worker.record(started, ended, task.submitted, 1)
+            if worker is not self.unassigned:  # else it never ran: no times to count
+                worker.record(started, ended, task.submitted, 1)
             if self._may_retry(task, value):
                 if self.finishing:
                     self._emit_finished(task, worker, started, ended, value.kind, value.exc,
                                         [value.exc], False)
                 self._schedule_retry(task, value, started, ended, worker)
                 return
-            worker.failed += 1
+            if value.kind != "cancelled":  # a cancelled task is counted as cancelled, not failed
+                worker.failed += 1
             if value.kind == "cancelled" and type(value.exc) is cf.CancelledError:
                 # a coroutine cancelled by other code than cancel() (a timeout it
                 # awaited, the loop's ending): cancelled, as asyncio marks its task
@@ -268,7 +273,6 @@ class Dispatch:
         """Drop a task that was cancelled before it ran."""
         with self._lock:  # backend threads may drop tasks at the same time
             self.unassigned.cancelled += len(task.items)
-            self.unassigned.dropped += len(task.items)
         if task.future is None:
             assert task.batch is not None
             if not task.batch.discard(len(task.items)):
@@ -325,6 +329,8 @@ class Dispatch:
 
     @staticmethod
     def _count_failure(f: Failure, worker: WorkerStats) -> None:
+        # "cancelled" is never retried, so this counts each cancelled task once:
+        # it is final, and counted there instead of in ``failed``.
         if f.kind == "timeout":
             worker.timed_out += 1
         elif f.kind == "crash":

@@ -150,6 +150,28 @@ class TestPipe:
         assert out.strip() == "results 36"
         assert "done=36 failed=4 retried=4 running=0" in frames(err)[-1]
 
+    def test_an_imap_left_early_shows_its_items_cancelled_not_failed(self) -> None:
+        """Before, the bar said failed=N for the items dropped when the loop broke off."""
+        code = """
+import time
+import anypool
+
+def work(x):
+    time.sleep(0.05)
+    return x
+
+with anypool.Pool("thread", 2, progress="always") as pool:
+    it = pool.imap(work, range(30))
+    out = [next(it) for _ in range(12)]
+    it.close()
+print("results", len(out), flush=True)
+"""
+        err, out = run_in_pipe(code)
+        assert out.strip() == "results 12"
+        final = frames(err)[-1]
+        assert "failed=0" in final, final
+        assert re.search(r"running=0 cancelled=[1-9]", final), final
+
     def test_false_never_draws(self) -> None:
         screen, _ = run_in_pty(ONE_SHOT.format(helper="map", wrap="list", progress=False))
         assert frames(screen) == []

@@ -3,7 +3,7 @@
 A bar updated per task costs microseconds on every task.  This one is a
 daemon thread reading ``pool.stats`` a few times a second, so the tasks
 themselves pay nothing.  It shows finished / total with rate and ETA, and
-the done / failed / retried / running counts.  ``total`` is what was
+the done / failed / retried / running (and cancelled) counts.  ``total`` is what was
 submitted so far plus, for ``map`` over an input of known length (a list, a
 range), the items that run has not submitted yet, so the ETA covers the
 whole input although ``map`` feeds the pool lazily.  In a Jupyter kernel it
@@ -197,8 +197,10 @@ class Progress:
         bar = self._bar or self._draw(final, total)
         if bar.total != total:
             bar.total = total
-        bar.set_postfix_str(f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}",
-                            refresh=False)
+        counts = f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}"
+        if s.cancelled:  # shown only when some were: a run that was not cut short keeps a short bar
+            counts += f" cancelled={s.cancelled}"
+        bar.set_postfix_str(counts, refresh=False)
         if final > bar.n:
             bar.update(final - bar.n)  # draws, and feeds tqdm's rate (hence the ETA)
         else:

@@ -577,16 +577,17 @@ class _Page:
             ("workers", f"{s.workers:,}", "how many tasks may run at once"),
             ("submitted", f"{s.submitted:,}", "tasks handed to the pool (each map item counts)"),
             ("done", f"{s.done:,}", "tasks that returned a value"),
-            ("failed", f"{s.failed:,}", "tasks that failed for good, after their retries"),
+            ("failed", f"{s.failed:,}", "tasks that failed for good, after their retries (not cancelled)"),
             ("retried", f"{s.retried:,}", "attempts that failed and were tried again"),
             ("timed out", f"{s.timed_out:,}", "attempts stopped by their timeout"),
             ("crashed", f"{s.crashed:,}", "attempts whose worker died"),
-            ("cancelled", f"{s.cancelled:,}", "tasks cancelled before they ran"),
+            ("cancelled", f"{s.cancelled:,}",
+             "tasks cancelled before or while they ran, or stopped by shutdown(kill=True)"),
             ("running", f"{s.running:,}", "tasks not yet final when the report was written"),
             ("run time", dist(s.run_time), "per task attempt (map items share their batch's average)"),
             ("queue wait", dist(s.queue_wait), "from being queued to the start of the attempt"),
             ("elapsed", fmt_seconds(s.elapsed), "the span the throughput is measured over"),
-            ("throughput", f"{s.throughput:,.1f} tasks/s", "final tasks per second of elapsed"),
+            ("throughput", f"{s.throughput:,.1f} tasks/s", "done and failed tasks per second of elapsed"),
         ]
         for name, frac in sorted(s.worker_busy.items(), key=lambda kv: _natural(kv[0])):
             rows.append((f"busy: {name}", f"{frac:.1%}", "this worker's busy share of its lifetime"))
