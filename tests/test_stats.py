@@ -130,6 +130,17 @@ class TestCounts:
         assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (3, 0, 0, 3, 0)
         assert "0 done, 0 failed, 3 cancelled, 0 running (of 3 submitted)" in str(s)
 
+    def test_a_submit_refused_at_submit_time_is_not_counted(self) -> None:
+        """Before, the refused task stayed "1 running" for ever, even after shutdown."""
+        import threading
+
+        with anypool.Pool("process", 1) as pool:
+            with pytest.raises(anypool.SerializationError):
+                pool.submit(tasks.square, threading.Lock())
+            assert pool.submit(tasks.square, 3).result(30) == 9
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (1, 1, 0, 0, 0)
+
     def test_crashed_workers_are_counted(self) -> None:
         with anypool.Pool("process", 2, retries=1, backoff=0) as pool:
             futs = [pool.submit(tasks.crash_if, i, 3) for i in range(6)]

@@ -115,8 +115,15 @@ class Dispatch:
             except cf.InvalidStateError:
                 pass  # cancelled: the ashutdown() that waited on it was itself cancelled
 
-    def abort(self) -> None:
-        """Undo a ``begin`` whose unit never reached the backend."""
+    def abort(self, items: int) -> None:
+        """Undo a ``begin(items)`` whose unit never reached the backend (its submit raised).
+
+        Its tasks are un-counted as well as the unit: the caller got the
+        exception instead of a future, so they were never the pool's to run,
+        and counted they would read as running for ever.
+        """
+        with self._lock:
+            self._submitted -= items
         self._end()
 
     @property

@@ -113,7 +113,7 @@ class _Submitter:
         try:
             pool._backend.submit(task)
         except BaseException:
-            dispatch.abort()
+            dispatch.abort(1)
             raise
         if dispatch.observing:
             dispatch.queued(task)
