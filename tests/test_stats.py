@@ -167,6 +167,45 @@ class TestCounts:
         assert (s.submitted, s.done, s.failed, s.running) == (1000, 999, 1, 0)
 
 
+    def test_a_snapshot_taken_while_tasks_run_never_shows_more_final_than_submitted(self) -> None:
+        """Before, ``submitted`` was read before the workers' counters, so a reader
+        preempted between the two saw done > submitted.  Thread switches are made
+        very frequent here so that window is hit within a second or two."""
+        import sys
+        import threading
+
+        bad: list[tuple[int, int]] = []
+        reads = 0
+        stop = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            with anypool.Pool("thread", 2) as pool:
+                def reader() -> None:
+                    nonlocal reads
+                    while not stop.is_set():
+                        s = pool.stats
+                        reads += 1
+                        if s.done + s.failed + s.cancelled > s.submitted:
+                            bad.append((s.submitted, s.done))
+
+                t = threading.Thread(target=reader)
+                t.start()
+                try:
+                    deadline = time.monotonic() + 3
+                    while time.monotonic() < deadline and not bad:
+                        for _ in range(100):
+                            pool.submit(tasks.square, 1)
+                finally:
+                    stop.set()
+                    t.join(10)
+        finally:
+            sys.setswitchinterval(interval)
+        assert not t.is_alive()
+        assert reads > 10
+        assert bad == [], "(submitted, done) of snapshots showing more done than submitted"
+
+
 class TestUtilisation:
     def test_busy_fraction_of_a_busy_and_an_idle_worker(self) -> None:
         with anypool.Pool("thread", 2) as pool:

@@ -395,7 +395,7 @@ class Pool(_Submitter, cf.Executor):
     @property
     def stats(self) -> PoolStats:
         """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
-        return self._stats.snapshot(self._dispatch.submitted)
+        return self._stats.snapshot(lambda: self._dispatch.submitted)  # read last: see snapshot
 
     def add_observer(self, observer: Observer) -> None:
         """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from .records import Frozen
 
@@ -304,8 +305,15 @@ class StatsCollector:
             if self.closed_at is None:
                 self.closed_at = time.time()
 
-    def snapshot(self, submitted: int) -> PoolStats:
-        """Sum every worker's totals into one frozen ``PoolStats``."""
+    def snapshot(self, submitted: Callable[[], int]) -> PoolStats:
+        """Sum every worker's totals into one frozen ``PoolStats``.
+
+        ``submitted`` reads the pool's submitted count; it is called after
+        the workers' counters are summed, never before: a task is counted
+        submitted before it can run, so read in this order no snapshot
+        shows more tasks final than submitted (read first, a snapshot taken
+        while tasks ran could show done > submitted).
+        """
         now = time.time()
         run, wait = Histogram(), Histogram()
         totals = dict.fromkeys(("done", "failed", "retried", "timed_out", "crashed", "cancelled"), 0)
@@ -327,8 +335,9 @@ class StatsCollector:
             start, end = spans.get(ws.name, (self.started, None))
             life = (end if end is not None else stop) - start
             busy[ws.name] = min(1.0, ws.busy / life) if life > 0 else 0.0
+        submitted_now = submitted()  # after the counters: see above
         final = totals["done"] + totals["failed"]  # what throughput counts: cancelled tasks did no work
-        running = max(0, submitted - final - totals["cancelled"])
+        running = max(0, submitted_now - final - totals["cancelled"])
         # while nothing runs the clock stops at the last attempt; else now (or the shutdown)
         end_of_run = min(now, max(last, self.started)) if running == 0 and last else stop
         elapsed = end_of_run - self.started
@@ -336,7 +345,7 @@ class StatsCollector:
             backend=self.backend,
             choices=dict(self.choices),
             workers=self.workers,
-            submitted=submitted,
+            submitted=submitted_now,
             running=running,
             run_time=Summary.of(run),
             queue_wait=Summary.of(wait),
