@@ -109,6 +109,21 @@ class TestReading:
             assert log.last_attempt(5) == 2
             assert log.last_attempt(99) == 0
 
+    def test_job_0_is_a_job_like_any_other(self, tmp_path: Path) -> None:
+        """A pool's job log numbers map items from 0; before, finals() and the seq sets
+        built on it (and last_attempts()) started after job 0, so it never read as done."""
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 1, joblog=path) as pool:
+            assert list(pool.map(abs, [0, -1, -2])) == [0, 1, 2]
+        with JobLog(path, "read") as log:
+            assert [s for s, _, _ in log.finals()] == [0, 1, 2]
+            assert list(log.done_seqs()) == list(log.succeeded_seqs()) == [0, 1, 2]
+            assert list(log.last_attempts()) == [(0, 1), (1, 1), (2, 1)]
+            assert [s for s, _, _ in log.finals(after=0)] == [1, 2]
+        with JobLog(tmp_path / "failed.db") as log:
+            log.record_many([rec(0, 1, "error"), rec(1)])
+            assert list(log.failed_seqs()) == [0]
+
     def test_finals_and_records_page_through_long_logs(self, tmp_path: Path) -> None:
         with JobLog(tmp_path / "log.db") as log:
             log.record_many(rec(i) for i in range(5000, 0, -1))

@@ -55,6 +55,7 @@ __all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "ou
 APPLICATION_ID = 0x616E7970  # "anyp": marks the file as an anypool job log
 SCHEMA_VERSION = 1
 _PAGE = 2000
+_FIRST = -(2**63)  # below every job number SQLite can hold: "after" it is from the start
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -336,11 +337,14 @@ class JobLog:
 
     # -- reading --------------------------------------------------------------
 
-    def finals(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+    def finals(self, after: int | None = None) -> Iterator[tuple[int, str, str]]:
         """Each job's latest final attempt as ``(seq, args, outcome)``, by job number.
 
+        Only jobs numbered above ``after``; None (the default): every job,
+        job 0 included (``Pool(joblog=)`` numbers ``map`` items from 0).
         Read page by page, so memory stays flat however long the log.
         """
+        after = _FIRST if after is None else after
         while True:
             with self._lock:
                 page = self._db.execute(
@@ -364,11 +368,14 @@ class JobLog:
         """Jobs whose latest final attempt succeeded (what ``--resume-failed`` skips)."""
         return SeqSet.from_ascending(seq for seq, _, outcome in self.finals() if outcome == "ok")
 
-    def last_attempts(self, after: int = 0) -> Iterator[tuple[int, int]]:
+    def last_attempts(self, after: int | None = None) -> Iterator[tuple[int, int]]:
         """Each job's highest attempt number as ``(seq, attempt)``, by job number.
 
-        Killed attempts included (they are not final).  Read page by page.
+        Only jobs numbered above ``after`` (None, the default: every job, as
+        for :meth:`finals`).  Killed attempts included (they are not final).
+        Read page by page.
         """
+        after = _FIRST if after is None else after
         while True:
             with self._lock:
                 page = self._db.execute(
