@@ -274,6 +274,46 @@ class TestPieces:
         assert s.max == 0.5
         assert s.mean == pytest.approx(0.3)
 
+    def test_merging_a_histogram_that_grows_meanwhile_does_not_raise(self) -> None:
+        """A snapshot merges each worker's histogram while the worker records into it.
+        Before, the copy made a tuple per bucket; a garbage collection started by one
+        ran a finalizer (Python code, so another thread could run), a new bucket
+        appeared, and pool.stats raised RuntimeError.  Here each collection's
+        finalizer records a new bucket itself, and the collector runs at every
+        allocation."""
+        import gc
+
+        other = Histogram()
+        for i in range(5000):  # more buckets than CPython keeps spare 2-tuples: some are new objects
+            other.add(1e-10 * 1.03 ** i)
+        collected = 0
+        merging = True
+
+        class RecordsWhenCollected:
+            def __init__(self) -> None:
+                self.me = self  # a cycle: only the collector frees it
+
+            def __del__(self) -> None:
+                nonlocal collected
+                collected += 1
+                other.add(1e200 * 1.03 ** collected)  # a bucket not there before
+                if merging:
+                    RecordsWhenCollected()  # garbage for the next collection
+
+        merged = Histogram()
+        threshold = gc.get_threshold()
+        gc.collect()
+        RecordsWhenCollected()
+        gc.set_threshold(1)
+        try:
+            merged.merge(other)
+        finally:
+            merging = False
+            gc.set_threshold(*threshold)
+            gc.collect()
+        assert collected >= 2, "collections ran during the merge"
+        assert 5000 <= merged.n < other.n
+
     def test_an_empty_pool_reads_as_zeros(self) -> None:
         with anypool.Pool("thread", 2) as pool:
             s = pool.stats

@@ -61,7 +61,13 @@ class Histogram:
             self.max = seconds
 
     def merge(self, other: Histogram) -> None:
-        for b, c in list(other.counts.items()):
+        """Add ``other``'s counts; ``other`` may be recorded into meanwhile (a running worker's)."""
+        # dict.copy() takes the counts in one C call.  list(counts.items()) did
+        # not: each (bucket, count) tuple it made could start a garbage
+        # collection, whose finalizers run Python code, so the worker thread
+        # could add a bucket mid-copy ("dictionary changed size during
+        # iteration" out of pool.stats).
+        for b, c in other.counts.copy().items():
             self.counts[b] = self.counts.get(b, 0) + c
         self.n += other.n
         self.total += other.total
