@@ -189,6 +189,7 @@ class Dispatch:
         n = len(results)
         retried = 0
         retries: list[tuple[Task, Failure]] = []
+        retrying: list[int] = []  # indices of the items tried again, for the finished event
         outcome = "ok"
         error: BaseException | None = None
         if failed:
@@ -200,6 +201,7 @@ class Dispatch:
                 if self._may_retry(task, f):
                     retried += 1
                     retries.append((task.subtask(i, [task.items[i]]), f))
+                    retrying.append(i)
                     results[i] = _RETRYING
                 else:
                     if f.kind != "cancelled":  # counted as cancelled (above), never as failed too
@@ -215,7 +217,13 @@ class Dispatch:
             worker.record(started, ended, task.submitted, n)
         batch.run.observe(n, ended - started)
         if self.finishing:
-            self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
+            shown = results
+            if retrying:  # the event shows what each retried item failed with, not the placeholder
+                shown = list(results)  # a copy: the batch is delivered the placeholders
+                for (_, f), i in zip(retries, retrying, strict=True):
+                    shown[i] = f
+            self._emit_finished(task, worker, started, ended, outcome, error, shown, not retried,
+                                retrying=tuple(retrying))
         complete = batch.deliver(task.offset, results, n - retried, bool(failed))
         # Retries leave only now: one that finished before this delivery would
         # complete the batch, and this delivery (its placeholder and all) would
@@ -240,7 +248,7 @@ class Dispatch:
             if self._may_retry(task, value):
                 if self.finishing:
                     self._emit_finished(task, worker, started, ended, value.kind, value.exc,
-                                        [value.exc], False)
+                                        [value.exc], False, retrying=_FIRST_ITEM)
                 self._schedule_retry(task, value, started, ended, worker)
                 return
             if value.kind != "cancelled":  # a cancelled task is counted as cancelled, not failed
@@ -396,12 +404,12 @@ class Dispatch:
 
     def _emit_finished(self, task: Task, worker: WorkerStats, started: float, ended: float,
                        outcome: str, error: BaseException | None, results: Sequence[Any],
-                       final: bool, timeline: bool = True) -> None:
+                       final: bool, timeline: bool = True, retrying: tuple[int, ...] = ()) -> None:
         shown = [r.exc if type(r) is Failure else r for r in results] if outcome != "ok" else results
         # tuple.__new__ skips TaskEvent's Python-level __new__: this runs once a task when observed
         event = _new_event(TaskEvent, ("finished", task.id, task.seq, len(task.items), task.attempt,
                                        ended, self._name(task.fn), worker.name, started, outcome,
-                                       error, final, task.items, shown))
+                                       error, final, task.items, shown, retrying))
         if timeline and self._timeline is not None:
             self._timeline(event)
         self.emit(event)
@@ -458,6 +466,7 @@ class _Retrying:
 
 
 _RETRYING: Any = _Retrying()
+_FIRST_ITEM = (0,)  # the ``retrying`` of a one-item task's failed attempt that is tried again
 
 
 def _describe(exc: BaseException) -> str:

@@ -244,6 +244,26 @@ class TestPoolJoblog:
         assert err.error.startswith("ValueError: invalid literal")
         assert err.command == "int"
 
+    def test_a_retried_batch_item_keeps_its_error_and_the_good_items_are_final(self, tmp_path: Path) -> None:
+        """Before, the whole batch's rows took the batch's ``final`` (False while any item
+        was retried), so items 1-3 never read as done, and item 0's error text was lost."""
+        path = tmp_path / "log.db"
+        marker = tmp_path / "failed-once"
+
+        def fail_first_time(x: int) -> int:
+            if x == 0 and not marker.exists():
+                marker.touch()
+                raise ValueError("first try")
+            return x
+
+        with anypool.Pool("thread", 1, joblog=path, retries=1, backoff=0) as pool:
+            assert list(pool.map(fail_first_time, range(4), chunksize=4)) == [0, 1, 2, 3]
+        with JobLog(path, "read") as log:
+            got = sorted((r.seq, r.attempt, r.outcome, r.final, r.error) for r in log.records())
+            assert got == [(0, 1, "error", False, "ValueError: first try"), (0, 2, "ok", True, ""),
+                           (1, 1, "ok", True, ""), (2, 1, "ok", True, ""), (3, 1, "ok", True, "")]
+            assert list(log.done_seqs()) == [0, 1, 2, 3]
+
     @pytest.mark.parametrize("backend", ["process", "subprocess", "async"])
     def test_shutdown_kill_records_the_running_tasks_as_killed(self, tmp_path: Path, backend: str) -> None:
         """Each killed attempt is a row on its worker (not final: a resumed run does it again);

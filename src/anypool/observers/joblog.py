@@ -560,27 +560,34 @@ class JobLogObserver:
         results = event.results or ()
         started = event.started or event.time
         per = (event.time - started) / max(event.size, 1)
+        retrying = event.retrying
         recs = []
         for i in range(event.size):
             value = results[i] if i < len(results) else None
             if event.outcome == "ok":
                 ok = True
-            elif _retrying(value):
+            elif _retrying(value):  # a placeholder, from an event made without its exception
                 ok, value = False, (event.error if event.size == 1 else None)
             else:
                 ok = not isinstance(value, BaseException)
             outcome = outcome_of(value, ok)
             if outcome == "killed" and event.worker in (None, "-"):
                 continue  # cancelled before it ever ran: not an attempt
-            rec = record_for(event, value, ok, outcome, started + per * i, per)
+            # Final per item: a batch's good items are final even when one of its
+            # items is tried again (the event's ``final`` is then False for all).
+            final = i not in retrying if retrying else event.final
+            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final)
             item = event.items[i] if i < len(event.items) else None
             recs.append(rec._replace(seq=event.seq + i + self.seq_base, args=args_json(item)))
         self.log.record_many(recs)
 
 
 def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: float,
-               runtime: float) -> JobRecord:
-    """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller)."""
+               runtime: float, final: bool | None = None) -> JobRecord:
+    """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller).
+
+    ``final``: whether this item's attempt is its last (None: the event's ``final``).
+    """
     cr = command_of(value)
     exitcode, sig = exit_fields(value, ok)
     stdout: bytes | None
@@ -597,4 +604,5 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         stderr = None
     error = "" if ok else describe_error(value if isinstance(value, BaseException) else None)
     return JobRecord(0, event.attempt, "", command, started, runtime, exitcode, sig, outcome,
-                     event.final and outcome != "killed", error, event.worker or "", stdout, stderr)
+                     (event.final if final is None else final) and outcome != "killed", error,
+                     event.worker or "", stdout, stderr)

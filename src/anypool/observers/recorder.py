@@ -173,7 +173,7 @@ class Recorder:
 
     def __call__(self, event: TaskEvent) -> None:
         (kind, task_id, seq, size, attempt, ended, fn, worker, started, outcome, error, _final,
-         items, _results) = event  # one unpacking: cheaper than a dozen attribute reads
+         items, _results, _retrying) = event  # one unpacking: cheaper than a dozen attribute reads
         if kind != "finished":
             return
         self._add((task_id, seq, size, attempt, worker or "", started or ended, ended,
