@@ -424,7 +424,9 @@ class JobLog:
         be drawn from either.
         """
         out = [Row(r.seq, r.seq, 1, r.attempt, r.worker, r.started, r.started + r.runtime, r.outcome,
-                   r.command, r.args, r.error) for r in self.records()]
+                   r.command, r.args, r.error, int(r.outcome == "ok"),
+                   int(r.final and r.outcome not in ("ok", "killed")))  # failed for good
+               for r in self.records()]
         out.sort(key=lambda r: r.started)
         return out
 
