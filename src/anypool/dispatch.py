@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ log = logging.getLogger("anypool")
 
 _new_event: Any = tuple.__new__
 
+_NAME_LIMIT = 200  # characters of an argv command kept as its name
+
 # Failure kinds that another attempt cannot fix.
 _NEVER_RETRY = frozenset({"cancelled", "unsendable"})
 
@@ -50,6 +53,15 @@ def fn_name(fn: Any) -> str:
     """The name events and messages use for a task's callable."""
     if isinstance(fn, str):
         return fn
+    if isinstance(fn, (list, tuple)):
+        # A command given as an argv: named by the command, shell-quoted as one
+        # would type it (by its type it read "list" in events and reports).
+        # Cut: an argv may be long, and the name is repeated in every event and row.
+        import shlex
+
+        words = (os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in fn)
+        text = shlex.join(words)
+        return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT - 1] + "…"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None and hasattr(fn, "func"):  # functools.partial
         return f"partial({fn_name(fn.func)})"

@@ -43,3 +43,19 @@ def test_an_observer_raising_anything_is_removed_and_the_pool_goes_on(
     s = pool.stats
     assert (s.submitted, s.done, s.failed, s.running) == (5, 5, 0, 0)
     assert "failed and was removed" in caplog.text
+
+
+def test_a_command_given_as_an_argv_is_named_by_the_command() -> None:
+    """Before, events, the timeline and the report named it by its type: "list"."""
+    events: list[TaskEvent] = []
+    long_argv = ["echo", *(f"word{i}" for i in range(100))]
+    with anypool.Pool("subprocess", 1, observers=[events.append], record=True) as pool:
+        pool.submit(["echo", "hi there"]).result(30)
+        pool.submit(long_argv).result(30)
+    names = [e.fn for e in events if e.kind == "finished"]
+    assert names[0] == "echo 'hi there'"
+    assert names[1].startswith("echo word0 word1 ")
+    assert names[1].endswith("…")
+    assert len(names[1]) == 200
+    assert sorted(r.fn for r in pool.timeline()) == sorted(names)
+    assert all(e.fn == names[0] for e in events if e.task_id == events[0].task_id)
