@@ -110,13 +110,13 @@ class _Submitter:
         # no kwargs: None, not the fresh empty dict of each call (see CALL);
         # a one-item tuple, not a list: one object, not two (16 B less per pending task)
         task = Task(tid, fn, ((args, kwargs or None),), CALL, self._options, fut, seq=tid)
+        if dispatch.observing:  # before the backend has it: it may start, even finish, at once
+            dispatch.queued(task)
         try:
             pool._backend.submit(task)
         except BaseException:
             dispatch.abort(1)
             raise
-        if dispatch.observing:
-            dispatch.queued(task)
         return fut
 
     @overload

@@ -59,3 +59,24 @@ def test_a_command_given_as_an_argv_is_named_by_the_command() -> None:
     assert len(names[1]) == 200
     assert sorted(r.fn for r in pool.timeline()) == sorted(names)
     assert all(e.fn == names[0] for e in events if e.task_id == events[0].task_id)
+
+
+@pytest.mark.parametrize(("backend", "n"), [("inline", 20), ("thread", 2000), ("auto", 20), ("async", 200)])
+def test_every_task_is_queued_then_started_then_finished(backend: str, n: int) -> None:
+    """Before, inline reported finished then queued and never started; a thread task
+    now and then started (even finished) before its queued event, which came after
+    the backend had it; and auto's tasks run on its probe thread had no started."""
+    events: list[TaskEvent] = []
+    fn = tasks.asquare if backend == "async" else tasks.square
+    with anypool.Pool(backend, 2, observers=[events.append]) as pool:
+        futs = [pool.submit(fn, i) for i in range(n)]
+        assert [f.result(30) for f in futs] == [i * i for i in range(n)]
+        assert list(pool.map(fn, range(5), chunksize=1)) == [0, 1, 4, 9, 16]
+    by_task: dict[int, list[str]] = {}
+    for e in events:
+        by_task.setdefault(e.task_id, []).append(e.kind)
+    assert len(by_task) == n + 5
+    wrong = {t: kinds for t, kinds in by_task.items() if kinds != ["queued", "started", "finished"]}
+    assert wrong == {}
+    if backend == "auto":
+        assert any(e.worker == "probe" for e in events if e.kind == "started")
