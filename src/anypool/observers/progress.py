@@ -155,6 +155,12 @@ class Progress:
             bar = tqdm(total=total or self._fixed_total, desc=self._desc, unit="task", file=out, leave=True,
                        mininterval=0, miniters=1, initial=done, **kw)
             bar.start_t = self._started  # a late bar counts the time from the pool's start
+            # ... and, for its average rate (the one shown at the end), the tasks
+            # since then too: tqdm's is (n - initial) / (now - start_t), which with
+            # initial at the count reached undercounted by the tasks done before the
+            # bar appeared.  n starts there all the same (initial did that), so the
+            # recent rate tqdm smooths sees no burst of them.
+            bar.initial = 0
             self._bar = bar
             return bar
 
