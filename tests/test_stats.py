@@ -94,6 +94,53 @@ class TestCounts:
         assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (6, 1, 0, 5, 0)
         assert s.throughput > 0
 
+    def test_a_map_left_early_counts_its_cancelled_items_once(self) -> None:
+        """Before, each cancelled item was counted as failed too (done + failed +
+        cancelled > submitted) and gave run time and queue wait a zero-length sample."""
+        pool = anypool.Pool("thread", 1)
+        it = pool.map(tasks.sleep, [0.05] * 40, chunksize=1)
+        next(it)
+        pool.shutdown(cancel_futures=True)
+        s = pool.stats
+        assert s.failed == 0
+        assert s.cancelled >= 1
+        assert s.done + s.failed + s.cancelled == s.submitted
+        assert s.running == 0
+        assert s.run_time.count == s.queue_wait.count == s.done, "only the items that ran are timed"
+        assert s.throughput == pytest.approx(s.done / s.elapsed)
+
+    def test_a_coroutine_cancelled_while_it_runs_is_cancelled_not_failed(self) -> None:
+        with anypool.Pool("async", 2) as pool:
+            slow = pool.submit(tasks.asleep, 5)
+            quick = pool.submit(tasks.asleep, 0.01)
+            time.sleep(0.1)
+            assert slow.cancel()
+            quick.result(10)
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (2, 1, 0, 1, 0)
+
+    def test_tasks_stopped_by_a_kill_are_cancelled_not_failed(self) -> None:
+        pool = anypool.Pool("process", 1)
+        futs = [pool.submit(tasks.sleep, 5) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not futs[0].running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pool.shutdown(kill=True)
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (3, 0, 0, 3, 0)
+        assert "0 done, 0 failed, 3 cancelled, 0 running (of 3 submitted)" in str(s)
+
+    def test_a_submit_refused_at_submit_time_is_not_counted(self) -> None:
+        """Before, the refused task stayed "1 running" for ever, even after shutdown."""
+        import threading
+
+        with anypool.Pool("process", 1) as pool:
+            with pytest.raises(anypool.SerializationError):
+                pool.submit(tasks.square, threading.Lock())
+            assert pool.submit(tasks.square, 3).result(30) == 9
+        s = pool.stats
+        assert (s.submitted, s.done, s.failed, s.cancelled, s.running) == (1, 1, 0, 0, 0)
+
     def test_crashed_workers_are_counted(self) -> None:
         with anypool.Pool("process", 2, retries=1, backoff=0) as pool:
             futs = [pool.submit(tasks.crash_if, i, 3) for i in range(6)]
@@ -118,6 +165,45 @@ class TestCounts:
         assert sum(isinstance(r, ValueError) for r in out) == 1
         s = pool.stats
         assert (s.submitted, s.done, s.failed, s.running) == (1000, 999, 1, 0)
+
+
+    def test_a_snapshot_taken_while_tasks_run_never_shows_more_final_than_submitted(self) -> None:
+        """Before, ``submitted`` was read before the workers' counters, so a reader
+        preempted between the two saw done > submitted.  Thread switches are made
+        very frequent here so that window is hit within a second or two."""
+        import sys
+        import threading
+
+        bad: list[tuple[int, int]] = []
+        reads = 0
+        stop = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            with anypool.Pool("thread", 2) as pool:
+                def reader() -> None:
+                    nonlocal reads
+                    while not stop.is_set():
+                        s = pool.stats
+                        reads += 1
+                        if s.done + s.failed + s.cancelled > s.submitted:
+                            bad.append((s.submitted, s.done))
+
+                t = threading.Thread(target=reader)
+                t.start()
+                try:
+                    deadline = time.monotonic() + 3
+                    while time.monotonic() < deadline and not bad:
+                        for _ in range(100):
+                            pool.submit(tasks.square, 1)
+                finally:
+                    stop.set()
+                    t.join(10)
+        finally:
+            sys.setswitchinterval(interval)
+        assert not t.is_alive()
+        assert reads > 10
+        assert bad == [], "(submitted, done) of snapshots showing more done than submitted"
 
 
 class TestUtilisation:
@@ -188,12 +274,52 @@ class TestPieces:
         assert s.max == 0.5
         assert s.mean == pytest.approx(0.3)
 
+    def test_merging_a_histogram_that_grows_meanwhile_does_not_raise(self) -> None:
+        """A snapshot merges each worker's histogram while the worker records into it.
+        Before, the copy made a tuple per bucket; a garbage collection started by one
+        ran a finalizer (Python code, so another thread could run), a new bucket
+        appeared, and pool.stats raised RuntimeError.  Here each collection's
+        finalizer records a new bucket itself, and the collector runs at every
+        allocation."""
+        import gc
+
+        other = Histogram()
+        for i in range(5000):  # more buckets than CPython keeps spare 2-tuples: some are new objects
+            other.add(1e-10 * 1.03 ** i)
+        collected = 0
+        merging = True
+
+        class RecordsWhenCollected:
+            def __init__(self) -> None:
+                self.me = self  # a cycle: only the collector frees it
+
+            def __del__(self) -> None:
+                nonlocal collected
+                collected += 1
+                other.add(1e200 * 1.03 ** collected)  # a bucket not there before
+                if merging:
+                    RecordsWhenCollected()  # garbage for the next collection
+
+        merged = Histogram()
+        threshold = gc.get_threshold()
+        gc.collect()
+        RecordsWhenCollected()
+        gc.set_threshold(1)
+        try:
+            merged.merge(other)
+        finally:
+            merging = False
+            gc.set_threshold(*threshold)
+            gc.collect()
+        assert collected >= 2, "collections ran during the merge"
+        assert 5000 <= merged.n < other.n
+
     def test_an_empty_pool_reads_as_zeros(self) -> None:
         with anypool.Pool("thread", 2) as pool:
             s = pool.stats
         assert (s.submitted, s.done, s.running, s.throughput) == (0, 0, 0, 0.0)
         assert s.run_time == Summary()
-        assert "0 done, 0 failed, 0 running (of 0 submitted)" in str(s)
+        assert "0 done, 0 failed, 0 cancelled, 0 running (of 0 submitted)" in str(s)
 
     def test_the_table_uses_readable_units(self) -> None:
         with anypool.Pool("thread", 1) as pool:

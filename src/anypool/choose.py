@@ -430,6 +430,12 @@ class _Probe(_ProbeBase):
                 if not task.claim():
                     dispatch.discard(task)
                     continue
+                if dispatch.observing:
+                    dispatch.started(task, ws)
+                    with self.lock:  # measure from here: the observers' time is not the task's
+                        self.current_delay0 = schedstat.read_delay(self._sched)
+                        self.current_start = time.perf_counter()
+                        self.current_cpu0 = time.thread_time()
                 w0, c0, d0 = self.current_start, self.current_cpu0, self.current_delay0
                 t0 = time.time()
                 if task.options.timeout is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import threading
 import time
 import weakref
@@ -62,6 +63,9 @@ def serving() -> object:
     """What the current thread was marked as serving (None: nothing)."""
     return getattr(_serving, "dispatch", None)
 
+
+_NAME_LIMIT = 200  # characters of an argv command kept as its name
+
 # Failure kinds that another attempt cannot fix.
 _NEVER_RETRY = frozenset({"cancelled", "unsendable"})
 
@@ -70,6 +74,15 @@ def fn_name(fn: Any) -> str:
     """The name events and messages use for a task's callable."""
     if isinstance(fn, str):
         return fn
+    if isinstance(fn, (list, tuple)):
+        # A command given as an argv: named by the command, shell-quoted as one
+        # would type it (by its type it read "list" in events and reports).
+        # Cut: an argv may be long, and the name is repeated in every event and row.
+        import shlex
+
+        words = (os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in fn)
+        text = shlex.join(words)
+        return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT - 1] + "…"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None and hasattr(fn, "func"):  # functools.partial
         return f"partial({fn_name(fn.func)})"
@@ -138,8 +151,15 @@ class Dispatch:
             except cf.InvalidStateError:
                 pass  # cancelled: the ashutdown() that waited on it was itself cancelled
 
-    def abort(self) -> None:
-        """Undo a ``begin`` whose unit never reached the backend."""
+    def abort(self, items: int) -> None:
+        """Undo a ``begin(items)`` whose unit never reached the backend (its submit raised).
+
+        Its tasks are un-counted as well as the unit: the caller got the
+        exception instead of a future, so they were never the pool's to run,
+        and counted they would read as running for ever.
+        """
+        with self._lock:
+            self._submitted -= items
         self._end()
 
     @property
@@ -221,6 +241,7 @@ class Dispatch:
         n = len(results)
         retried = 0
         retries: list[tuple[Task, Failure]] = []
+        retrying: list[int] = []  # indices of the items tried again, for the finished event
         outcome = "ok"
         error: BaseException | None = None
         if failed:
@@ -232,19 +253,29 @@ class Dispatch:
                 if self._may_retry(task, f):
                     retried += 1
                     retries.append((task.subtask(i, [task.items[i]]), f))
+                    retrying.append(i)
                     results[i] = _RETRYING
                 else:
-                    worker.failed += 1
+                    if f.kind != "cancelled":  # counted as cancelled (above), never as failed too
+                        worker.failed += 1
                     self._annotate(task, f.exc, worker, index=i)
         worker.done += n - len(failed or ())
-        if times:
+        if worker is self.unassigned:
+            pass  # never ran (cancelled or unsendable): no run time or queue wait to count
+        elif times:
             for k in range(0, len(times), 2):
                 worker.record(times[k], times[k + 1], task.submitted, 1)
         else:
             worker.record(started, ended, task.submitted, n)
         batch.run.observe(n, ended - started)
         if self.finishing:
-            self._emit_finished(task, worker, started, ended, outcome, error, results, not retried)
+            shown = results
+            if retrying:  # the event shows what each retried item failed with, not the placeholder
+                shown = list(results)  # a copy: the batch is delivered the placeholders
+                for (_, f), i in zip(retries, retrying, strict=True):
+                    shown[i] = f
+            self._emit_finished(task, worker, started, ended, outcome, error, shown, not retried,
+                                retrying=tuple(retrying))
         complete = batch.deliver(task.offset, results, n - retried, bool(failed))
         # Retries leave only now: one that finished before this delivery would
         # complete the batch, and this delivery (its placeholder and all) would
@@ -264,14 +295,16 @@ class Dispatch:
             return
         if type(value) is Failure:
             self._count_failure(value, worker)
-            worker.record(started, ended, task.submitted, 1)
+            if worker is not self.unassigned:  # else it never ran: no times to count
+                worker.record(started, ended, task.submitted, 1)
             if self._may_retry(task, value):
                 if self.finishing:
                     self._emit_finished(task, worker, started, ended, value.kind, value.exc,
-                                        [value.exc], False)
+                                        [value.exc], False, retrying=_FIRST_ITEM)
                 self._schedule_retry(task, value, started, ended, worker)
                 return
-            worker.failed += 1
+            if value.kind != "cancelled":  # a cancelled task is counted as cancelled, not failed
+                worker.failed += 1
             if value.kind == "cancelled" and type(value.exc) is cf.CancelledError:
                 # a coroutine cancelled by other code than cancel() (a timeout it
                 # awaited, the loop's ending): cancelled, as asyncio marks its task
@@ -307,7 +340,6 @@ class Dispatch:
         """Drop a task that was cancelled before it ran."""
         with self._lock:  # backend threads may drop tasks at the same time
             self.unassigned.cancelled += len(task.items)
-            self.unassigned.dropped += len(task.items)
         if task.future is None:
             assert task.batch is not None
             if not task.batch.discard(len(task.items)):
@@ -364,6 +396,8 @@ class Dispatch:
 
     @staticmethod
     def _count_failure(f: Failure, worker: WorkerStats) -> None:
+        # "cancelled" is never retried, so this counts each cancelled task once:
+        # it is final, and counted there instead of in ``failed``.
         if f.kind == "timeout":
             worker.timed_out += 1
         elif f.kind == "crash":
@@ -422,12 +456,12 @@ class Dispatch:
 
     def _emit_finished(self, task: Task, worker: WorkerStats, started: float, ended: float,
                        outcome: str, error: BaseException | None, results: Sequence[Any],
-                       final: bool, timeline: bool = True) -> None:
+                       final: bool, timeline: bool = True, retrying: tuple[int, ...] = ()) -> None:
         shown = [r.exc if type(r) is Failure else r for r in results] if outcome != "ok" else results
         # tuple.__new__ skips TaskEvent's Python-level __new__: this runs once a task when observed
         event = _new_event(TaskEvent, ("finished", task.id, task.seq, len(task.items), task.attempt,
                                        ended, self._name(task.fn), worker.name, started, outcome,
-                                       error, final, task.items, shown))
+                                       error, final, task.items, shown, retrying))
         if timeline and self._timeline is not None:
             self._timeline(event)
         self.emit(event)
@@ -445,11 +479,25 @@ class Dispatch:
         self._set_observers(self.observers)
 
     def emit(self, event: TaskEvent) -> None:
-        """Send ``event`` to the observers that want it; one that raises is logged and removed."""
+        """Send ``event`` to the observers that want it; one that raises is logged and removed.
+
+        Anything it raises is caught, ``SystemExit`` and ``KeyboardInterrupt``
+        included: this runs in the middle of settling a task (on a worker, a
+        backend thread, the event loop), and an exception escaping here would
+        skip the rest of the settlement (the unit never ended, so ``shutdown``
+        waited for ever) and kill the thread that reports every later task.
+        Except a ``KeyboardInterrupt`` on the main thread: that is Ctrl-C
+        arriving while an observer ran there, and it is the user's to have.
+        """
         for obs in self.observers if event.kind == "finished" else self._lifecycle:
             try:
                 obs(event)
-            except Exception:
+            except KeyboardInterrupt:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                log.exception("anypool: observer %r failed and was removed", obs)
+                self.remove_observer(obs)
+            except BaseException:  # see above: no observer may stop the bookkeeping
                 log.exception("anypool: observer %r failed and was removed", obs)
                 self.remove_observer(obs)
 
@@ -477,6 +525,7 @@ class _Retrying:
 
 
 _RETRYING: Any = _Retrying()
+_FIRST_ITEM = (0,)  # the ``retrying`` of a one-item task's failed attempt that is tried again
 
 
 def _describe(exc: BaseException) -> str:

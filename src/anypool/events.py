@@ -9,14 +9,17 @@ Every backend reports the same transitions through the dispatcher::
 An *observer* is any callable taking a :class:`TaskEvent`.  Observers run on
 whichever thread the backend reports from, so they must be quick and
 thread-safe, and must not keep ``items`` or ``results`` (that would pin every
-task's data in memory).  An observer that raises is logged and dropped.
+task's data in memory).  An observer that raises (anything, ``SystemExit``
+included) is logged and dropped; the task is settled all the same.
 An observer with a true ``finished_only`` attribute gets ``finished``
 events only, and a pool whose observers all say so builds no others (the
 recorder and the job log do: it keeps recording cheap).
 
 Small ``map`` items travel in batches; a batch is one event with ``size`` > 1
 (its items share the batch's worker and times; ``results`` holds each item's
-value, or the exception it failed with).  ``size`` says how many tasks an event covers.
+value, or the exception it failed with; ``retrying`` lists the items that
+failed and will be tried again, so a batch's good items are final even when
+another of its items is retried).  ``size`` says how many tasks an event covers.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ class TaskEvent(NamedTuple):
         outcome: for ``finished``: ``"ok"``, ``"error"``, ``"timeout"``, ``"crash"``
             or ``"cancelled"`` (the worst outcome among a batch's items).
         error: for ``finished`` with a failure: the (first) exception.
-        final: for ``finished``: no further attempt will follow.
+        final: for ``finished``: no further attempt will follow (for a batch:
+            of none of its items; ``retrying`` says which ones will be tried again).
         items: the task's arguments (``(args, kwargs)`` for ``submit``), for the
             duration of the call only.
-        results: for ``finished``: each item's value or exception.
+        results: for ``finished``: each item's value or exception (for an
+            item in ``retrying``, the exception of this failed attempt).
+        retrying: for ``finished``: the indices (into ``items`` and
+            ``results``) of the items whose attempt failed here and that will
+            be tried again; every other item's attempt is its final one.
     """
 
     kind: str
@@ -63,6 +71,7 @@ class TaskEvent(NamedTuple):
     final: bool = False
     items: Sequence[Any] = ()
     results: Sequence[Any] | None = None
+    retrying: tuple[int, ...] = ()
 
 
 class Observer(Protocol):

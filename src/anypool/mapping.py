@@ -255,7 +255,7 @@ class MapRun:
             with self._cond:
                 self._inflight.remove(batch)
                 self._inflight_items -= n
-            self._dispatch.abort()
+            self._dispatch.abort(n)
             raise
 
     def _submit_split(self, task: Task) -> None:

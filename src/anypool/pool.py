@@ -233,12 +233,12 @@ class _Submitter:
         # a one-item tuple, not a list: one object, not two (16 B less per pending task)
         task = Task(tid, fn, ((args, kwargs or None),), CALL, self._options, fut, seq=tid)
         try:
+            if dispatch.observing:  # before the backend has it: it may start, even finish, at once
+                dispatch.queued(task)
             pool._backend.submit(task)
         except BaseException:
-            dispatch.abort()
+            dispatch.abort(1)
             raise
-        if dispatch.observing:
-            dispatch.queued(task)
         return fut
 
     @overload
@@ -541,7 +541,7 @@ class Pool(_Submitter, cf.Executor):
     @property
     def stats(self) -> PoolStats:
         """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
-        return self._stats.snapshot(self._dispatch.submitted)
+        return self._stats.snapshot(lambda: self._dispatch.submitted)  # read last: see snapshot
 
     def add_observer(self, observer: Observer) -> None:
         """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from .records import Frozen
 
@@ -60,7 +61,13 @@ class Histogram:
             self.max = seconds
 
     def merge(self, other: Histogram) -> None:
-        for b, c in list(other.counts.items()):
+        """Add ``other``'s counts; ``other`` may be recorded into meanwhile (a running worker's)."""
+        # dict.copy() takes the counts in one C call.  list(counts.items()) did
+        # not: each (bucket, count) tuple it made could start a garbage
+        # collection, whose finalizers run Python code, so the worker thread
+        # could add a bucket mid-copy ("dictionary changed size during
+        # iteration" out of pool.stats).
+        for b, c in other.counts.copy().items():
             self.counts[b] = self.counts.get(b, 0) + c
         self.n += other.n
         self.total += other.total
@@ -115,7 +122,6 @@ class WorkerStats:
         "cancelled",
         "crashed",
         "done",
-        "dropped",
         "failed",
         "last",
         "name",
@@ -133,8 +139,7 @@ class WorkerStats:
         self.retried = 0
         self.timed_out = 0
         self.crashed = 0
-        self.cancelled = 0
-        self.dropped = 0  # tasks cancelled before they ran: final, but neither done nor failed
+        self.cancelled = 0  # tasks cancelled (before or while they ran): final, neither done nor failed
         self.last = 0.0  # when the latest attempt recorded here ended
         self.run = Histogram()
         self.wait = Histogram()
@@ -184,20 +189,26 @@ class PoolStats(Frozen):
         workers: the configured number of workers (or concurrency).
         submitted: tasks handed to the pool (each map item counts).
         done: tasks that finished with a value.
-        failed: tasks that failed for good (after their retries).
+        failed: tasks that failed for good (after their retries); a cancelled
+            task is not failed.
         retried: attempts that failed and were tried again.
         timed_out / crashed: attempts stopped by their timeout / whose worker died.
-        cancelled: tasks cancelled before they ran (or stopped by ``shutdown(kill=True)``).
+        cancelled: tasks cancelled: before they ran (``shutdown(cancel_futures=True)``,
+            a ``map`` closed early), while they ran (an async task's
+            ``cancel()``), or stopped by ``shutdown(kill=True)``.  Every
+            submitted task ends as exactly one of done, failed and cancelled:
+            ``done + failed + cancelled + running == submitted``.
         running: tasks submitted and not yet final (queued, running, or
             waiting to be retried).
         run_time: the run time of every attempt, per task: batched ``map``
-            items share their batch's average.
+            items share their batch's average.  Tasks that never reached a
+            worker (cancelled or unsendable) have none, nor a queue wait.
         queue_wait: from the moment an attempt was queued (submitted, or
             re-queued after a retry's back-off) to its start.
         elapsed: seconds from the pool's start to now or, while nothing
             runs, to the end of the last attempt (so an idle or shut-down
             pool's throughput does not decay).
-        throughput: final tasks (done + failed) per second of ``elapsed``.
+        throughput: tasks that ran to an end (done + failed, not cancelled) per second of ``elapsed``.
         worker_busy: each worker's share of its lifetime (from its start to
             its exit, or to now) spent running tasks.  Workers replaced
             during the run appear under their own names.
@@ -246,10 +257,10 @@ class PoolStats(Frozen):
             ("backend", self.backend),
             *((f"  {k}", v) for k, v in self.choices.items()),
             ("workers", str(self.workers)),
-            ("tasks", f"{self.done} done, {self.failed} failed, {self.running} running "
-                      f"(of {self.submitted} submitted)"),
+            ("tasks", f"{self.done} done, {self.failed} failed, {self.cancelled} cancelled, "
+                      f"{self.running} running (of {self.submitted} submitted)"),
             ("attempts", f"{self.retried} retried, {self.timed_out} timed out, "
-                         f"{self.crashed} crashed, {self.cancelled} cancelled"),
+                         f"{self.crashed} crashed"),
             ("run time", f"median {ms(self.run_time.median)}, p95 {ms(self.run_time.p95)}, "
                          f"max {ms(self.run_time.max)}"),
             ("queue wait", f"median {ms(self.queue_wait.median)}, p95 {ms(self.queue_wait.p95)}, "
@@ -300,13 +311,19 @@ class StatsCollector:
             if self.closed_at is None:
                 self.closed_at = time.time()
 
-    def snapshot(self, submitted: int) -> PoolStats:
-        """Sum every worker's totals into one frozen ``PoolStats``."""
+    def snapshot(self, submitted: Callable[[], int]) -> PoolStats:
+        """Sum every worker's totals into one frozen ``PoolStats``.
+
+        ``submitted`` reads the pool's submitted count; it is called after
+        the workers' counters are summed, never before: a task is counted
+        submitted before it can run, so read in this order no snapshot
+        shows more tasks final than submitted (read first, a snapshot taken
+        while tasks ran could show done > submitted).
+        """
         now = time.time()
         run, wait = Histogram(), Histogram()
         totals = dict.fromkeys(("done", "failed", "retried", "timed_out", "crashed", "cancelled"), 0)
         busy: dict[str, float] = {}
-        dropped = 0
         last = 0.0
         with self._lock:
             workers = list(self._workers.values())
@@ -318,15 +335,15 @@ class StatsCollector:
             wait.merge(ws.wait)
             for k in totals:
                 totals[k] += getattr(ws, k)
-            dropped += ws.dropped
             last = max(last, ws.last)
             if ws.name == UNASSIGNED:  # not a worker: tasks that never reached one
                 continue
             start, end = spans.get(ws.name, (self.started, None))
             life = (end if end is not None else stop) - start
             busy[ws.name] = min(1.0, ws.busy / life) if life > 0 else 0.0
-        final = totals["done"] + totals["failed"]
-        running = max(0, submitted - final - dropped)
+        submitted_now = submitted()  # after the counters: see above
+        final = totals["done"] + totals["failed"]  # what throughput counts: cancelled tasks did no work
+        running = max(0, submitted_now - final - totals["cancelled"])
         # while nothing runs the clock stops at the last attempt; else now (or the shutdown)
         end_of_run = min(now, max(last, self.started)) if running == 0 and last else stop
         elapsed = end_of_run - self.started
@@ -334,7 +351,7 @@ class StatsCollector:
             backend=self.backend,
             choices=dict(self.choices),
             workers=self.workers,
-            submitted=submitted,
+            submitted=submitted_now,
             running=running,
             run_time=Summary.of(run),
             queue_wait=Summary.of(wait),

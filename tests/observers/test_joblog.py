@@ -109,6 +109,21 @@ class TestReading:
             assert log.last_attempt(5) == 2
             assert log.last_attempt(99) == 0
 
+    def test_job_0_is_a_job_like_any_other(self, tmp_path: Path) -> None:
+        """A pool's job log numbers map items from 0; before, finals() and the seq sets
+        built on it (and last_attempts()) started after job 0, so it never read as done."""
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 1, joblog=path) as pool:
+            assert list(pool.map(abs, [0, -1, -2])) == [0, 1, 2]
+        with JobLog(path, "read") as log:
+            assert [s for s, _, _ in log.finals()] == [0, 1, 2]
+            assert list(log.done_seqs()) == list(log.succeeded_seqs()) == [0, 1, 2]
+            assert list(log.last_attempts()) == [(0, 1), (1, 1), (2, 1)]
+            assert [s for s, _, _ in log.finals(after=0)] == [1, 2]
+        with JobLog(tmp_path / "failed.db") as log:
+            log.record_many([rec(0, 1, "error"), rec(1)])
+            assert list(log.failed_seqs()) == [0]
+
     def test_finals_and_records_page_through_long_logs(self, tmp_path: Path) -> None:
         with JobLog(tmp_path / "log.db") as log:
             log.record_many(rec(i) for i in range(5000, 0, -1))
@@ -228,6 +243,26 @@ class TestPoolJoblog:
         err = next(r for r in recs if r.outcome == "error")
         assert err.error.startswith("ValueError: invalid literal")
         assert err.command == "int"
+
+    def test_a_retried_batch_item_keeps_its_error_and_the_good_items_are_final(self, tmp_path: Path) -> None:
+        """Before, the whole batch's rows took the batch's ``final`` (False while any item
+        was retried), so items 1-3 never read as done, and item 0's error text was lost."""
+        path = tmp_path / "log.db"
+        marker = tmp_path / "failed-once"
+
+        def fail_first_time(x: int) -> int:
+            if x == 0 and not marker.exists():
+                marker.touch()
+                raise ValueError("first try")
+            return x
+
+        with anypool.Pool("thread", 1, joblog=path, retries=1, backoff=0) as pool:
+            assert list(pool.map(fail_first_time, range(4), chunksize=4)) == [0, 1, 2, 3]
+        with JobLog(path, "read") as log:
+            got = sorted((r.seq, r.attempt, r.outcome, r.final, r.error) for r in log.records())
+            assert got == [(0, 1, "error", False, "ValueError: first try"), (0, 2, "ok", True, ""),
+                           (1, 1, "ok", True, ""), (2, 1, "ok", True, ""), (3, 1, "ok", True, "")]
+            assert list(log.done_seqs()) == [0, 1, 2, 3]
 
     @pytest.mark.parametrize("backend", ["process", "subprocess", "async"])
     def test_shutdown_kill_records_the_running_tasks_as_killed(self, tmp_path: Path, backend: str) -> None:

@@ -150,6 +150,50 @@ class TestPipe:
         assert out.strip() == "results 36"
         assert "done=36 failed=4 retried=4 running=0" in frames(err)[-1]
 
+    def test_an_imap_left_early_shows_its_items_cancelled_not_failed(self) -> None:
+        """Before, the bar said failed=N for the items dropped when the loop broke off."""
+        code = """
+import time
+import anypool
+
+def work(x):
+    time.sleep(0.05)
+    return x
+
+with anypool.Pool("thread", 2, progress="always") as pool:
+    it = pool.imap(work, range(30))
+    out = [next(it) for _ in range(12)]
+    it.close()
+print("results", len(out), flush=True)
+"""
+        err, out = run_in_pipe(code)
+        assert out.strip() == "results 12"
+        final = frames(err)[-1]
+        assert "failed=0" in final, final
+        assert re.search(r"running=0 cancelled=[1-9]", final), final
+
+    def test_a_late_bar_ends_on_the_runs_average_rate(self) -> None:
+        """The bar appears after DELAY; before, its final rate left out the tasks done
+        by then (300 tasks of 5 ms on 2 threads: 285 task/s on the bar, 385/s in stats)."""
+        code = """
+import time
+import anypool
+
+def work(x):
+    time.sleep(0.005)
+    return x
+
+with anypool.Pool("thread", 2, progress="always") as pool:
+    list(pool.map(work, range(300), chunksize=1))
+print(pool.stats.throughput, flush=True)
+"""
+        err, out = run_in_pipe(code)
+        final = frames(err)[-1]
+        assert "300/300" in final, final
+        match = re.search(r"([\d.]+)task/s", final)
+        assert match, final
+        assert float(match.group(1)) == pytest.approx(float(out), rel=0.1), final
+
     def test_false_never_draws(self) -> None:
         screen, _ = run_in_pty(ONE_SHOT.format(helper="map", wrap="list", progress=False))
         assert frames(screen) == []

@@ -16,6 +16,7 @@ import pytest
 
 import anypool
 import tasks
+from anypool.observers.joblog import JobLog
 from anypool.observers.recorder import Row
 from anypool.observers.report import MAX_BARS, fmt_seconds, render_report, write_report
 
@@ -104,6 +105,34 @@ class TestFromAPool:
         assert {lane["name"] for lane in data["lanes"]} <= {"thread-1", "thread-2", "thread-3"}
         assert "Pool statistics" in page
         assert "tasks that failed for good" in page
+
+    def test_tasks_are_counted_by_their_final_outcome_after_retries(self, tmp_path: Path) -> None:
+        """Before, an attempt that failed and was retried counted its tasks as failed:
+        a batch of 50 with one retried item read as 50 failed (and 51 ok), a submit
+        retried once as 1 ok and 1 failed, though pool.stats said none failed."""
+        marker = tmp_path / "failed-once"
+
+        def fail_first_time(x: int) -> int:
+            if x == 0 and not marker.exists():
+                marker.touch()
+                raise ValueError("first try")
+            return x
+
+        joblog = tmp_path / "log.db"
+        with anypool.Pool("thread", 2, record=True, retries=1, backoff=0, joblog=joblog) as pool:
+            assert list(pool.map(fail_first_time, range(100), chunksize=50)) == list(range(100))
+            marker.unlink()
+            assert pool.submit(fail_first_time, 0).result(10) == 0
+            assert isinstance(pool.submit(tasks.fail_on, 3).exception(10), ValueError)
+        s = pool.stats
+        assert (s.done, s.failed, s.retried) == (101, 1, 3)
+        for rows in (pool.timeline(), JobLog(joblog, "read").rows()):
+            text = text_of(render_report(rows, stats=s))
+            assert "tasks ok 101 " in text, "every task that returned a value, once"
+            assert "tasks failed 1 " in text, "only fail_on(3), which failed for good"
+            # per callable (the local function's long name is cut): 101 ok, 0 failed
+            assert re.search(r"_retries\.<loca… \d+ 101 0 ", text)
+            assert re.search(r"fail_on 2 0 1 ", text)
 
     def test_report_without_recording_says_how_to_turn_it_on(self, tmp_path: Path) -> None:
         with anypool.Pool("inline") as pool:

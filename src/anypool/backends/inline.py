@@ -46,6 +46,8 @@ class InlineBackend(Backend):
         if not task.claim():
             self.dispatch.discard(task)
             return
+        if self.dispatch.observing:
+            self.dispatch.started(task, self._ws)
         # Bound for this call only, innermost first: an inline pool inside a
         # thread worker's task or a coroutine sees its own state, and theirs
         # is back afterwards (a thread binding would lose to a coroutine's).

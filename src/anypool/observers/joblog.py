@@ -55,6 +55,7 @@ __all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "ou
 APPLICATION_ID = 0x616E7970  # "anyp": marks the file as an anypool job log
 SCHEMA_VERSION = 1
 _PAGE = 2000
+_FIRST = -(2**63)  # below every job number SQLite can hold: "after" it is from the start
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
@@ -336,11 +337,14 @@ class JobLog:
 
     # -- reading --------------------------------------------------------------
 
-    def finals(self, after: int = 0) -> Iterator[tuple[int, str, str]]:
+    def finals(self, after: int | None = None) -> Iterator[tuple[int, str, str]]:
         """Each job's latest final attempt as ``(seq, args, outcome)``, by job number.
 
+        Only jobs numbered above ``after``; None (the default): every job,
+        job 0 included (``Pool(joblog=)`` numbers ``map`` items from 0).
         Read page by page, so memory stays flat however long the log.
         """
+        after = _FIRST if after is None else after
         while True:
             with self._lock:
                 page = self._db.execute(
@@ -364,11 +368,14 @@ class JobLog:
         """Jobs whose latest final attempt succeeded (what ``--resume-failed`` skips)."""
         return SeqSet.from_ascending(seq for seq, _, outcome in self.finals() if outcome == "ok")
 
-    def last_attempts(self, after: int = 0) -> Iterator[tuple[int, int]]:
+    def last_attempts(self, after: int | None = None) -> Iterator[tuple[int, int]]:
         """Each job's highest attempt number as ``(seq, attempt)``, by job number.
 
-        Killed attempts included (they are not final).  Read page by page.
+        Only jobs numbered above ``after`` (None, the default: every job, as
+        for :meth:`finals`).  Killed attempts included (they are not final).
+        Read page by page.
         """
+        after = _FIRST if after is None else after
         while True:
             with self._lock:
                 page = self._db.execute(
@@ -417,7 +424,9 @@ class JobLog:
         be drawn from either.
         """
         out = [Row(r.seq, r.seq, 1, r.attempt, r.worker, r.started, r.started + r.runtime, r.outcome,
-                   r.command, r.args, r.error) for r in self.records()]
+                   r.command, r.args, r.error, int(r.outcome == "ok"),
+                   int(r.final and r.outcome not in ("ok", "killed")))  # failed for good
+               for r in self.records()]
         out.sort(key=lambda r: r.started)
         return out
 
@@ -553,27 +562,34 @@ class JobLogObserver:
         results = event.results or ()
         started = event.started or event.time
         per = (event.time - started) / max(event.size, 1)
+        retrying = event.retrying
         recs = []
         for i in range(event.size):
             value = results[i] if i < len(results) else None
             if event.outcome == "ok":
                 ok = True
-            elif _retrying(value):
+            elif _retrying(value):  # a placeholder, from an event made without its exception
                 ok, value = False, (event.error if event.size == 1 else None)
             else:
                 ok = not isinstance(value, BaseException)
             outcome = outcome_of(value, ok)
             if outcome == "killed" and event.worker in (None, "-"):
                 continue  # cancelled before it ever ran: not an attempt
-            rec = record_for(event, value, ok, outcome, started + per * i, per)
+            # Final per item: a batch's good items are final even when one of its
+            # items is tried again (the event's ``final`` is then False for all).
+            final = i not in retrying if retrying else event.final
+            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final)
             item = event.items[i] if i < len(event.items) else None
             recs.append(rec._replace(seq=event.seq + i + self.seq_base, args=args_json(item)))
         self.log.record_many(recs)
 
 
 def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: float,
-               runtime: float) -> JobRecord:
-    """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller)."""
+               runtime: float, final: bool | None = None) -> JobRecord:
+    """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller).
+
+    ``final``: whether this item's attempt is its last (None: the event's ``final``).
+    """
     cr = command_of(value)
     exitcode, sig = exit_fields(value, ok)
     stdout: bytes | None
@@ -590,4 +606,5 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         stderr = None
     error = "" if ok else describe_error(value if isinstance(value, BaseException) else None)
     return JobRecord(0, event.attempt, "", command, started, runtime, exitcode, sig, outcome,
-                     event.final and outcome != "killed", error, event.worker or "", stdout, stderr)
+                     (event.final if final is None else final) and outcome != "killed", error,
+                     event.worker or "", stdout, stderr)

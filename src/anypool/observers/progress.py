@@ -3,7 +3,7 @@
 A bar updated per task costs microseconds on every task.  This one is a
 daemon thread reading ``pool.stats`` a few times a second, so the tasks
 themselves pay nothing.  It shows finished / total with rate and ETA, and
-the done / failed / retried / running counts.  ``total`` is what was
+the done / failed / retried / running (and cancelled) counts.  ``total`` is what was
 submitted so far plus, for ``map`` over an input of known length (a list, a
 range), the items that run has not submitted yet, so the ETA covers the
 whole input although ``map`` feeds the pool lazily.  In a Jupyter kernel it
@@ -155,6 +155,12 @@ class Progress:
             bar = tqdm(total=total or self._fixed_total, desc=self._desc, unit="task", file=out, leave=True,
                        mininterval=0, miniters=1, initial=done, **kw)
             bar.start_t = self._started  # a late bar counts the time from the pool's start
+            # ... and, for its average rate (the one shown at the end), the tasks
+            # since then too: tqdm's is (n - initial) / (now - start_t), which with
+            # initial at the count reached undercounted by the tasks done before the
+            # bar appeared.  n starts there all the same (initial did that), so the
+            # recent rate tqdm smooths sees no burst of them.
+            bar.initial = 0
             self._bar = bar
             return bar
 
@@ -197,8 +203,10 @@ class Progress:
         bar = self._bar or self._draw(final, total)
         if bar.total != total:
             bar.total = total
-        bar.set_postfix_str(f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}",
-                            refresh=False)
+        counts = f"done={s.done} failed={s.failed} retried={s.retried} running={s.running}"
+        if s.cancelled:  # shown only when some were: a run that was not cut short keeps a short bar
+            counts += f" cancelled={s.cancelled}"
+        bar.set_postfix_str(counts, refresh=False)
         if final > bar.n:
             bar.update(final - bar.n)  # draws, and feeds tqdm's rate (hence the ETA)
         else:

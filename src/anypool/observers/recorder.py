@@ -21,7 +21,7 @@ from ..events import TaskEvent
 if TYPE_CHECKING:
     from ..tasks import Task
 
-__all__ = ["Recorder", "Row", "describe_args", "describe_error", "item_text"]
+__all__ = ["Recorder", "Row", "describe_args", "describe_error", "item_text", "task_counts"]
 
 
 class Row(NamedTuple):
@@ -38,10 +38,27 @@ class Row(NamedTuple):
     worker: str
     started: float
     ended: float
-    outcome: str  # ok | error | timeout | crash | cancelled
+    outcome: str  # ok | error | timeout | crash | cancelled (the worst of a batch's items)
     fn: str
     args: str  # a short text of the arguments
     error: str  # "" when outcome is ok
+    # Of the ``size`` tasks: how many returned a value in this attempt, and how
+    # many failed for good (this was their last attempt).  The rest failed and
+    # were tried again, or were cancelled.  None: not known (a row made
+    # elsewhere); read as every task ok for an "ok" row, every task failed for
+    # an "error", "timeout" or "crash" one (see :func:`task_counts`).
+    done: int | None = None
+    failed: int | None = None
+
+
+def task_counts(row: Row) -> tuple[int, int]:
+    """``(done, failed)``: the row's tasks that returned a value, and that failed for good."""
+    done, failed = row.done, row.failed
+    if done is None or failed is None:
+        if row.outcome == "ok":
+            return row.size, 0
+        return 0, (row.size if row.outcome in ("error", "timeout", "crash") else 0)
+    return done, failed
 
 
 _STARTED = operator.itemgetter(5)
@@ -172,12 +189,28 @@ class Recorder:
         self._lock = threading.Lock()  # for the reservoir, past the limit
 
     def __call__(self, event: TaskEvent) -> None:
-        (kind, task_id, seq, size, attempt, ended, fn, worker, started, outcome, error, _final,
-         items, _results) = event  # one unpacking: cheaper than a dozen attribute reads
+        (kind, task_id, seq, size, attempt, ended, fn, worker, started, outcome, error, final,
+         items, results, retrying) = event  # one unpacking: cheaper than a dozen attribute reads
         if kind != "finished":
             return
+        if outcome is None or outcome == "ok":
+            done, failed = size, 0
+        elif outcome == "cancelled":
+            done, failed = 0, 0  # cancelled, neither done nor failed (as pool.stats counts them)
+        elif size == 1 or not results:
+            done, failed = 0, (size if final else 0)
+        else:
+            # a batch: its items' own outcomes; those in ``retrying`` get another attempt
+            done = failed = 0
+            for i, r in enumerate(results):
+                if isinstance(r, BaseException):
+                    if i not in retrying:
+                        failed += 1
+                else:
+                    done += 1
         self._add((task_id, seq, size, attempt, worker or "", started or ended, ended,
-                   outcome or "ok", fn, _args_text(items), "" if error is None else describe_error(error)))
+                   outcome or "ok", fn, _args_text(items), "" if error is None else describe_error(error),
+                   done, failed))
 
     def ok(self, task: Task, worker: str, started: float, ended: float, fn: str) -> None:
         """Record a single-item ``task`` that succeeded: the pool's hot path, with no event built."""
@@ -188,7 +221,7 @@ class Recorder:
             text = item_text(task.items[0])
             if len(text) > ARGS_LIMIT:
                 text = _short(text, ARGS_LIMIT)
-        row = (task.id, task.seq, 1, task.attempt, worker, started, ended, "ok", fn, text, "")
+        row = (task.id, task.seq, 1, task.attempt, worker, started, ended, "ok", fn, text, "", 1, 0)
         n = next(self._arrivals)
         if n < self.limit:  # _add, inline: this runs once a task
             self._rows.append(row)

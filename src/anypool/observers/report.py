@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .recorder import Row
+from .recorder import Row, task_counts
 
 if TYPE_CHECKING:
     from ..stats import PoolStats
@@ -139,17 +139,19 @@ def render_report(
 def _check_rows(rows: Iterable[Row]) -> list[Row]:
     out: list[Row] = []
     width = len(Row._fields)
+    least = width - len(Row._field_defaults)  # the task counts may be left out (not known)
     for i, r in enumerate(rows):
         if type(r) is not Row:
-            if not isinstance(r, tuple) or len(r) != width:
-                raise TypeError(f"row {i} is not an anypool Row (or a tuple of its {width} fields): "
-                                f"{r!r:.200}")
+            if not isinstance(r, tuple) or not least <= len(r) <= width:
+                raise TypeError(f"row {i} is not an anypool Row (or a tuple of its {least} to {width} "
+                                f"fields): {r!r:.200}")
             r = Row(*r)
         if (type(r.started) is float and type(r.ended) is float and r.started <= r.ended
                 and math.isfinite(r.ended) and math.isfinite(r.started)
                 and type(r.size) is int and r.size >= 1 and type(r.worker) is str
                 and type(r.outcome) is str and r.outcome and type(r.fn) is str
-                and type(r.args) is str and type(r.error) is str):
+                and type(r.args) is str and type(r.error) is str
+                and _count_ok(r.done, r.size) and _count_ok(r.failed, r.size)):
             out.append(r)  # the common case: a recorder's or a job log's row, as is
             continue
         try:
@@ -164,10 +166,18 @@ def _check_rows(rows: Iterable[Row]) -> list[Row]:
         except (TypeError, ValueError):
             raise TypeError(f"row {i}: size must be an int, not {r.size!r}") from None
         # clocks can step back: such an attempt is drawn with zero length
+        counts_ok = _count_ok(r.done, size) and _count_ok(r.failed, size)
         out.append(r._replace(started=started, ended=max(started, ended), size=size,
                               worker=str(r.worker), outcome=str(r.outcome or "ok"), fn=str(r.fn),
-                              args=str(r.args or ""), error=str(r.error or "")))
+                              args=str(r.args or ""), error=str(r.error or ""),
+                              # counts that cannot be right are read as not known
+                              done=r.done if counts_ok else None, failed=r.failed if counts_ok else None))
     return out
+
+
+def _count_ok(n: Any, size: int) -> bool:
+    """Whether ``n`` can be a row's task count: not known (None), or an int in 0..size."""
+    return n is None or (type(n) is int and 0 <= n <= size)
 
 
 def _natural(name: str) -> list[Any]:
@@ -229,7 +239,7 @@ class _Lane:
     first: float = math.inf
     last: float = -math.inf
     peak: int = 0  # most attempts running at once
-    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    failed: int = 0  # tasks whose last attempt failed here (retried attempts are not counted)
 
 
 def _lane_stats(lane: _Lane, rows: list[Row]) -> None:
@@ -238,7 +248,7 @@ def _lane_stats(lane: _Lane, rows: list[Row]) -> None:
     busy = work = 0.0
     tasks = peak = 0
     last = -math.inf
-    outcomes = lane.outcomes
+    failed = 0
     ends: list[float] = []  # a min-heap of the running attempts' end times
     for r in rows:
         started, ended = r.started, r.ended
@@ -246,7 +256,8 @@ def _lane_stats(lane: _Lane, rows: list[Row]) -> None:
         work += ended - started
         if ended > last:
             last = ended
-        outcomes[r.outcome] = outcomes.get(r.outcome, 0) + r.size
+        if r.outcome != "ok":
+            failed += task_counts(r)[1]
         if started > cur_end:
             busy += cur_end - cur_start
             cur_start, cur_end = started, ended
@@ -259,7 +270,7 @@ def _lane_stats(lane: _Lane, rows: list[Row]) -> None:
         if len(ends) > peak:
             peak = len(ends)
     lane.busy = busy + (cur_end - cur_start)
-    lane.attempts, lane.tasks, lane.work, lane.peak = len(rows), tasks, work, peak
+    lane.attempts, lane.tasks, lane.work, lane.peak, lane.failed = len(rows), tasks, work, peak, failed
     lane.first, lane.last = rows[0].started, last
 
 
@@ -479,13 +490,20 @@ class _Page:
 
     def summary(self) -> str:
         rows = self.rows
-        tasks_ok = sum(r.size for r in rows if r.outcome == "ok")
+        # Tasks by their final outcome: an attempt that failed and was tried
+        # again counts its tasks in neither (their later attempt does), and a
+        # failed batch's good items count as ok.
+        counts = [task_counts(r) for r in rows]
+        tasks_ok = sum(d for d, _ in counts)
+        tasks_failed = sum(f for _, f in counts)
         attempts = len(rows)
         tput = tasks_ok / self.span if self.span > 0 else 0.0
         items = [
             ("span", fmt_seconds(self.span), "from the first attempt's start to the last one's end"),
             ("attempts", f"{attempts:,}", "rows recorded (a map batch is one attempt of several tasks)"),
             ("tasks ok", f"{tasks_ok:,}", "tasks whose attempt returned a value"),
+            ("tasks failed", f"{tasks_failed:,}",
+             "tasks whose last attempt failed (attempts that failed and were retried are not counted)"),
             ("throughput", f"{tput:,.1f} tasks/s", "tasks ok per second of the span"),
             ("workers", f"{len(self.lane_names):,}", "lanes in the timeline"),
         ]
@@ -498,7 +516,7 @@ class _Page:
             lane = self.lanes[name]
             frac = lane.busy / self.span if self.span > 0 else 0.0
             conc = lane.work / self.span if self.span > 0 else 0.0
-            failed = sum(v for k, v in lane.outcomes.items() if k != "ok")
+            failed = lane.failed
             label = "(never ran)" if name in ("", "-") else name
             out.append([
                 f'<span title="{_esc(name)}">{_esc(_short(label, 60))}</span>',
@@ -507,7 +525,7 @@ class _Page:
                 f"{frac:.1%}",
                 f"{conc:.2f}", str(lane.peak),
             ])
-        return _table(["worker", "attempts", "tasks", "failed", "busy", "busy fraction",
+        return _table(["worker", "attempts", "tasks", "tasks failed", "busy", "busy fraction",
                        "mean running", "peak running"], out, cls="util")
 
     def per_function(self) -> str:
@@ -517,8 +535,9 @@ class _Page:
         out = []
         for fn, rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             per_task = sorted((r.ended - r.started) / r.size for r in rs)
-            ok = sum(r.size for r in rs if r.outcome == "ok")
-            bad = sum(r.size for r in rs if r.outcome != "ok")
+            counts = [task_counts(r) for r in rs]  # tasks by final outcome, as in the summary
+            ok = sum(d for d, _ in counts)
+            bad = sum(f for _, f in counts)
             out.append([
                 f'<code title="{_esc(_short(fn, 1000))}">{_esc(_short(fn, 80))}</code>',
                 f"{len(rs):,}", f"{ok:,}", f"{bad:,}",
@@ -577,16 +596,17 @@ class _Page:
             ("workers", f"{s.workers:,}", "how many tasks may run at once"),
             ("submitted", f"{s.submitted:,}", "tasks handed to the pool (each map item counts)"),
             ("done", f"{s.done:,}", "tasks that returned a value"),
-            ("failed", f"{s.failed:,}", "tasks that failed for good, after their retries"),
+            ("failed", f"{s.failed:,}", "tasks that failed for good, after their retries (not cancelled)"),
             ("retried", f"{s.retried:,}", "attempts that failed and were tried again"),
             ("timed out", f"{s.timed_out:,}", "attempts stopped by their timeout"),
             ("crashed", f"{s.crashed:,}", "attempts whose worker died"),
-            ("cancelled", f"{s.cancelled:,}", "tasks cancelled before they ran"),
+            ("cancelled", f"{s.cancelled:,}",
+             "tasks cancelled before or while they ran, or stopped by shutdown(kill=True)"),
             ("running", f"{s.running:,}", "tasks not yet final when the report was written"),
             ("run time", dist(s.run_time), "per task attempt (map items share their batch's average)"),
             ("queue wait", dist(s.queue_wait), "from being queued to the start of the attempt"),
             ("elapsed", fmt_seconds(s.elapsed), "the span the throughput is measured over"),
-            ("throughput", f"{s.throughput:,.1f} tasks/s", "final tasks per second of elapsed"),
+            ("throughput", f"{s.throughput:,.1f} tasks/s", "done and failed tasks per second of elapsed"),
         ]
         for name, frac in sorted(s.worker_busy.items(), key=lambda kv: _natural(kv[0])):
             rows.append((f"busy: {name}", f"{frac:.1%}", "this worker's busy share of its lifetime"))
