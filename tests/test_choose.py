@@ -352,8 +352,11 @@ def test_cpu_bound_calls_with_unpicklable_arguments_stay_on_threads_and_say_why(
         later = pool.submit(tasks.cpu_beside, n, threading.Lock())
         assert later.result(60) == (tasks.cpu(n), os.getpid())
     reason = _choice(pool, tasks.cpu_beside)
-    assert reason.startswith("thread: "), reason
-    if "holds the GIL" in reason:  # (a loaded machine can make it look GIL-free or brief)
+    # thread, unless the choice came before a held call showed its lock (a loaded
+    # machine): then processes, with these calls on threads; none failed either way
+    assert reason.startswith("thread: ") or reason.endswith("calls that cannot be pickled run on thread"), \
+        reason
+    if reason.startswith("thread: ") and "holds the GIL" in reason:  # (a loaded machine can make it look GIL-free or brief)
         assert reason.startswith("thread: CPU-bound and holds the GIL, but cannot go to processes: "
                                  "argument 1 (lock"), reason
 
