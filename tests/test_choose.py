@@ -356,7 +356,7 @@ def test_cpu_bound_calls_with_unpicklable_arguments_stay_on_threads_and_say_why(
     # machine): then processes, with these calls on threads; none failed either way
     assert reason.startswith("thread: ") or reason.endswith("calls that cannot be pickled run on thread"), \
         reason
-    if reason.startswith("thread: ") and "holds the GIL" in reason:  # (a loaded machine can make it look GIL-free or brief)
+    if reason.startswith("thread: ") and "holds the GIL" in reason:  # (load can make it look GIL-free)
         assert reason.startswith("thread: CPU-bound and holds the GIL, but cannot go to processes: "
                                  "argument 1 (lock"), reason
 
