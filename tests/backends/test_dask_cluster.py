@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,13 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 30.0) -> list[int]:
                 return lines
         time.sleep(0.02)
     raise AssertionError(f"{path} did not get {n} line(s) in {timeout} s")
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now (for a scheduler that must come back at the same address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _io_loops() -> int:
@@ -257,6 +265,47 @@ class TestShutdown:
             pool.shutdown()
             assert time.monotonic() - t < 5
         finally:
+            cluster.stop()
+        assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
+
+    @pytest.mark.timeout(120)
+    def test_after_a_scheduler_restart_the_pool_sets_up_the_new_workers_and_goes_on(
+        self, tmp_path: Path
+    ) -> None:
+        """A new scheduler at the same address knows nothing of the pool: the pool installs itself again.
+
+        Dask's client reconnects by itself but restores neither worker
+        plugins nor event subscriptions, and the nanny's new worker has
+        neither the pool's setup nor its initializer's state.
+        """
+        loops_before = _io_loops()
+        cluster = DaskCluster(tmp_path, nworkers=1, nthreads=2, port=_free_port())
+        pool = None
+        try:
+            pool = anypool.Pool("dask", address=cluster.address, connect_timeout=30, retries=5,
+                                backoff=0, initializer=tasks.set_state, initargs=("init", "ran"))
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            running = [pool.submit(tasks.sleep, 1, i) for i in range(3)]
+            time.sleep(0.3)
+            cluster.restart_scheduler()
+            # cancelled by the lost connection (WorkerCrashed), then retried on the new scheduler
+            assert [f.result(60) for f in running] == [0, 1, 2]
+            assert all(f.attempts and f.attempts[0].outcome == "crash" for f in running)
+            # the initializer ran on the new worker, and later tasks see its state
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+            # again with the pool idle: its next task is the first to meet a worker without its setup
+            cluster.restart_scheduler()
+            cluster.wait_for_workers(1)
+            assert pool.submit(tasks.get_state, "init").result(60) == "ran"
+            # start events reach the pool again, so a timeout's clock starts and runs out
+            timed = pool.with_options(timeout=1, retries=0).submit(tasks.sleep, 30)
+            with pytest.raises(anypool.TaskTimeout):
+                timed.result(20)
+            assert pool.stats.failed == 1  # the timeout, nothing else
+        finally:
+            if pool is not None:
+                pool.shutdown(kill=True)
             cluster.stop()
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
 

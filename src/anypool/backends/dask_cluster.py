@@ -43,6 +43,15 @@ Failures, translated at this boundary:
   failing alone;
 * a failed ``initializer`` breaks the pool (:class:`~anypool.InitializerFailed`).
 
+A lost scheduler: Dask's client reconnects by itself (to a new scheduler at
+the same address), but a scheduler keeps worker plugins and event
+subscriptions in memory only and the client restores neither.  The pool
+notices the new scheduler (its id changed), by its periodic look at the
+cluster or when a task comes back ``UNSET`` (no setup on its worker), and
+installs itself again: the worker setup (so the initializer runs on the new
+workers) and the "started" subscription (timeouts, observers).  An ``UNSET``
+task ran nothing, so it is sent again, not counted as an attempt.
+
 Timeouts: a Dask worker runs tasks in threads, and a running thread cannot
 be stopped.  With ``timeout=`` a task announces its start (a Dask event);
 the pool starts the clock then, and when it runs out the task fails with
@@ -99,7 +108,7 @@ from ..serialize import (
 )
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig, default_workers
-from .dask_worker import ALL, BROKEN, STARTED_TOPIC, WorkerSetup, run_task, worker_name
+from .dask_worker import ALL, BROKEN, STARTED_TOPIC, UNSET, WorkerSetup, run_task, worker_name
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
@@ -122,6 +131,7 @@ _REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and 
 _QUEUED_SECONDS = 0.05  # work queued at the scheduler behind each busy thread, in measured task time
 _MAX_AHEAD = 32  # Dask tasks queued per thread at most (the scheduler's memory, cancellability)
 _MAX_PACK = 256  # submit() calls packed into one Dask task at most
+_MAX_UNSET = 5  # times a task may come back UNSET (no setup on its worker) before it fails
 
 
 class _Sent:
@@ -132,7 +142,7 @@ class _Sent:
     first of them).
     """
 
-    __slots__ = ("deadline", "future", "pack", "sent", "started", "task", "worker")
+    __slots__ = ("deadline", "future", "pack", "sent", "started", "task", "unset", "worker")
 
     def __init__(self, task: Task, future: Any, pack: list[Task] | None = None) -> None:
         self.task = task
@@ -142,6 +152,7 @@ class _Sent:
         self.started: float | None = None
         self.worker: str | None = None
         self.deadline: clock.Handle | None = None
+        self.unset = 0  # how many times its tasks came back UNSET before (see DaskBackend._on_unset)
 
     @property
     def tasks(self) -> list[Task]:
@@ -191,6 +202,8 @@ class DaskBackend(Backend):
         self._per_task: float | None = None  # moving average of one Dask task's run time
         self._cost: OrderedDict[bytes, float] = OrderedDict()  # callable's pickle -> seconds per call
         self._solo: set[int] = set()  # ids of calls whose pack lost its worker: never packed again
+        self._unset: dict[int, int] = {}  # task id -> times it came back UNSET (sent again meanwhile)
+        self._scheduler_id: str | None = None  # the scheduler the pool installed itself on
         self._stopping = False
         self._closed = False
         self._broken: BaseException | None = None
@@ -198,9 +211,7 @@ class DaskBackend(Backend):
         self._cluster: Any = None
         self._client: Any = self._connect()
         try:
-            self._client.register_plugin(WorkerSetup(self._init_blob), name=self._plugin)
-            self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
-            self._threads = self._cluster_threads()
+            self._install(self._scheduler_info())
         except BaseException:
             self._close_client()
             raise
@@ -261,9 +272,39 @@ class DaskBackend(Backend):
                 "`if __name__ == \"__main__\":`"
             ) from exc
 
-    def _cluster_threads(self) -> int:
+    def _scheduler_info(self) -> Any:
+        """The scheduler's identity (its id, the cluster's size), fetched now; learns the size."""
         info = self._client.scheduler_info(n_workers=0)
-        return int(info.get("total_threads") or 0)
+        self._threads = int(info.get("total_threads") or 0)
+        return info
+
+    def _install(self, info: Any) -> None:
+        """Put the pool on the scheduler described by ``info``: its worker setup and event subscription.
+
+        Run at start, and again on a new scheduler at the same address
+        (Dask's client reconnected), which knows neither.  Registering the
+        setup runs it on every worker (the initializer included) and waits
+        for it.  The id is taken before registering: a scheduler replaced
+        meanwhile shows as a change later, and the pool installs itself
+        once more, rather than never.
+        """
+        self._scheduler_id = str(info.get("id"))
+        self._client.register_plugin(WorkerSetup(self._init_blob), name=self._plugin)
+        self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
+
+    def _reinstall_if_new(self, info: Any) -> None:
+        """Install the pool again if ``info`` describes another scheduler than the one it is on."""
+        if str(info.get("id")) == self._scheduler_id:
+            return
+        log.info("anypool: a new Dask scheduler at %s: installing the pool's worker setup there again",
+                 self._where())
+        try:
+            self._install(info)
+        except Exception:
+            # that scheduler is gone too, or not ready: the next look or UNSET task tries again
+            self._scheduler_id = None
+            log.warning("anypool: could not install the pool on the new Dask scheduler at %s",
+                        self._where(), exc_info=True)
 
     @property
     def workers(self) -> int:
@@ -399,9 +440,11 @@ class DaskBackend(Backend):
                                   "not reconnect"))
             return
         try:
-            self._threads = self._cluster_threads()
+            info = self._scheduler_info()
         except Exception:  # keep the last size; a lost scheduler shows up on the tasks
             log.debug("anypool: could not read the Dask cluster's size", exc_info=True)
+            return
+        self._reinstall_if_new(info)
 
     def _take_pending(self, room: int) -> list[list[Task]]:
         """Up to ``room`` Dask tasks' worth of pending work (caller holds the lock).
@@ -568,6 +611,8 @@ class DaskBackend(Backend):
                 rec.deadline.cancel()
             if self._solo and rec.pack is None:
                 self._solo.discard(rec.task.id)
+            if self._unset:
+                rec.unset = max(self._unset.pop(t.id, 0) for t in rec.tasks)
         return rec
 
     def _report(self, rec: _Sent, results: list[Any], failed: Sequence[int] | None,
@@ -593,6 +638,9 @@ class DaskBackend(Backend):
             return  # timed out or killed already
         outcome = _loads(blob)
         kind = outcome[0]
+        if kind == UNSET:
+            self._on_unset(rec, outcome[1])
+            return
         if kind == BROKEN:
             _, packed, worker = outcome
             cause = unpack_exception(packed)
@@ -614,6 +662,35 @@ class DaskBackend(Backend):
             for i in failed:
                 results[i] = Failure(unpack_exception(results[i]))
         self._report(rec, results, failed, t0, t1, worker)
+
+    def _on_unset(self, rec: _Sent, worker: str) -> None:
+        """``rec`` ran nothing: its worker has no setup of this pool (a new scheduler does not know it).
+
+        Install the pool there if the scheduler is new and send the tasks
+        again, not counted as an attempt.  A task that keeps finding no
+        setup (``_MAX_UNSET`` times) fails with ``WorkerCrashed``, which
+        ``retries=`` may retry, rather than going round for ever.
+        """
+        try:
+            self._reinstall_if_new(self._scheduler_info())
+        except Exception:  # no scheduler now: the task goes back, and the next look decides
+            log.debug("anypool: could not read the Dask scheduler's identity", exc_info=True)
+        tries = rec.unset + 1
+        if tries >= _MAX_UNSET:
+            now = time.time()
+            err = WorkerCrashed(
+                f"anypool's worker setup is missing on Dask worker {worker}, {tries} times for "
+                f"{rec.task.label()}: the pool could not install itself on the scheduler at {self._where()}"
+            )
+            self._fail(rec, err, "crash", rec.started or rec.sent, now, worker)
+            return
+        log.debug("anypool: no worker setup on Dask worker %s for %s: sending it again",
+                  worker, rec.task.label())
+        with self._cond:
+            for task in rec.tasks:
+                self._unset[task.id] = tries
+            self.pending.extendleft(reversed(rec.tasks))
+            self._cond.notify()
 
     def _measure(self, rec: _Sent, items: int, took: float) -> None:
         """Learn how long a Dask task, and one call of its callable, take (for limits and packs)."""
