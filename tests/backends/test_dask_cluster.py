@@ -449,6 +449,17 @@ class TestLocalCluster:
         assert pool.stats.crashed == 1
         assert pool.stats.failed == 0
 
+    @pytest.mark.timeout(90)
+    def test_a_crash_on_the_worker_named_0_is_reported_under_its_name(self) -> None:
+        """LocalCluster numbers its workers from 0: a crash there names dask-0, not its address."""
+        with anypool.Pool("dask", 1) as pool:
+            with pytest.raises(anypool.WorkerCrashed, match=r"Dask worker dask-0 \(tcp://127\.0\.0\.1:"):
+                pool.submit(tasks.exit_hard).result(60)
+            assert pool.submit(tasks.square, 3).result(60) == 9  # on the nanny's new dask-0
+        # one worker in the statistics, not a second one under its address
+        assert set(pool.stats.worker_busy) == {"dask-0"}
+        assert pool.stats.crashed == 1
+
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, str]:

@@ -715,7 +715,9 @@ class DaskBackend(Backend):
         started = rec.started or rec.sent
         if isinstance(exc, KilledWorker):
             last = exc.last_worker
-            name = worker_name(getattr(last, "name", None) or getattr(last, "address", "?"))
+            # a LocalCluster's first worker is named 0: only a missing name falls back to the address
+            wname = getattr(last, "name", None)
+            name = worker_name(getattr(last, "address", "?") if wname is None else wname)
             if rec.pack is not None:
                 # which call killed the worker is unknown: run each again, on its own
                 log.info("anypool: Dask worker %s died running %d packed calls; running them again "
