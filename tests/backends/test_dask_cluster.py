@@ -310,6 +310,60 @@ class TestShutdown:
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
 
 
+class TestExit:
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("where", ["local", "address"])
+    def test_a_pool_busy_at_exit_stops_without_a_word(
+        self, where: str, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> None:
+        """A script that leaves a dask pool with tasks on the cluster exits cleanly, nothing left behind.
+
+        From the start of exit Dask cannot run its futures' done callbacks;
+        before, each future still on the cluster made tornado log an ERROR
+        with a traceback ("cannot schedule new futures after shutdown").
+        """
+        address = request.getfixturevalue("dask_cluster").address if where == "address" else None
+        script = tmp_path / "busy_at_exit.py"
+        script.write_text(textwrap.dedent(f"""
+            import time
+            import anypool
+
+            def slow(x):
+                time.sleep(x)
+                return x
+
+            if __name__ == "__main__":
+                pool = anypool.Pool("dask", 2, address={address!r})
+                print(pool.submit(slow, 0).result(60))
+                futures = [pool.submit(slow, 2) for _ in range(4)]
+                time.sleep(0.5)
+                print("exiting", flush=True)
+        """))
+        # its own process group: whatever it started (the local cluster) can be found afterwards
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert out.split() == ["0", "exiting"]
+        assert "cannot schedule new futures" not in err, err
+        assert "Traceback" not in err, err
+        deadline = time.monotonic() + 15
+        while True:  # every process of its group ends (the local cluster's nannies and workers)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise AssertionError("the script's Dask processes outlived it")
+            time.sleep(0.1)
+
+
 class TestErrors:
     def test_an_unreachable_scheduler_is_a_connection_error_and_leaks_nothing(self) -> None:
         before = _io_loops()

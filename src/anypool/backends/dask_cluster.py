@@ -69,6 +69,7 @@ existing cluster keeps its own setting (docs/dask.md).
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import inspect
 import itertools
 import logging
@@ -209,6 +210,7 @@ class DaskBackend(Backend):
         self._broken: BaseException | None = None
         self._init_blob = dumps_initializer(config.initializer, config.initargs, "to Dask workers")
         self._cluster: Any = None
+        _quiet_exit_noise()
         self._client: Any = self._connect()
         try:
             self._install(self._scheduler_info())
@@ -423,6 +425,9 @@ class DaskBackend(Backend):
                     self._on_note(note)
                 if done:
                     self._collect(done)
+                    # drop the Dask futures now, not when the next batch replaces them, so the
+                    # cluster frees their results (a local cluster closed at exit warns of any it holds)
+                    done.clear()
                 if sends:
                     self._send(sends)
                 if time.monotonic() - self._sized > _REFRESH:
@@ -811,12 +816,16 @@ class DaskBackend(Backend):
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         self._closed = True
+        # at exit Dask can no longer run a future's done callbacks (see _ExitNoiseFilter):
+        # cancelling would only log one more error per future, and the client's close
+        # releases them all the same
+        exiting = _exiting()
         if kill:
             self.cancel_pending()
             with self._cond:
                 running = list(self._sent.values())
                 self._sent.clear()
-            if running:
+            if running and not exiting:
                 try:
                     self._client.cancel([r.future for r in running])
                 except Exception:
@@ -849,6 +858,58 @@ class DaskBackend(Backend):
                 cluster.close()
             except Exception:
                 log.debug("anypool: could not close the local Dask cluster", exc_info=True)
+
+
+_EXIT_NOISE = "cannot schedule new futures after shutdown"
+
+
+def _exiting() -> bool:
+    """True once the interpreter is exiting and ``concurrent.futures`` has shut its thread pools.
+
+    It does so before the ``atexit`` hooks run (the one that stops live
+    pools included), and Dask runs every future's done callbacks in such a
+    pool.
+    """
+    return bool(getattr(concurrent.futures.thread, "_shutdown", False))
+
+
+class _ExitNoiseFilter(logging.Filter):
+    """At exit only, drops the records of Dask callbacks that failed because thread pools are shut.
+
+    From the moment the interpreter starts exiting, Dask's client cannot
+    run a future's done callbacks any more (its callback executor refuses
+    them), and every future that changes state after that (the pool's
+    futures cancelled or released at shutdown, tasks lost when
+    distributed's own exit hook closes the local cluster) makes tornado log
+    an ERROR with a traceback, one per future, as does the embedded
+    scheduler for its own.  None of it concerns the pool, which fails its
+    own futures itself.  Outside exit nothing is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _exiting():
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_EXIT_NOISE in record.getMessage()
+                    or (isinstance(exc, RuntimeError) and _EXIT_NOISE in str(exc)))
+
+
+_exit_filter = _ExitNoiseFilter()
+
+
+def _quiet_exit_noise() -> None:
+    """Put :class:`_ExitNoiseFilter` where Dask and tornado log that failure (once per process).
+
+    tornado logs a failed callback on ``tornado.application``; the embedded
+    cluster's scheduler, in this process, logs its own on
+    ``distributed.scheduler``.  A logger's filters see only records logged
+    on it, so each gets the filter; nothing else they log is touched.
+    """
+    for name in ("tornado.application", "distributed.scheduler", "distributed.client",
+                 "distributed.core", "distributed.utils"):
+        logger = logging.getLogger(name)
+        if _exit_filter not in logger.filters:
+            logger.addFilter(_exit_filter)
 
 
 def _open_client(address: Any, kwargs: dict[str, Any]) -> Any:
