@@ -79,6 +79,12 @@ def exit_hard(code: int = 3) -> None:
     os._exit(code)
 
 
+def sleep_then_exit(seconds: float, code: int = 3) -> None:
+    """End this process after ``seconds`` (a worker that dies mid-task, its start long announced)."""
+    time.sleep(seconds)
+    os._exit(code)
+
+
 def segfault() -> None:
     ctypes.string_at(0)
 

@@ -503,6 +503,35 @@ class TestLocalCluster:
         assert pool.stats.crashed == 1
         assert pool.stats.failed == 0
 
+    @pytest.mark.timeout(120)
+    def test_only_the_task_that_kills_its_worker_fails_not_those_queued_there(self) -> None:
+        """Dask fails every task queued on a dead worker (allowed-failures 0): those were never run.
+
+        One single-threaded worker: the crasher runs, the others wait on that
+        worker (or at the scheduler), and only the crasher may fail, whether
+        it dies after announcing its start or at once, before it could.
+        """
+        with anypool.Pool("dask", 1) as pool:
+            crash = pool.submit(tasks.sleep_then_exit, 0.3, 3)
+            after = [pool.submit(tasks.square, i) for i in range(3)]
+            with pytest.raises(anypool.WorkerCrashed, match="died while running #1 sleep_then_exit"):
+                crash.result(60)
+            assert [f.result(60) for f in after] == [0, 1, 4]
+            # ends its process at once, before its start event can leave: run again alone to tell
+            crash = pool.submit(tasks.crash_if, 5, 5)
+            after = [pool.submit(tasks.square, i) for i in range(3)]
+            with pytest.raises(anypool.WorkerCrashed, match="crash_if"):
+                crash.result(60)
+            assert [f.result(60) for f in after] == [0, 1, 4]
+            # a map: the batch is split until the crasher is alone; its neighbours all succeed
+            got = list(pool.imap(tasks.crash_if, range(12), [5] * 12, chunksize=12,
+                                 return_exceptions=True))
+        assert [i for i, g in enumerate(got) if not isinstance(g, int)] == [5]
+        assert isinstance(got[5], anypool.WorkerCrashed)
+        s = pool.stats
+        assert s.failed == 3
+        assert s.crashed == 3
+
     @pytest.mark.timeout(90)
     def test_a_crash_on_the_worker_named_0_is_reported_under_its_name(self) -> None:
         """LocalCluster numbers its workers from 0: a crash there names dask-0, not its address."""

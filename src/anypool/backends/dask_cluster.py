@@ -36,8 +36,14 @@ Failures, translated at this boundary:
 
 * a task's own exception comes back as itself, its worker traceback chained;
 * ``KilledWorker`` (the worker running the task died) becomes
-  :class:`~anypool.WorkerCrashed` for a single task, which the core retries
-  if ``retries=`` allows.  A batch of ``map`` items or a pack of calls that
+  :class:`~anypool.WorkerCrashed` for a single task heard to start (every
+  task announces its start, a Dask event), which the core retries if
+  ``retries=`` allows.  Dask reports ``KilledWorker`` for the tasks merely
+  queued on that worker too: one never heard to start is sent again, not
+  counted as an attempt, and alone (nothing else of the pool's on the
+  cluster meanwhile), since one that ended its process at once had no time
+  to announce itself; lost again when alone, it is the one that kills its
+  worker and fails with ``WorkerCrashed``.  A batch of ``map`` items or a pack of calls that
   lost its worker is run again in smaller pieces (which item killed the
   worker is unknown), so an item that kills its worker by itself ends up
   failing alone;
@@ -53,8 +59,8 @@ workers) and the "started" subscription (timeouts, observers).  An ``UNSET``
 task ran nothing, so it is sent again, not counted as an attempt.
 
 Timeouts: a Dask worker runs tasks in threads, and a running thread cannot
-be stopped.  With ``timeout=`` a task announces its start (a Dask event);
-the pool starts the clock then, and when it runs out the task fails with
+be stopped.  Every task announces its start (a Dask event); with
+``timeout=`` the pool starts the clock then, and when it runs out the task fails with
 :class:`~anypool.TaskTimeout` on time, its Dask future is cancelled (so it
 never starts if it had not) and a retry may start elsewhere, but the call
 itself runs on in its worker thread until it returns, its result discarded.
@@ -143,7 +149,7 @@ class _Sent:
     first of them).
     """
 
-    __slots__ = ("deadline", "future", "pack", "sent", "started", "task", "unset", "worker")
+    __slots__ = ("alone", "deadline", "future", "pack", "sent", "started", "task", "unset", "worker")
 
     def __init__(self, task: Task, future: Any, pack: list[Task] | None = None) -> None:
         self.task = task
@@ -154,6 +160,7 @@ class _Sent:
         self.worker: str | None = None
         self.deadline: clock.Handle | None = None
         self.unset = 0  # how many times its tasks came back UNSET before (see DaskBackend._on_unset)
+        self.alone = False  # a suspect, sent with nothing else of the pool's in flight
 
     @property
     def tasks(self) -> list[Task]:
@@ -196,7 +203,10 @@ class DaskBackend(Backend):
         self._cond = threading.Condition(threading.Lock())
         self.pending: deque[Task] = deque()
         self._done: deque[Any] = deque()  # Dask futures whose state is final
-        self._notes: deque[tuple[str, str, str]] = deque()  # ("started", key, worker) | ("expired", key, "")
+        # ("started", key, worker name, worker address) | ("expired", key, "", "")
+        self._notes: deque[tuple[str, str, str, str]] = deque()
+        # worker address -> when a task of the pool's last started there (client clock)
+        self._last_start: OrderedDict[str, float] = OrderedDict()
         self._sent: dict[str, _Sent] = {}  # Dask key -> what it runs
         self._fns: OrderedDict[Any, bytes] = OrderedDict()
         self._workers: dict[str, WorkerStats] = {}
@@ -204,6 +214,10 @@ class DaskBackend(Backend):
         self._cost: OrderedDict[bytes, float] = OrderedDict()  # callable's pickle -> seconds per call
         self._solo: set[int] = set()  # ids of calls whose pack lost its worker: never packed again
         self._unset: dict[int, int] = {}  # task id -> times it came back UNSET (sent again meanwhile)
+        # ids of single calls whose worker died before they were heard to start: each is sent
+        # again alone (see _on_error); _alone is the Dask key of the one in flight
+        self._suspects: set[int] = set()
+        self._alone: str | None = None
         self._scheduler_id: str | None = None  # the scheduler the pool installed itself on
         self._stopping = False
         self._closed = False
@@ -410,8 +424,7 @@ class DaskBackend(Backend):
         try:
             while True:
                 with self._cond:
-                    while not (self._done or self._notes
-                               or (self.pending and len(self._sent) < self._limit())):
+                    while not (self._done or self._notes or (self.pending and self._room() > 0)):
                         if self._stopping:
                             return
                         busy = self.pending or self._sent
@@ -420,7 +433,7 @@ class DaskBackend(Backend):
                         self._cond.wait(_REFRESH if busy else None)
                     done, self._done = self._done, deque()
                     notes, self._notes = self._notes, deque()
-                    sends = self._take_pending(self._limit() - len(self._sent))
+                    sends = self._take_pending(self._room())
                 for note in notes:
                     self._on_note(note)
                 if done:
@@ -451,6 +464,19 @@ class DaskBackend(Backend):
             return
         self._reinstall_if_new(info)
 
+    def _room(self) -> int:
+        """How many Dask tasks may be sent now (caller holds the lock).
+
+        None while a suspect is in flight, and a suspect at the head of the
+        queue waits until nothing of the pool's is in flight, so that if its
+        worker dies again, it was the only task of the pool there.
+        """
+        if self._alone is not None:
+            return 0
+        if self.pending and self.pending[0].id in self._suspects:
+            return 0 if self._sent else 1
+        return self._limit() - len(self._sent)
+
     def _take_pending(self, room: int) -> list[list[Task]]:
         """Up to ``room`` Dask tasks' worth of pending work (caller holds the lock).
 
@@ -463,6 +489,10 @@ class DaskBackend(Backend):
         pending = self.pending
         units: list[list[Task]] = []
         while room > 0 and pending:
+            if pending[0].id in self._suspects:
+                if not units and not self._sent:
+                    units.append([pending.popleft()])  # alone, see _room
+                break
             first = pending.popleft()
             unit = [first]
             cost = self._cost.get(first.payload[0]) if first.future is not None else None
@@ -474,7 +504,7 @@ class DaskBackend(Backend):
                 while len(unit) < limit and pending:
                     nxt = pending[0]
                     if (nxt.future is None or nxt.payload[0] is not fn_blob or nxt.options is not options
-                            or nxt.id in self._solo):
+                            or nxt.id in self._solo or nxt.id in self._suspects):
                         break
                     unit.append(pending.popleft())
             units.append(unit)
@@ -496,7 +526,6 @@ class DaskBackend(Backend):
                 claimed.append(mine)
         if not claimed:
             return
-        observing = self.dispatch.observing
         keys, fns, blobs, styles, announce = [], [], [], [], []
         for unit in claimed:
             task = unit[0]
@@ -505,7 +534,8 @@ class DaskBackend(Backend):
             fns.append(fn_blob)
             blobs.append(items_blob if len(unit) == 1 else [t.payload[1] for t in unit])
             styles.append(task.style)
-            announce.append(self._token if observing or task.options.timeout is not None else None)
+            # always: a task lost with its worker before it was heard to start is sent again
+            announce.append(self._token)
         try:
             futures = self._client.map(run_task, fns, blobs, styles, announce, key=keys,
                                        plugin=self._plugin, pure=False)
@@ -518,7 +548,9 @@ class DaskBackend(Backend):
             return
         with self._cond:
             for key, unit, fut in zip(keys, claimed, futures, strict=True):
-                self._sent[key] = _Sent(unit[0], fut, unit if len(unit) > 1 else None)
+                rec = self._sent[key] = _Sent(unit[0], fut, unit if len(unit) > 1 else None)
+                if len(unit) == 1 and unit[0].id in self._suspects:
+                    rec.alone, self._alone = True, key
         for fut in futures:
             fut.add_done_callback(self._on_done)
 
@@ -533,26 +565,30 @@ class DaskBackend(Backend):
     def _on_started(self, event: tuple[float, Any]) -> None:
         # on the client's event loop: only hand over, never block it
         msg = event[1]
-        if not isinstance(msg, (list, tuple)) or len(msg) != 3 or msg[0] != self._token:
+        if not isinstance(msg, (list, tuple)) or len(msg) != 4 or msg[0] != self._token:
             return  # another pool's task on the same cluster
         with self._cond:
-            self._notes.append(("started", str(msg[1]), str(msg[2])))
+            self._notes.append(("started", str(msg[1]), str(msg[2]), str(msg[3])))
             self._cond.notify()
 
     def _expired(self, key: str) -> None:
         # on the shared clock thread
         with self._cond:
-            self._notes.append(("expired", key, ""))
+            self._notes.append(("expired", key, "", ""))
             self._cond.notify()
 
-    def _on_note(self, note: tuple[str, str, str]) -> None:
-        kind, key, worker = note
+    def _on_note(self, note: tuple[str, str, str, str]) -> None:
+        kind, key, worker, address = note
         if kind == "started":
             with self._cond:
                 rec = self._sent.get(key)
                 if rec is None or rec.started is not None:
                     return  # already over
                 rec.started, rec.worker = time.time(), worker
+                self._last_start[address] = rec.started
+                self._last_start.move_to_end(address)
+                if len(self._last_start) > _FN_CACHE:
+                    self._last_start.popitem(last=False)
                 timeout = rec.task.options.timeout
                 if timeout is not None and rec.pack is None:
                     rec.deadline = clock.call_later(timeout, self._expired, key)
@@ -563,6 +599,9 @@ class DaskBackend(Backend):
             return
         with self._cond:
             rec = self._sent.pop(key, None)
+            if rec is not None and rec.alone:
+                self._alone = None
+                self._suspects.discard(rec.task.id)
         if rec is None:
             return  # it finished first
         task = rec.task
@@ -611,6 +650,9 @@ class DaskBackend(Backend):
     def _take(self, key: str) -> _Sent | None:
         with self._cond:
             rec = self._sent.pop(key, None)
+            if rec is not None and rec.alone:
+                self._alone = None
+                self._suspects.discard(rec.task.id)
         if rec is not None:
             if rec.deadline is not None:
                 rec.deadline.cancel()
@@ -738,8 +780,30 @@ class DaskBackend(Backend):
                          name, task.label(), min(_SPLIT, len(task.items)))
                 self._requeue_split(task)
                 return
-            pid = getattr(last, "pid", None) or None
             address = getattr(last, "address", "?")
+            if (rec.started is not None and not rec.alone and getattr(last, "nthreads", 0) == 1
+                    and self._last_start.get(address, 0.0) > rec.started):
+                # the worker's one thread started another task of the pool's after this one, so
+                # this one had returned, and its result died with the worker before it was sent
+                log.info("anypool: Dask worker %s died holding the result of %s; running it again",
+                         name, task.label())
+                with self._cond:
+                    self.pending.appendleft(task)
+                    self._cond.notify()
+                return
+            if not rec.alone and (rec.started is None or task.future is None):
+                # never heard to start: it was queued on that worker (Dask fails those too), or
+                # it ended the process before its start event left.  A map item (a piece of a
+                # batch that lost its worker) may also have returned just before its neighbour
+                # killed the worker, its result unsent.  Sent again alone to tell
+                log.info("anypool: Dask worker %s died with %s, which may not have run it; running "
+                         "it again alone", name, task.label())
+                with self._cond:
+                    self._suspects.add(task.id)
+                    self.pending.appendleft(task)
+                    self._cond.notify()
+                return
+            pid = getattr(last, "pid", None) or None
             where = f"{name} ({address}, pid {pid})" if pid else f"{name} ({address})"
             crash = WorkerCrashed(
                 f"Dask worker {where} died while running {task.label()} (killed from outside, "
@@ -800,6 +864,7 @@ class DaskBackend(Backend):
         with self._cond:
             running = list(self._sent.values())
             self._sent.clear()
+            self._alone = None
         for rec in running:
             if rec.deadline is not None:
                 rec.deadline.cancel()
@@ -825,6 +890,7 @@ class DaskBackend(Backend):
             with self._cond:
                 running = list(self._sent.values())
                 self._sent.clear()
+                self._alone = None
             if running and not exiting:
                 try:
                     self._client.cancel([r.future for r in running])

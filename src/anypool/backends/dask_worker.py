@@ -98,8 +98,10 @@ def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announ
     ``(UNSET, worker)`` (nothing ran: this pool's setup is not on this
     worker, whose scheduler has not got it: a new scheduler after a restart).
     ``announce`` is the pool token when the client wants to hear when the
-    task starts (for its timeout or its observers); the start is then
-    published on :data:`STARTED_TOPIC` before anything runs.
+    task starts (its timeout, its observers, and telling a task that ran
+    from one only queued on a worker that died); the start is then
+    published on :data:`STARTED_TOPIC` before anything runs, with the
+    worker's name and address.
     """
     worker = get_worker()
     name = worker_name(worker.name)
@@ -109,7 +111,7 @@ def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announ
         # the task again, so it announces nothing (it will start for real later)
         return dumps((UNSET, name))
     if announce is not None:
-        worker.log_event(STARTED_TOPIC, (announce, worker.get_current_task(), name))
+        worker.log_event(STARTED_TOPIC, (announce, worker.get_current_task(), name, worker.address))
     if setup.error is not None:
         return dumps((BROKEN, setup.error, name))
     t0 = time.time()
