@@ -107,6 +107,12 @@ def set_state(key: str, value: Any) -> None:
     anypool.worker_state()[key] = value
 
 
+def slow_set_state(seconds: float, key: str, value: Any) -> None:
+    """An initializer that takes ``seconds`` before it sets ``key`` in the worker's state."""
+    time.sleep(seconds)
+    anypool.worker_state()[key] = value
+
+
 def get_state(key: str) -> Any:
     return anypool.worker_state().get(key)
 

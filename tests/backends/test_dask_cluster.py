@@ -309,6 +309,30 @@ class TestShutdown:
             cluster.stop()
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
 
+    @pytest.mark.timeout(120)
+    def test_after_a_scheduler_restart_no_task_runs_before_the_initializer_is_done(
+        self, tmp_path: Path
+    ) -> None:
+        """Tasks sent before the pool reinstalls itself wait for its (slow) initializer on the new worker.
+
+        Dask puts a plugin in the worker's table before its setup has run,
+        so a task arriving meanwhile would see the pool's state still empty.
+        """
+        cluster = DaskCluster(tmp_path, nworkers=1, nthreads=4, port=_free_port())
+        pool = None
+        try:
+            pool = anypool.Pool("dask", address=cluster.address, connect_timeout=30, retries=5,
+                                backoff=0, initializer=tasks.slow_set_state, initargs=(1.5, "init", "ran"))
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            cluster.restart_scheduler()
+            cluster.wait_for_workers(1)
+            futs = [pool.submit(tasks.get_state, "init") for _ in range(12)]
+            assert [f.result(60) for f in futs] == ["ran"] * 12
+        finally:
+            if pool is not None:
+                pool.shutdown(kill=True)
+            cluster.stop()
+
 
 class TestExit:
     @pytest.mark.timeout(120)

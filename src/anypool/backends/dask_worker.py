@@ -28,6 +28,7 @@ turns that into an ordinary failure of the item that returned it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -59,12 +60,28 @@ class WorkerSetup(WorkerPlugin):
         self.init_blob = init_blob
         self.state: dict[str, Any] = {}
         self.error: tuple[Any, ...] | None = None
+        # set once setup has run: Dask lists a plugin on the worker before its setup ends, and a
+        # task arriving meanwhile (one sent before the pool reinstalled itself on a new
+        # scheduler) must not run without the initializer's state
+        self.ready = threading.Event()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["ready"]  # a lock does not pickle; each copy gets its own, unset
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.ready = threading.Event()
 
     async def setup(self, worker: Any) -> None:
         self.state = {}
         self.error = None
-        if self.init_blob is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._initialize)
+        try:
+            if self.init_blob is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._initialize)
+        finally:
+            self.ready.set()
 
     def _initialize(self) -> None:
         bind_thread(self.state)
@@ -110,6 +127,7 @@ def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announ
         # not the initializer's fault (there may be none): the pool installs its setup and sends
         # the task again, so it announces nothing (it will start for real later)
         return dumps((UNSET, name))
+    setup.ready.wait()  # its initializer may still be running (see WorkerSetup.__init__)
     if announce is not None:
         worker.log_event(STARTED_TOPIC, (announce, worker.get_current_task(), name, worker.address))
     if setup.error is not None:
