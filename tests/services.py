@@ -55,8 +55,9 @@ def under_service(p: psutil.Process) -> bool:
 class DaskCluster:
     """A Dask scheduler and ``nworkers`` nanny-managed workers, started with Dask's own CLI."""
 
-    def __init__(self, workdir: Path, nworkers: int = 2, nthreads: int = 2) -> None:
+    def __init__(self, workdir: Path, nworkers: int = 2, nthreads: int = 2, port: int = 0) -> None:
         self.workdir = workdir
+        self.port = port
         self.procs: list[subprocess.Popen[bytes]] = []
         tests = Path(__file__).resolve().parent
         self.env = dict(os.environ)
@@ -67,21 +68,41 @@ class DaskCluster:
         # anypool's retries= decides about a task whose worker died, as on every backend
         self.env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"
         self.dask = str(Path(sys.executable).with_name("dask"))
-        sched_file = workdir / "scheduler.json"
+        self.address = self._start_scheduler()
+        self.nworkers, self.nthreads = nworkers, nthreads
+        self.nannies = self._start_workers()
+        self.wait_for_workers(nworkers)
+
+    def _start_workers(self) -> list[subprocess.Popen[bytes]]:
+        return [
+            self._start(
+                "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(self.nthreads),
+                *LOOPBACK_HTTP, "--name", f"w{i}", "--memory-limit", "0", "--death-timeout", "30",
+                "--local-directory", str(self.workdir / f"w{i}"),
+            )
+            for i in range(self.nworkers)
+        ]
+
+    def _start_scheduler(self) -> str:
+        sched_file = self.workdir / f"scheduler-{len(self.procs)}.json"
         self.scheduler = self._start(
-            "scheduler", "--host", "127.0.0.1", "--port", "0", *LOOPBACK_HTTP,
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), *LOOPBACK_HTTP,
             "--scheduler-file", str(sched_file),
         )
-        self.address = self._read_address(sched_file)
-        self.nannies = [
-            self._start(
-                "worker", self.address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
-                *LOOPBACK_HTTP, "--name", f"w{i}", "--memory-limit", "0", "--death-timeout", "30",
-                "--local-directory", str(workdir / f"w{i}"),
-            )
-            for i in range(nworkers)
-        ]
-        self.wait_for_workers(nworkers)
+        return self._read_address(sched_file)
+
+    def restart_scheduler(self) -> None:
+        """SIGKILL the scheduler; start a new one at the same address (a fixed ``port``) and new workers.
+
+        A worker whose scheduler connection breaks stops, and its nanny
+        with it (distributed 2026.8), so the old workers end by themselves
+        and new ones are started, as an operator would.
+        """
+        assert self.port, "a new scheduler can take the old one's address only on a fixed port"
+        os.kill(self.scheduler.pid, signal.SIGKILL)
+        self.scheduler.wait()
+        assert self._start_scheduler() == self.address
+        self.nannies = self._start_workers()
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{args[0]}-{len(self.procs)}.log", "wb") as log:

@@ -79,6 +79,12 @@ def exit_hard(code: int = 3) -> None:
     os._exit(code)
 
 
+def sleep_then_exit(seconds: float, code: int = 3) -> None:
+    """End this process after ``seconds`` (a worker that dies mid-task, its start long announced)."""
+    time.sleep(seconds)
+    os._exit(code)
+
+
 def segfault() -> None:
     ctypes.string_at(0)
 
@@ -98,6 +104,12 @@ def raise_keyboard_interrupt() -> None:
 
 
 def set_state(key: str, value: Any) -> None:
+    anypool.worker_state()[key] = value
+
+
+def slow_set_state(seconds: float, key: str, value: Any) -> None:
+    """An initializer that takes ``seconds`` before it sets ``key`` in the worker's state."""
+    time.sleep(seconds)
     anypool.worker_state()[key] = value
 
 

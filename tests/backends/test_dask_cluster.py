@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,13 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 30.0) -> list[int]:
                 return lines
         time.sleep(0.02)
     raise AssertionError(f"{path} did not get {n} line(s) in {timeout} s")
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now (for a scheduler that must come back at the same address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _io_loops() -> int:
@@ -272,6 +280,125 @@ class TestShutdown:
             cluster.stop()
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
 
+    @pytest.mark.timeout(120)
+    def test_after_a_scheduler_restart_the_pool_sets_up_the_new_workers_and_goes_on(
+        self, tmp_path: Path
+    ) -> None:
+        """A new scheduler at the same address knows nothing of the pool: the pool installs itself again.
+
+        Dask's client reconnects by itself but restores neither worker
+        plugins nor event subscriptions, and the nanny's new worker has
+        neither the pool's setup nor its initializer's state.
+        """
+        loops_before = _io_loops()
+        cluster = DaskCluster(tmp_path, nworkers=1, nthreads=2, port=_free_port())
+        pool = None
+        try:
+            pool = anypool.Pool("dask", address=cluster.address, connect_timeout=30, retries=5,
+                                backoff=0, initializer=tasks.set_state, initargs=("init", "ran"))
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            running = [pool.submit(tasks.sleep, 1, i) for i in range(3)]
+            time.sleep(0.3)
+            cluster.restart_scheduler()
+            # cancelled by the lost connection (WorkerCrashed), then retried on the new scheduler
+            assert [f.result(60) for f in running] == [0, 1, 2]
+            assert all(f.attempts and f.attempts[0].outcome == "crash" for f in running)
+            # the initializer ran on the new worker, and later tasks see its state
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+            # again with the pool idle: its next task is the first to meet a worker without its setup
+            cluster.restart_scheduler()
+            cluster.wait_for_workers(1)
+            assert pool.submit(tasks.get_state, "init").result(60) == "ran"
+            # start events reach the pool again, so a timeout's clock starts and runs out
+            timed = pool.with_options(timeout=1, retries=0).submit(tasks.sleep, 30)
+            with pytest.raises(anypool.TaskTimeout):
+                timed.result(20)
+            assert pool.stats.failed == 1  # the timeout, nothing else
+        finally:
+            if pool is not None:
+                pool.shutdown(kill=True)
+            cluster.stop()
+        assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
+
+    @pytest.mark.timeout(120)
+    def test_after_a_scheduler_restart_no_task_runs_before_the_initializer_is_done(
+        self, tmp_path: Path
+    ) -> None:
+        """Tasks sent before the pool reinstalls itself wait for its (slow) initializer on the new worker.
+
+        Dask puts a plugin in the worker's table before its setup has run,
+        so a task arriving meanwhile would see the pool's state still empty.
+        """
+        cluster = DaskCluster(tmp_path, nworkers=1, nthreads=4, port=_free_port())
+        pool = None
+        try:
+            pool = anypool.Pool("dask", address=cluster.address, connect_timeout=30, retries=5,
+                                backoff=0, initializer=tasks.slow_set_state, initargs=(1.5, "init", "ran"))
+            assert pool.submit(tasks.get_state, "init").result(30) == "ran"
+            cluster.restart_scheduler()
+            cluster.wait_for_workers(1)
+            futs = [pool.submit(tasks.get_state, "init") for _ in range(12)]
+            assert [f.result(60) for f in futs] == ["ran"] * 12
+        finally:
+            if pool is not None:
+                pool.shutdown(kill=True)
+            cluster.stop()
+
+
+class TestExit:
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("where", ["local", "address"])
+    def test_a_pool_busy_at_exit_stops_without_a_word(
+        self, where: str, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> None:
+        """A script that leaves a dask pool with tasks on the cluster exits cleanly, nothing left behind.
+
+        From the start of exit Dask cannot run its futures' done callbacks;
+        before, each future still on the cluster made tornado log an ERROR
+        with a traceback ("cannot schedule new futures after shutdown").
+        """
+        address = request.getfixturevalue("dask_cluster").address if where == "address" else None
+        script = tmp_path / "busy_at_exit.py"
+        script.write_text(textwrap.dedent(f"""
+            import time
+            import anypool
+
+            def slow(x):
+                time.sleep(x)
+                return x
+
+            if __name__ == "__main__":
+                pool = anypool.Pool("dask", 2, address={address!r})
+                print(pool.submit(slow, 0).result(60))
+                futures = [pool.submit(slow, 2) for _ in range(4)]
+                time.sleep(0.5)
+                print("exiting", flush=True)
+        """))
+        # its own process group: whatever it started (the local cluster) can be found afterwards
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert out.split() == ["0", "exiting"]
+        assert "cannot schedule new futures" not in err, err
+        assert "Traceback" not in err, err
+        deadline = time.monotonic() + 15
+        while True:  # every process of its group ends (the local cluster's nannies and workers)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise AssertionError("the script's Dask processes outlived it")
+            time.sleep(0.1)
+
 
 class TestErrors:
     def test_an_unreachable_scheduler_is_a_connection_error_and_leaks_nothing(self) -> None:
@@ -411,6 +538,46 @@ class TestLocalCluster:
             assert pool.submit(tasks.get_state, "missing").result(60) is None
         assert pool.stats.crashed == 1
         assert pool.stats.failed == 0
+
+    @pytest.mark.timeout(120)
+    def test_only_the_task_that_kills_its_worker_fails_not_those_queued_there(self) -> None:
+        """Dask fails every task queued on a dead worker (allowed-failures 0): those were never run.
+
+        One single-threaded worker: the crasher runs, the others wait on that
+        worker (or at the scheduler), and only the crasher may fail, whether
+        it dies after announcing its start or at once, before it could.
+        """
+        with anypool.Pool("dask", 1) as pool:
+            crash = pool.submit(tasks.sleep_then_exit, 0.3, 3)
+            after = [pool.submit(tasks.square, i) for i in range(3)]
+            with pytest.raises(anypool.WorkerCrashed, match="died while running #1 sleep_then_exit"):
+                crash.result(60)
+            assert [f.result(60) for f in after] == [0, 1, 4]
+            # ends its process at once, before its start event can leave: run again alone to tell
+            crash = pool.submit(tasks.crash_if, 5, 5)
+            after = [pool.submit(tasks.square, i) for i in range(3)]
+            with pytest.raises(anypool.WorkerCrashed, match="crash_if"):
+                crash.result(60)
+            assert [f.result(60) for f in after] == [0, 1, 4]
+            # a map: the batch is split until the crasher is alone; its neighbours all succeed
+            got = list(pool.imap(tasks.crash_if, range(12), [5] * 12, chunksize=12,
+                                 return_exceptions=True))
+        assert [i for i, g in enumerate(got) if not isinstance(g, int)] == [5]
+        assert isinstance(got[5], anypool.WorkerCrashed)
+        s = pool.stats
+        assert s.failed == 3
+        assert s.crashed == 3
+
+    @pytest.mark.timeout(90)
+    def test_a_crash_on_the_worker_named_0_is_reported_under_its_name(self) -> None:
+        """LocalCluster numbers its workers from 0: a crash there names dask-0, not its address."""
+        with anypool.Pool("dask", 1) as pool:
+            with pytest.raises(anypool.WorkerCrashed, match=r"Dask worker dask-0 \(tcp://127\.0\.0\.1:"):
+                pool.submit(tasks.exit_hard).result(60)
+            assert pool.submit(tasks.square, 3).result(60) == 9  # on the nanny's new dask-0
+        # one worker in the statistics, not a second one under its address
+        assert set(pool.stats.worker_busy) == {"dask-0"}
+        assert pool.stats.crashed == 1
 
 
 @pytest.fixture

@@ -36,16 +36,31 @@ Failures, translated at this boundary:
 
 * a task's own exception comes back as itself, its worker traceback chained;
 * ``KilledWorker`` (the worker running the task died) becomes
-  :class:`~anypool.WorkerCrashed` for a single task, which the core retries
-  if ``retries=`` allows.  A batch of ``map`` items or a pack of calls that
+  :class:`~anypool.WorkerCrashed` for a single task heard to start (every
+  task announces its start, a Dask event), which the core retries if
+  ``retries=`` allows.  Dask reports ``KilledWorker`` for the tasks merely
+  queued on that worker too: one never heard to start is sent again, not
+  counted as an attempt, and alone (nothing else of the pool's on the
+  cluster meanwhile), since one that ended its process at once had no time
+  to announce itself; lost again when alone, it is the one that kills its
+  worker and fails with ``WorkerCrashed``.  A batch of ``map`` items or a pack of calls that
   lost its worker is run again in smaller pieces (which item killed the
   worker is unknown), so an item that kills its worker by itself ends up
   failing alone;
 * a failed ``initializer`` breaks the pool (:class:`~anypool.InitializerFailed`).
 
+A lost scheduler: Dask's client reconnects by itself (to a new scheduler at
+the same address), but a scheduler keeps worker plugins and event
+subscriptions in memory only and the client restores neither.  The pool
+notices the new scheduler (its id changed), by its periodic look at the
+cluster or when a task comes back ``UNSET`` (no setup on its worker), and
+installs itself again: the worker setup (so the initializer runs on the new
+workers) and the "started" subscription (timeouts, observers).  An ``UNSET``
+task ran nothing, so it is sent again, not counted as an attempt.
+
 Timeouts: a Dask worker runs tasks in threads, and a running thread cannot
-be stopped.  With ``timeout=`` a task announces its start (a Dask event);
-the pool starts the clock then, and when it runs out the task fails with
+be stopped.  Every task announces its start (a Dask event); with
+``timeout=`` the pool starts the clock then, and when it runs out the task fails with
 :class:`~anypool.TaskTimeout` on time, its Dask future is cancelled (so it
 never starts if it had not) and a retry may start elsewhere, but the call
 itself runs on in its worker thread until it returns, its result discarded.
@@ -60,6 +75,7 @@ existing cluster keeps its own setting (docs/dask.md).
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import inspect
 import itertools
 import logging
@@ -100,7 +116,7 @@ from ..serialize import (
 )
 from ..tasks import Failure, Task
 from .base import Backend, BackendConfig, default_workers
-from .dask_worker import ALL, BROKEN, STARTED_TOPIC, WorkerSetup, run_task, worker_name
+from .dask_worker import ALL, BROKEN, STARTED_TOPIC, UNSET, WorkerSetup, run_task, worker_name
 
 if TYPE_CHECKING:
     from ..dispatch import Dispatch
@@ -123,6 +139,7 @@ _REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and 
 _QUEUED_SECONDS = 0.05  # work queued at the scheduler behind each busy thread, in measured task time
 _MAX_AHEAD = 32  # Dask tasks queued per thread at most (the scheduler's memory, cancellability)
 _MAX_PACK = 256  # submit() calls packed into one Dask task at most
+_MAX_UNSET = 5  # times a task may come back UNSET (no setup on its worker) before it fails
 
 
 class _Sent:
@@ -133,7 +150,7 @@ class _Sent:
     first of them).
     """
 
-    __slots__ = ("deadline", "future", "pack", "sent", "started", "task", "worker")
+    __slots__ = ("alone", "deadline", "future", "pack", "sent", "started", "task", "unset", "worker")
 
     def __init__(self, task: Task, future: Any, pack: list[Task] | None = None) -> None:
         self.task = task
@@ -143,6 +160,8 @@ class _Sent:
         self.started: float | None = None
         self.worker: str | None = None
         self.deadline: clock.Handle | None = None
+        self.unset = 0  # how many times its tasks came back UNSET before (see DaskBackend._on_unset)
+        self.alone = False  # a suspect, sent with nothing else of the pool's in flight
 
     @property
     def tasks(self) -> list[Task]:
@@ -185,23 +204,31 @@ class DaskBackend(Backend):
         self._cond = threading.Condition(threading.Lock())
         self.pending: deque[Task] = deque()
         self._done: deque[Any] = deque()  # Dask futures whose state is final
-        self._notes: deque[tuple[str, str, str]] = deque()  # ("started", key, worker) | ("expired", key, "")
+        # ("started", key, worker name, worker address) | ("expired", key, "", "")
+        self._notes: deque[tuple[str, str, str, str]] = deque()
+        # worker address -> when a task of the pool's last started there (client clock)
+        self._last_start: OrderedDict[str, float] = OrderedDict()
         self._sent: dict[str, _Sent] = {}  # Dask key -> what it runs
         self._fns: OrderedDict[Any, bytes] = OrderedDict()
         self._workers: dict[str, WorkerStats] = {}
         self._per_task: float | None = None  # moving average of one Dask task's run time
         self._cost: OrderedDict[bytes, float] = OrderedDict()  # callable's pickle -> seconds per call
         self._solo: set[int] = set()  # ids of calls whose pack lost its worker: never packed again
+        self._unset: dict[int, int] = {}  # task id -> times it came back UNSET (sent again meanwhile)
+        # ids of single calls whose worker died before they were heard to start: each is sent
+        # again alone (see _on_error); _alone is the Dask key of the one in flight
+        self._suspects: set[int] = set()
+        self._alone: str | None = None
+        self._scheduler_id: str | None = None  # the scheduler the pool installed itself on
         self._stopping = False
         self._closed = False
         self._broken: BaseException | None = None
         self._init_blob = dumps_initializer(config.initializer, config.initargs, "to Dask workers")
         self._cluster: Any = None
+        _quiet_exit_noise()
         self._client: Any = self._connect()
         try:
-            self._client.register_plugin(WorkerSetup(self._init_blob), name=self._plugin)
-            self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
-            self._threads = self._cluster_threads()
+            self._install(self._scheduler_info())
         except BaseException:
             self._close_client()
             raise
@@ -262,9 +289,39 @@ class DaskBackend(Backend):
                 "`if __name__ == \"__main__\":`"
             ) from exc
 
-    def _cluster_threads(self) -> int:
+    def _scheduler_info(self) -> Any:
+        """The scheduler's identity (its id, the cluster's size), fetched now; learns the size."""
         info = self._client.scheduler_info(n_workers=0)
-        return int(info.get("total_threads") or 0)
+        self._threads = int(info.get("total_threads") or 0)
+        return info
+
+    def _install(self, info: Any) -> None:
+        """Put the pool on the scheduler described by ``info``: its worker setup and event subscription.
+
+        Run at start, and again on a new scheduler at the same address
+        (Dask's client reconnected), which knows neither.  Registering the
+        setup runs it on every worker (the initializer included) and waits
+        for it.  The id is taken before registering: a scheduler replaced
+        meanwhile shows as a change later, and the pool installs itself
+        once more, rather than never.
+        """
+        self._scheduler_id = str(info.get("id"))
+        self._client.register_plugin(WorkerSetup(self._init_blob), name=self._plugin)
+        self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
+
+    def _reinstall_if_new(self, info: Any) -> None:
+        """Install the pool again if ``info`` describes another scheduler than the one it is on."""
+        if str(info.get("id")) == self._scheduler_id:
+            return
+        log.info("anypool: a new Dask scheduler at %s: installing the pool's worker setup there again",
+                 self._where())
+        try:
+            self._install(info)
+        except Exception:
+            # that scheduler is gone too, or not ready: the next look or UNSET task tries again
+            self._scheduler_id = None
+            log.warning("anypool: could not install the pool on the new Dask scheduler at %s",
+                        self._where(), exc_info=True)
 
     @property
     def workers(self) -> int:
@@ -368,8 +425,7 @@ class DaskBackend(Backend):
         try:
             while True:
                 with self._cond:
-                    while not (self._done or self._notes
-                               or (self.pending and len(self._sent) < self._limit())):
+                    while not (self._done or self._notes or (self.pending and self._room() > 0)):
                         if self._stopping:
                             return
                         busy = self.pending or self._sent
@@ -378,11 +434,14 @@ class DaskBackend(Backend):
                         self._cond.wait(_REFRESH if busy else None)
                     done, self._done = self._done, deque()
                     notes, self._notes = self._notes, deque()
-                    sends = self._take_pending(self._limit() - len(self._sent))
+                    sends = self._take_pending(self._room())
                 for note in notes:
                     self._on_note(note)
                 if done:
                     self._collect(done)
+                    # drop the Dask futures now, not when the next batch replaces them, so the
+                    # cluster frees their results (a local cluster closed at exit warns of any it holds)
+                    done.clear()
                 if sends:
                     self._send(sends)
                 if time.monotonic() - self._sized > _REFRESH:
@@ -400,9 +459,24 @@ class DaskBackend(Backend):
                                   "not reconnect"))
             return
         try:
-            self._threads = self._cluster_threads()
+            info = self._scheduler_info()
         except Exception:  # keep the last size; a lost scheduler shows up on the tasks
             log.debug("anypool: could not read the Dask cluster's size", exc_info=True)
+            return
+        self._reinstall_if_new(info)
+
+    def _room(self) -> int:
+        """How many Dask tasks may be sent now (caller holds the lock).
+
+        None while a suspect is in flight, and a suspect at the head of the
+        queue waits until nothing of the pool's is in flight, so that if its
+        worker dies again, it was the only task of the pool there.
+        """
+        if self._alone is not None:
+            return 0
+        if self.pending and self.pending[0].id in self._suspects:
+            return 0 if self._sent else 1
+        return self._limit() - len(self._sent)
 
     def _take_pending(self, room: int) -> list[list[Task]]:
         """Up to ``room`` Dask tasks' worth of pending work (caller holds the lock).
@@ -416,6 +490,10 @@ class DaskBackend(Backend):
         pending = self.pending
         units: list[list[Task]] = []
         while room > 0 and pending:
+            if pending[0].id in self._suspects:
+                if not units and not self._sent:
+                    units.append([pending.popleft()])  # alone, see _room
+                break
             first = pending.popleft()
             unit = [first]
             cost = self._cost.get(first.payload[0]) if first.future is not None else None
@@ -427,7 +505,7 @@ class DaskBackend(Backend):
                 while len(unit) < limit and pending:
                     nxt = pending[0]
                     if (nxt.future is None or nxt.payload[0] is not fn_blob or nxt.options is not options
-                            or nxt.id in self._solo):
+                            or nxt.id in self._solo or nxt.id in self._suspects):
                         break
                     unit.append(pending.popleft())
             units.append(unit)
@@ -449,7 +527,6 @@ class DaskBackend(Backend):
                 claimed.append(mine)
         if not claimed:
             return
-        observing = self.dispatch.observing
         keys, fns, blobs, styles, announce = [], [], [], [], []
         for unit in claimed:
             task = unit[0]
@@ -458,7 +535,8 @@ class DaskBackend(Backend):
             fns.append(fn_blob)
             blobs.append(items_blob if len(unit) == 1 else [t.payload[1] for t in unit])
             styles.append(task.style)
-            announce.append(self._token if observing or task.options.timeout is not None else None)
+            # always: a task lost with its worker before it was heard to start is sent again
+            announce.append(self._token)
         try:
             futures = self._client.map(run_task, fns, blobs, styles, announce, key=keys,
                                        plugin=self._plugin, pure=False)
@@ -471,7 +549,9 @@ class DaskBackend(Backend):
             return
         with self._cond:
             for key, unit, fut in zip(keys, claimed, futures, strict=True):
-                self._sent[key] = _Sent(unit[0], fut, unit if len(unit) > 1 else None)
+                rec = self._sent[key] = _Sent(unit[0], fut, unit if len(unit) > 1 else None)
+                if len(unit) == 1 and unit[0].id in self._suspects:
+                    rec.alone, self._alone = True, key
         for fut in futures:
             fut.add_done_callback(self._on_done)
 
@@ -486,26 +566,30 @@ class DaskBackend(Backend):
     def _on_started(self, event: tuple[float, Any]) -> None:
         # on the client's event loop: only hand over, never block it
         msg = event[1]
-        if not isinstance(msg, (list, tuple)) or len(msg) != 3 or msg[0] != self._token:
+        if not isinstance(msg, (list, tuple)) or len(msg) != 4 or msg[0] != self._token:
             return  # another pool's task on the same cluster
         with self._cond:
-            self._notes.append(("started", str(msg[1]), str(msg[2])))
+            self._notes.append(("started", str(msg[1]), str(msg[2]), str(msg[3])))
             self._cond.notify()
 
     def _expired(self, key: str) -> None:
         # on the shared clock thread
         with self._cond:
-            self._notes.append(("expired", key, ""))
+            self._notes.append(("expired", key, "", ""))
             self._cond.notify()
 
-    def _on_note(self, note: tuple[str, str, str]) -> None:
-        kind, key, worker = note
+    def _on_note(self, note: tuple[str, str, str, str]) -> None:
+        kind, key, worker, address = note
         if kind == "started":
             with self._cond:
                 rec = self._sent.get(key)
                 if rec is None or rec.started is not None:
                     return  # already over
                 rec.started, rec.worker = time.time(), worker
+                self._last_start[address] = rec.started
+                self._last_start.move_to_end(address)
+                if len(self._last_start) > _FN_CACHE:
+                    self._last_start.popitem(last=False)
                 timeout = rec.task.options.timeout
                 if timeout is not None and rec.pack is None:
                     rec.deadline = clock.call_later(timeout, self._expired, key)
@@ -516,6 +600,9 @@ class DaskBackend(Backend):
             return
         with self._cond:
             rec = self._sent.pop(key, None)
+            if rec is not None and rec.alone:
+                self._alone = None
+                self._suspects.discard(rec.task.id)
         if rec is None:
             return  # it finished first
         task = rec.task
@@ -564,11 +651,16 @@ class DaskBackend(Backend):
     def _take(self, key: str) -> _Sent | None:
         with self._cond:
             rec = self._sent.pop(key, None)
+            if rec is not None and rec.alone:
+                self._alone = None
+                self._suspects.discard(rec.task.id)
         if rec is not None:
             if rec.deadline is not None:
                 rec.deadline.cancel()
             if self._solo and rec.pack is None:
                 self._solo.discard(rec.task.id)
+            if self._unset:
+                rec.unset = max(self._unset.pop(t.id, 0) for t in rec.tasks)
         return rec
 
     def _report(self, rec: _Sent, results: list[Any], failed: Sequence[int] | None,
@@ -594,6 +686,9 @@ class DaskBackend(Backend):
             return  # timed out or killed already
         outcome = _loads(blob)
         kind = outcome[0]
+        if kind == UNSET:
+            self._on_unset(rec, outcome[1])
+            return
         if kind == BROKEN:
             _, packed, worker = outcome
             cause = unpack_exception(packed)
@@ -615,6 +710,35 @@ class DaskBackend(Backend):
             for i in failed:
                 results[i] = Failure(unpack_exception(results[i]))
         self._report(rec, results, failed, t0, t1, worker)
+
+    def _on_unset(self, rec: _Sent, worker: str) -> None:
+        """``rec`` ran nothing: its worker has no setup of this pool (a new scheduler does not know it).
+
+        Install the pool there if the scheduler is new and send the tasks
+        again, not counted as an attempt.  A task that keeps finding no
+        setup (``_MAX_UNSET`` times) fails with ``WorkerCrashed``, which
+        ``retries=`` may retry, rather than going round for ever.
+        """
+        try:
+            self._reinstall_if_new(self._scheduler_info())
+        except Exception:  # no scheduler now: the task goes back, and the next look decides
+            log.debug("anypool: could not read the Dask scheduler's identity", exc_info=True)
+        tries = rec.unset + 1
+        if tries >= _MAX_UNSET:
+            now = time.time()
+            err = WorkerCrashed(
+                f"anypool's worker setup is missing on Dask worker {worker}, {tries} times for "
+                f"{rec.task.label()}: the pool could not install itself on the scheduler at {self._where()}"
+            )
+            self._fail(rec, err, "crash", rec.started or rec.sent, now, worker)
+            return
+        log.debug("anypool: no worker setup on Dask worker %s for %s: sending it again",
+                  worker, rec.task.label())
+        with self._cond:
+            for task in rec.tasks:
+                self._unset[task.id] = tries
+            self.pending.extendleft(reversed(rec.tasks))
+            self._cond.notify()
 
     def _measure(self, rec: _Sent, items: int, took: float) -> None:
         """Learn how long a Dask task, and one call of its callable, take (for limits and packs)."""
@@ -639,7 +763,9 @@ class DaskBackend(Backend):
         started = rec.started or rec.sent
         if isinstance(exc, KilledWorker):
             last = exc.last_worker
-            name = worker_name(getattr(last, "name", None) or getattr(last, "address", "?"))
+            # a LocalCluster's first worker is named 0: only a missing name falls back to the address
+            wname = getattr(last, "name", None)
+            name = worker_name(getattr(last, "address", "?") if wname is None else wname)
             if rec.pack is not None:
                 # which call killed the worker is unknown: run each again, on its own
                 log.info("anypool: Dask worker %s died running %d packed calls; running them again "
@@ -655,8 +781,30 @@ class DaskBackend(Backend):
                          name, task.label(), min(_SPLIT, len(task.items)))
                 self._requeue_split(task)
                 return
-            pid = getattr(last, "pid", None) or None
             address = getattr(last, "address", "?")
+            if (rec.started is not None and not rec.alone and getattr(last, "nthreads", 0) == 1
+                    and self._last_start.get(address, 0.0) > rec.started):
+                # the worker's one thread started another task of the pool's after this one, so
+                # this one had returned, and its result died with the worker before it was sent
+                log.info("anypool: Dask worker %s died holding the result of %s; running it again",
+                         name, task.label())
+                with self._cond:
+                    self.pending.appendleft(task)
+                    self._cond.notify()
+                return
+            if not rec.alone and (rec.started is None or task.future is None):
+                # never heard to start: it was queued on that worker (Dask fails those too), or
+                # it ended the process before its start event left.  A map item (a piece of a
+                # batch that lost its worker) may also have returned just before its neighbour
+                # killed the worker, its result unsent.  Sent again alone to tell
+                log.info("anypool: Dask worker %s died with %s, which may not have run it; running "
+                         "it again alone", name, task.label())
+                with self._cond:
+                    self._suspects.add(task.id)
+                    self.pending.appendleft(task)
+                    self._cond.notify()
+                return
+            pid = getattr(last, "pid", None) or None
             where = f"{name} ({address}, pid {pid})" if pid else f"{name} ({address})"
             crash = WorkerCrashed(
                 f"Dask worker {where} died while running {task.label()} (killed from outside, "
@@ -717,6 +865,7 @@ class DaskBackend(Backend):
         with self._cond:
             running = list(self._sent.values())
             self._sent.clear()
+            self._alone = None
         for rec in running:
             if rec.deadline is not None:
                 rec.deadline.cancel()
@@ -733,12 +882,17 @@ class DaskBackend(Backend):
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         self._closed = True
+        # at exit Dask can no longer run a future's done callbacks (see _ExitNoiseFilter):
+        # cancelling would only log one more error per future, and the client's close
+        # releases them all the same
+        exiting = _exiting()
         if kill:
             self.cancel_pending()
             with self._cond:
                 running = list(self._sent.values())
                 self._sent.clear()
-            if running:
+                self._alone = None
+            if running and not exiting:
                 try:
                     self._client.cancel([r.future for r in running])
                 except Exception:
@@ -771,6 +925,58 @@ class DaskBackend(Backend):
                 cluster.close()
             except Exception:
                 log.debug("anypool: could not close the local Dask cluster", exc_info=True)
+
+
+_EXIT_NOISE = "cannot schedule new futures after shutdown"
+
+
+def _exiting() -> bool:
+    """True once the interpreter is exiting and ``concurrent.futures`` has shut its thread pools.
+
+    It does so before the ``atexit`` hooks run (the one that stops live
+    pools included), and Dask runs every future's done callbacks in such a
+    pool.
+    """
+    return bool(getattr(concurrent.futures.thread, "_shutdown", False))
+
+
+class _ExitNoiseFilter(logging.Filter):
+    """At exit only, drops the records of Dask callbacks that failed because thread pools are shut.
+
+    From the moment the interpreter starts exiting, Dask's client cannot
+    run a future's done callbacks any more (its callback executor refuses
+    them), and every future that changes state after that (the pool's
+    futures cancelled or released at shutdown, tasks lost when
+    distributed's own exit hook closes the local cluster) makes tornado log
+    an ERROR with a traceback, one per future, as does the embedded
+    scheduler for its own.  None of it concerns the pool, which fails its
+    own futures itself.  Outside exit nothing is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _exiting():
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_EXIT_NOISE in record.getMessage()
+                    or (isinstance(exc, RuntimeError) and _EXIT_NOISE in str(exc)))
+
+
+_exit_filter = _ExitNoiseFilter()
+
+
+def _quiet_exit_noise() -> None:
+    """Put :class:`_ExitNoiseFilter` where Dask and tornado log that failure (once per process).
+
+    tornado logs a failed callback on ``tornado.application``; the embedded
+    cluster's scheduler, in this process, logs its own on
+    ``distributed.scheduler``.  A logger's filters see only records logged
+    on it, so each gets the filter; nothing else they log is touched.
+    """
+    for name in ("tornado.application", "distributed.scheduler", "distributed.client",
+                 "distributed.core", "distributed.utils"):
+        logger = logging.getLogger(name)
+        if _exit_filter not in logger.filters:
+            logger.addFilter(_exit_filter)
 
 
 def _open_client(address: Any, kwargs: dict[str, Any]) -> Any:

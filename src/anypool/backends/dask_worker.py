@@ -3,13 +3,16 @@
 Two things travel to the cluster, both pickled by reference (so every Dask
 worker needs ``anypool`` installed, like any library your tasks import):
 
-* :class:`WorkerSetup`, a Dask ``WorkerPlugin`` registered once per pool.
+* :class:`WorkerSetup`, a Dask ``WorkerPlugin`` registered by each pool.
   Dask runs its ``setup`` on every worker of the cluster, and on every
   worker that joins later (a restarted one included).  It holds that
   worker's ``anypool.worker_state()`` dict for this pool and runs the
   pool's ``initializer`` into it, in a thread so a slow initializer does
   not stall the worker's event loop.  A failure is kept, not raised, so
-  the first task on that worker reports it to the pool.
+  the first task on that worker reports it to the pool.  A scheduler
+  keeps its plugins in memory only, so a new one (the old one died) knows
+  nothing of the pool: a task that finds no setup on its worker runs
+  nothing and says so (``UNSET``), and the pool registers it again.
 * :func:`run_task`, the one function every Dask task of the pool calls.
   It unpickles the task's callable and items, runs the items through
   :func:`anypool.calls.call_items` (a batch of ``map`` items is one Dask
@@ -25,6 +28,7 @@ turns that into an ordinary failure of the item that returned it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -35,7 +39,7 @@ from ..errors import SerializationError
 from ..serialize import dumps, loads, pack_exception
 from ..state import bind_thread
 
-__all__ = ["ALL", "BROKEN", "OK", "STARTED_TOPIC", "WorkerSetup", "run_task", "worker_name"]
+__all__ = ["ALL", "BROKEN", "OK", "STARTED_TOPIC", "UNSET", "WorkerSetup", "run_task", "worker_name"]
 
 STARTED_TOPIC = "anypool-started"
 """The Dask event topic on which a task announces that it started (timeouts, observers)."""
@@ -44,6 +48,7 @@ STARTED_TOPIC = "anypool-started"
 OK = 0
 ALL = 1
 BROKEN = 2
+UNSET = 3
 
 
 class WorkerSetup(WorkerPlugin):
@@ -55,12 +60,28 @@ class WorkerSetup(WorkerPlugin):
         self.init_blob = init_blob
         self.state: dict[str, Any] = {}
         self.error: tuple[Any, ...] | None = None
+        # set once setup has run: Dask lists a plugin on the worker before its setup ends, and a
+        # task arriving meanwhile (one sent before the pool reinstalled itself on a new
+        # scheduler) must not run without the initializer's state
+        self.ready = threading.Event()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["ready"]  # a lock does not pickle; each copy gets its own, unset
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.ready = threading.Event()
 
     async def setup(self, worker: Any) -> None:
         self.state = {}
         self.error = None
-        if self.init_blob is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._initialize)
+        try:
+            if self.init_blob is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._initialize)
+        finally:
+            self.ready.set()
 
     def _initialize(self) -> None:
         bind_thread(self.state)
@@ -89,20 +110,26 @@ def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announ
 
     The outcome is one of ``(OK, results, failed, t0, t1, worker)`` (a
     failed item's slot holds its packed exception), ``(ALL, packed, t0, t1,
-    worker)`` (nothing ran: the task could not be unpickled here) or
-    ``(BROKEN, packed, worker)`` (this pool's initializer failed here).
+    worker)`` (nothing ran: the task could not be unpickled here),
+    ``(BROKEN, packed, worker)`` (this pool's initializer failed here) or
+    ``(UNSET, worker)`` (nothing ran: this pool's setup is not on this
+    worker, whose scheduler has not got it: a new scheduler after a restart).
     ``announce`` is the pool token when the client wants to hear when the
-    task starts (for its timeout or its observers); the start is then
-    published on :data:`STARTED_TOPIC` before anything runs.
+    task starts (its timeout, its observers, and telling a task that ran
+    from one only queued on a worker that died); the start is then
+    published on :data:`STARTED_TOPIC` before anything runs, with the
+    worker's name and address.
     """
     worker = get_worker()
     name = worker_name(worker.name)
-    if announce is not None:
-        worker.log_event(STARTED_TOPIC, (announce, worker.get_current_task(), name))
     setup = worker.plugins.get(plugin)
     if not isinstance(setup, WorkerSetup):
-        exc = RuntimeError(f"anypool's worker setup ({plugin}) has not run on Dask worker {name}")
-        return dumps((BROKEN, pack_exception(exc), name))
+        # not the initializer's fault (there may be none): the pool installs its setup and sends
+        # the task again, so it announces nothing (it will start for real later)
+        return dumps((UNSET, name))
+    setup.ready.wait()  # its initializer may still be running (see WorkerSetup.__init__)
+    if announce is not None:
+        worker.log_event(STARTED_TOPIC, (announce, worker.get_current_task(), name, worker.address))
     if setup.error is not None:
         return dumps((BROKEN, setup.error, name))
     t0 = time.time()
