@@ -16,7 +16,7 @@ from typing import Any
 
 from .tasks import ONE, STAR
 
-__all__ = ["call_items"]
+__all__ = ["call_items", "call_one"]
 
 
 def call_items(
@@ -58,3 +58,13 @@ def call_items(
             failed.append(len(out))
             out.append(on_error(exc))
     return out, failed
+
+
+def call_one(fn: Callable[..., Any], style: int, item: Any) -> Any:
+    """Call ``fn`` on one ``item`` in ``style`` (for callers that time or mark each item)."""
+    if style == ONE:
+        return fn(item)
+    if style == STAR:
+        return fn(*item)
+    args, kwargs = item
+    return fn(*args, **kwargs) if kwargs else fn(*args)

@@ -65,12 +65,12 @@ from typing import TYPE_CHECKING, Any, cast
 from . import clock, schedstat, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
-from .calls import call_items
+from .calls import call_items, call_one
 from .dispatch import fn_name
 from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
 from .state import bind_thread
-from .tasks import ONE, STAR, Failure, Task
+from .tasks import Failure, Task
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -508,12 +508,7 @@ class _Probe(_ProbeBase):
                 with self.lock:
                     self.item_start = time.time()
             try:
-                if style == ONE:
-                    r = fn(item)
-                elif style == STAR:
-                    r = fn(*item)
-                else:
-                    r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+                r = call_one(fn, style, item)
             except BaseException as exc:
                 r = Failure(exc)
             with self.lock:

@@ -27,11 +27,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import clock, waiting
-from ..calls import call_items
+from ..calls import call_items, call_one
 from ..dispatch import serve
 from ..errors import InitializerFailed, PoolClosed, TaskTimeout
 from ..state import bind_thread
-from ..tasks import CALL, ONE, STAR, Failure, Task
+from ..tasks import Failure, Task
 from .base import Backend, BackendConfig, drain
 
 if TYPE_CHECKING:
@@ -207,13 +207,7 @@ class ThreadBackend(Backend):
                         return
                     rec.index, rec.item_start = i, time.time()
             try:
-                if style == ONE:
-                    r = fn(item)
-                elif style == STAR:
-                    r = fn(*item)
-                else:
-                    assert style == CALL
-                    r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
+                r = call_one(fn, style, item)
             except BaseException as exc:
                 r = Failure(exc)
             with lock:

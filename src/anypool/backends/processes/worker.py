@@ -32,11 +32,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ...calls import call_items
+from ...calls import call_items, call_one
 from ...errors import SerializationError, TaskTimeout
 from ...serialize import PROTOCOL, dumps, loads, loads_args, pack_exception
 from ...state import bind_process
-from ...tasks import CALL, ONE, STAR, Failure
+from ...tasks import Failure
 from .protocol import (
     IDLE,
     INIT_FAILED,
@@ -270,13 +270,7 @@ class _Worker:
                 r: Any = item  # already a Failure: the arguments did not load
             else:
                 try:
-                    if style == CALL:
-                        r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
-                    elif style == ONE:
-                        r = fn(item)
-                    else:
-                        assert style == STAR
-                        r = fn(*item)
+                    r = call_one(fn, style, item)
                 except BaseException as exc:
                     r = _packed(exc)
             self.send_partial([(wire_id, i, r, type(r) is Failure, t, time.time())])
@@ -394,12 +388,7 @@ class _Worker:
                     slots[base + 1] = i
                     slots[base] = wire_id
                     try:
-                        if style == CALL:
-                            r = fn(*item[0], **item[1]) if item[1] else fn(*item[0])
-                        elif style == ONE:
-                            r = fn(item)
-                        else:
-                            r = fn(*item)
+                        r = call_one(fn, style, item)
                     finally:
                         slots[base] = IDLE
                     if inspect.isawaitable(r):
