@@ -46,6 +46,7 @@ _after_multiprocessing = False
 
 
 def add(life: Life) -> None:
+    """Have ``life``'s pool stopped (or finished) at interpreter exit."""
     with _lock:
         _live.add(life)
     if not _after_multiprocessing and "multiprocessing.util" in sys.modules:
@@ -53,6 +54,7 @@ def add(life: Life) -> None:
 
 
 def discard(life: Life) -> None:
+    """Forget ``life``: its pool has closed."""
     with _lock:
         _live.discard(life)
 
