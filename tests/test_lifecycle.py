@@ -131,6 +131,17 @@ def test_shutdown_inside_an_inline_task_does_not_wait_for_that_task() -> None:
         pool.submit(tasks.square, 1)
 
 
+@pytest.mark.timeout(60)
+def test_shutdown_inside_a_task_on_autos_probe_does_not_wait_for_that_task() -> None:
+    """The first task of a callable runs on the probe thread: it deadlocked there."""
+    pool = anypool.Pool("auto")
+    fut = pool.submit(lambda: (pool.shutdown(), "returned")[1])
+    assert fut.result(10) == "returned"
+    with pytest.raises(anypool.PoolClosed):
+        pool.submit(tasks.square, 1)
+    pool.shutdown()
+
+
 def _fail_when_set(gate: threading.Event) -> None:
     gate.wait(10)
     raise RuntimeError("initializer refuses")

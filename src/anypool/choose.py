@@ -66,7 +66,7 @@ from . import clock, schedstat, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items, call_one
-from .dispatch import fn_name
+from .dispatch import fn_name, serve
 from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
 from .state import bind_thread
@@ -403,6 +403,7 @@ class _Probe(_ProbeBase):
         self._sched = schedstat.open_thread(threading.get_native_id())
         self.delay0 = schedstat.read_delay(self._sched)
         bind_thread({})
+        serve(dispatch)  # a task here is one of the pool's: its shutdown() must not wait for itself
         init = router.config.initializer
         if init is not None:
             try:
