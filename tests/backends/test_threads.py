@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,26 @@ def test_kill_during_a_timed_batch_settles_the_items_behind_the_timed_out_one() 
     assert isinstance(got[0], anypool.TaskTimeout)
     assert [type(g).__name__ for g in got[1:]] == ["PoolClosed"] * 3
     assert pool._dispatch.outstanding == 0
+
+
+def test_a_submit_that_races_shutdown_still_runs() -> None:
+    """A shutdown landing between submit's check and its put queued the task behind
+    the stop markers: no thread took it and its future never ended.  The race is a
+    few microseconds wide, so the test makes it happen: the backend's queue runs the
+    shutdown just before it takes the task."""
+    pool = anypool.Pool("thread", 2)
+    backend: Any = pool._backend
+    raced: list[int] = []
+
+    class RacingQueue(type(backend._queue)):  # type: ignore[misc]
+        def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+            if item is not None and not raced:
+                raced.append(1)
+                backend.shutdown(wait=False)  # stopping set, markers queued: then this task
+            super().put(item, *args, **kwargs)
+
+    backend._queue = RacingQueue()  # before the first submit starts the threads on it
+    fut = pool.submit(tasks.square, 7)
+    assert raced
+    assert fut.result(10) == 49
+    pool.shutdown()
