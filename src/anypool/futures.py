@@ -8,9 +8,10 @@ asyncio loop without blocking it.  It keeps the history of failed attempts
 It is also lighter than the stdlib's: ``concurrent.futures.Future`` builds a
 ``threading.Condition`` per future (1.4 KB, mostly a preallocated waiter
 deque) although few futures are ever waited on by a blocked thread.  Ours
-uses :class:`_Condition`, which allocates waiter state only when a thread
-really blocks: about 200 bytes instead of 1,600 per future, which is what a
-pool holding 100,000 pending coroutines pays.
+holds a bare re-entrant lock (a C object the garbage collector never walks)
+and makes waiter state only when a thread really blocks: about 200 bytes
+instead of 1,600 per future, which is what a pool holding 100,000 pending
+coroutines pays, and one object fewer for every full collection to visit.
 """
 
 from __future__ import annotations
@@ -48,54 +49,6 @@ class Attempt(NamedTuple):
     error: str
 
 
-class _Condition(_thread.RLock):  # type: ignore[misc]
-    """The part of ``threading.Condition`` that ``concurrent.futures`` uses, made lazy.
-
-    It *is* the future's re-entrant lock (a subclass of the C lock type, so
-    ``with`` costs what a bare lock costs), plus a list of waiter locks that
-    exists only while some thread is blocked in ``result()``/``exception()``.
-    Re-entrant as the stdlib's: ``set_result`` on a finished future formats
-    ``repr(self)``, which takes the condition again.
-    """
-
-    # A class default, not a slot: reading an unset slot raises (and
-    # getattr's default catches) an AttributeError on every set_result.
-    # The instance dict this allows costs no more than the slot did and is
-    # made only when a thread waits.
-    _waiters: list[Any] | None = None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Release the lock, sleep until notified or ``timeout``, take the lock again."""
-        waiter = _thread.allocate_lock()
-        waiter.acquire()
-        waiters = self._waiters
-        if waiters is None:
-            waiters = self._waiters = []
-        waiters.append(waiter)
-        saved = self._release_save()  # type: ignore[attr-defined]  # fully, however deep it is held
-        got = False
-        try:
-            if timeout is None or timeout > 0:
-                got = waiting.acquire(waiter, timeout)
-            else:
-                got = waiter.acquire(False)
-            return got
-        finally:
-            self._acquire_restore(saved)  # type: ignore[attr-defined]
-            if not got:
-                try:
-                    self._waiters.remove(waiter)  # type: ignore[union-attr]
-                except (AttributeError, ValueError):
-                    pass  # notified just as the wait ran out
-
-    def notify_all(self) -> None:
-        waiters = self._waiters
-        if waiters:
-            self._waiters = None
-            for w in waiters:
-                w.release()
-
-
 class Future(cf.Future[T]):
     """The result of a task: a ``concurrent.futures.Future`` you can also ``await``.
 
@@ -119,13 +72,51 @@ class Future(cf.Future[T]):
     # _invoke_callbacks has work to do
     _aio_callbacks: Any = None
 
+    # The locks of threads blocked in result()/exception(), released when the
+    # future becomes final.  A class default, so only a waited-on future has one.
+    _sleepers: list[Any] | None = None
+
     def __init__(self) -> None:
-        # concurrent.futures.Future.__init__ without its heavy Condition
-        # and its list of waiters
-        self._condition = _Condition()  # type: ignore[assignment]
+        # concurrent.futures.Future.__init__ without its Condition and list of
+        # waiters: ``_condition`` is only the lock (``with fut._condition`` is
+        # all that the stdlib's wait() and as_completed() do with it); the
+        # waiting it would do is _sleep/_wake below
+        self._condition = _thread.RLock()  # type: ignore[assignment]
         self._state = _PENDING
         self._result = None
         self._exception = None
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Condition.wait on ``_condition``, which the caller holds: until _wake or ``timeout``."""
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        sleepers = self._sleepers
+        if sleepers is None:
+            sleepers = self._sleepers = []
+        sleepers.append(waiter)
+        lock: Any = self._condition
+        saved = lock._release_save()  # fully, however deep it is held
+        got = False
+        try:
+            if timeout is None or timeout > 0:
+                got = waiting.acquire(waiter, timeout)
+            else:
+                got = waiter.acquire(False)
+        finally:
+            lock._acquire_restore(saved)
+            if not got:
+                try:
+                    self._sleepers.remove(waiter)  # type: ignore[union-attr]
+                except (AttributeError, ValueError):
+                    pass  # woken just as the wait ran out
+
+    def _wake(self) -> None:
+        """Condition.notify_all: release every thread in _sleep (the caller holds the lock)."""
+        sleepers = self._sleepers
+        if sleepers:
+            self._sleepers = None
+            for w in sleepers:
+                w.release()
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
@@ -148,7 +139,7 @@ class Future(cf.Future[T]):
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_result(self)
-            self._condition.notify_all()
+            self._wake()
         if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
@@ -166,7 +157,7 @@ class Future(cf.Future[T]):
             if self._waiter_list:
                 for waiter in self._waiter_list:
                     waiter.add_exception(self)
-            self._condition.notify_all()
+            self._wake()
         if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
@@ -200,15 +191,19 @@ class Future(cf.Future[T]):
         As in ``concurrent.futures``, a task already running on a thread or a
         process cannot be cancelled (use ``timeout=`` or ``shutdown(kill=True)``).
         """
-        if super().cancel():
-            return True
         with self._condition:
-            # Asked to stop and marked cancelled under one lock: the runner's
-            # own report of the stop (a CancelledError) cannot land in between
-            # and make this cancel() look refused.
-            if self._state != cf._base.RUNNING or not self._cancel_running():
-                return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
-            self._set_cancelled()  # re-entrant: the same lock, held throughout
+            if self._state == _PENDING:  # concurrent.futures.Future.cancel, with our wake-up
+                self._state = cf._base.CANCELLED
+                self._wake()
+            elif self._state != cf._base.RUNNING or not self._cancel_running():
+                return self._state in _CANCELLED
+            else:
+                # Asked to stop and marked cancelled under one lock: the runner's
+                # own report of the stop (a CancelledError) cannot land in between
+                # and make this cancel() look refused.
+                self._set_cancelled()  # re-entrant: the same lock, held throughout
+                return True
+        self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
     def _set_cancelled(self) -> bool:
@@ -217,7 +212,7 @@ class Future(cf.Future[T]):
             if self._state in _DONE:
                 return False
             self._state = cf._base.CANCELLED_AND_NOTIFIED
-            self._condition.notify_all()
+            self._wake()
         for waiter in self._waiter_list or ():
             waiter.add_cancelled(self)
         self._invoke_callbacks()  # type: ignore[attr-defined]
@@ -251,14 +246,37 @@ class Future(cf.Future[T]):
         if self._state == _FINISHED and self._exception is None:
             return self._result  # type: ignore[return-value]  # the lock-free common case
         self._guard_blocking()
-        return super().result(timeout)
+        try:
+            with self._condition:
+                self._await_final(timeout)
+                if self._exception is not None:
+                    raise self._exception
+                return self._result  # type: ignore[return-value]
+        finally:
+            self = None  # type: ignore[assignment]  # as the stdlib: no cycle through a raised traceback
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None if it succeeded), waiting like ``result``."""
         if self._state == _FINISHED:
             return self._exception
         self._guard_blocking()
-        return super().exception(timeout)
+        with self._condition:
+            self._await_final(timeout)
+            return self._exception
+
+    def _await_final(self, timeout: float | None) -> None:
+        """Wait, holding ``_condition``, until the future is final.
+
+        Raises:
+            concurrent.futures.CancelledError: it was cancelled.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        if self._state not in _DONE:
+            self._sleep(timeout)
+        if self._state in _CANCELLED:
+            raise cf.CancelledError()
+        if self._state != _FINISHED:
+            raise TimeoutError()
 
     # Read without the lock: the state is one reference, and a finished
     # future's result is stored before its state says FINISHED.
