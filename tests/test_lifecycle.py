@@ -83,8 +83,7 @@ def test_a_dropped_thread_pool_lets_its_threads_go_after_its_work() -> None:
     pool = anypool.Pool("thread", 2)
     fut = pool.submit(tasks.sleep, 0.3, "done")
     assert len(_pool_threads("anypool-thread-")) == before + 2
-    del pool
-    gc.collect()  # a pool refers to itself (its views share _Submitter's code): a cycle
+    del pool  # no collection needed: nothing in a pool refers back to it
     assert fut.result(10) == "done"  # the work still finishes, as with ThreadPoolExecutor
     deadline = time.monotonic() + 10
     while len(_pool_threads("anypool-thread-")) > before and time.monotonic() < deadline:
@@ -98,8 +97,27 @@ def test_a_dropped_process_pool_stops_its_workers() -> None:
     pool = anypool.Pool("process", 2)
     fut = pool.submit(tasks.sleep, 0.3, "done")
     del pool
-    gc.collect()
     assert fut.result(20) == "done"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("backend", "options"), [
+    ("thread", ""), ("process", ""), ("async", ""), ("thread", ", progress='always', record=True"),
+], ids=["thread", "process", "async", "thread-progress"])
+def test_a_pool_gone_out_of_scope_finishes_its_work_before_exit(backend: str, options: str) -> None:
+    """As ThreadPoolExecutor's: the pool is dropped when its last reference goes, no collection
+    needed (a pool referring to itself, or its bar's thread holding it, was killed at exit)."""
+    fn = "tasks.asleep" if backend == "async" else "tasks.sleep"
+    code = ("import anypool, tasks\n"
+            "def start():\n"
+            f"    pool = anypool.Pool({backend!r}, 2{options})\n"
+            f"    futs = [pool.submit({fn}, 0.3, i) for i in range(3)]\n"
+            "    futs[-1].add_done_callback(lambda f: print('last', f.result(), flush=True))\n"
+            "if __name__ == '__main__':\n"
+            "    start()\n"
+            "    print('returned', flush=True)\n")
+    out = _run(code)
+    assert (out.returncode, out.stdout) == (0, "returned\nlast 2\n"), out.stderr
 
 
 @pytest.mark.timeout(60)

@@ -199,10 +199,20 @@ class _Life:
             pass
 
 
+def _stats_reader(stats: StatsCollector, dispatch: Dispatch) -> Callable[[], PoolStats]:
+    """A function returning a pool's statistics snapshot, holding its parts, not the pool."""
+    def read() -> PoolStats:
+        return stats.snapshot(lambda: dispatch.submitted)  # read last: see snapshot
+    return read
+
+
 class _Submitter:
     """What ``Pool`` and ``PoolView`` share: submitting and mapping with a set of options."""
 
-    _pool: Pool
+    # The pool a view submits to; None on the pool itself, which is then its
+    # own target (a reference to itself would make every pool a cycle, freed
+    # only by a full collection: a dropped pool would not finish its work)
+    _pool: Pool | None = None
     _options: TaskOptions
 
     @overload
@@ -225,7 +235,7 @@ class _Submitter:
             SerializationError: on a process-based backend, ``fn`` or an
                 argument cannot be pickled (the message names it).
         """
-        pool = self._pool
+        pool: Pool = self._pool or self  # type: ignore[assignment]
         dispatch = pool._dispatch
         fut: Future[Any] = pool._backend.future_for(fn)()
         tid = dispatch.begin(1)
@@ -322,7 +332,7 @@ class _Submitter:
                 raise TypeError(f"{name} must be an int or None, not {value!r}")
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, not {value!r}")
-        pool = self._pool
+        pool: Pool = self._pool or self  # type: ignore[assignment]
         source, style, length = source_of(iterables)
         run = MapRun(
             dispatch=pool._dispatch, backend=pool._backend, fn=fn, source=source, style=style,
@@ -345,7 +355,7 @@ class _Submitter:
             TypeError: an unknown option name.
             ValueError: an out-of-range value.
         """
-        return PoolView(self._pool, self._options.merged(**options))
+        return PoolView(self._pool or self, self._options.merged(**options))  # type: ignore[arg-type]
 
 
 class PoolView(_Submitter):
@@ -459,7 +469,6 @@ class Pool(_Submitter, cf.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         self._options = TaskOptions(timeout, retries, retry_on, backoff, backoff_max)
-        self._pool = self
         self._backend_name = backend
         self._config = BackendConfig(
             workers=workers, initializer=initializer, initargs=tuple(initargs),
@@ -495,6 +504,9 @@ class Pool(_Submitter, cf.Executor):
         self._dispatch.backend = self._backend
         self._stats.workers = self._backend.workers
         self._life = _Life(self._dispatch, self._backend, self._stats)
+        # what reads the counters without holding the pool (the progress bar's thread
+        # holding it would keep a dropped pool alive, and its work would be killed at exit)
+        self._read_stats = _stats_reader(self._stats, self._dispatch)
         self._recorder: Recorder | None = None
         if record:
             from .observers.recorder import Recorder
@@ -541,7 +553,7 @@ class Pool(_Submitter, cf.Executor):
     @property
     def stats(self) -> PoolStats:
         """A frozen snapshot of counters and timings; ``print(pool.stats)`` for a table."""
-        return self._stats.snapshot(lambda: self._dispatch.submitted)  # read last: see snapshot
+        return self._read_stats()
 
     def add_observer(self, observer: Observer) -> None:
         """Start sending every :class:`~anypool.TaskEvent` to ``observer``."""

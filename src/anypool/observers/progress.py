@@ -116,7 +116,7 @@ class Progress:
     def __init__(self, pool: Pool, total: int | None = None, desc: str = "anypool",
                  file: Any = None, delay: float = 0.0) -> None:
         """Follow ``pool``; draw the bar now, or after ``delay`` seconds if the pool still runs."""
-        self._pool = pool
+        self._read_stats = pool._read_stats  # not the pool: this thread would keep it alive
         self._fixed_total = total
         self._desc = desc
         self._file = file or sys.stderr
@@ -196,7 +196,7 @@ class Progress:
     def refresh(self) -> None:
         """Bring the bar up to date with the pool's counters (drawing it if not yet shown)."""
         unsubmitted = self._unsubmitted()  # before the counters: no item is counted in neither
-        s = self._pool.stats
+        s = self._read_stats()
         total = self._fixed_total or s.submitted + unsubmitted
         final = s.submitted - s.running  # done, failed, or cancelled before it ran
         # a late bar starts at the count reached, so its rate shows no burst
