@@ -313,6 +313,8 @@ class TestAttachedToTheCallersLoop:
                 fut.result()
             with pytest.raises(RuntimeError, match="async for"):
                 list(pool.map(tasks.asquare, range(3)))
+            with pytest.raises(RuntimeError, match="async for"):  # it hung
+                list(anypool.as_completed([fut]))
             with pytest.raises(RuntimeError, match="ashutdown"):
                 pool.shutdown()
             assert await fut == "x"
