@@ -56,6 +56,9 @@ class TestTaskOptions:
         assert base.merged(timeout=POOL_DEFAULT).timeout == 5
         assert base.merged(timeout=None).timeout is None
         assert base.merged(retries=POOL_DEFAULT, timeout=POOL_DEFAULT) is base
+        custom = TaskOptions(timeout=5, retries=2, retry_on=(OSError,), backoff=1, backoff_max=2)
+        assert custom.merged(timeout=None, retries=None, retry_on=None, backoff=None,
+                             backoff_max=None) == TaskOptions()  # each raised before
 
     def test_options_are_frozen_values(self) -> None:
         opts = TaskOptions(timeout=5, retries=2)
