@@ -132,7 +132,9 @@ def check_gather_count(r: Run) -> None:
     assert 0.95 <= number(out, r"asyncio\.sleep\(1\): results \[0, 1, 2\] in ([\d.]+) s") < 2.0
     assert number(out, r"inside the coroutine: results \[0, 1, 2\] in ([\d.]+) s") >= 2.9
     assert "the event loop has not turned" in r.stderr
-    assert number(out, r"a plain function: results \[0, 1, 2\] in ([\d.]+) s") < 2.5
+    # three threads for three sleeps: one second; the default (CPU count) threads on a
+    # two-CPU machine would take two
+    assert 0.95 <= number(out, r"a plain function: results \[0, 1, 2\] in ([\d.]+) s") < 1.8
     assert "auto chose for count_sync: thread: it mostly waits" in out
 
 
