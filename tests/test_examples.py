@@ -377,6 +377,16 @@ def test_every_example_file_is_checked() -> None:
     assert sorted(p.stem for p in EXAMPLES.glob("*.py")) == sorted(CASES)
 
 
+def test_docs_examples_names_every_example_and_waits_for_no_backend_that_exists() -> None:
+    """docs/examples.md lists every file, and says none needs a backend anypool already has."""
+    doc = (ROOT / "docs" / "examples.md").read_text("utf-8")
+    assert [p.name for p in sorted(EXAMPLES.glob("*.py")) if f"`{p.name}`" not in doc] == []
+    known = anypool.available_backends()
+    stale = [m.group(0) for m in re.finditer(r"needs the `([\w+]+)` backend[^)]*", doc)
+             if m.group(1) in known]
+    assert stale == []
+
+
 @pytest.mark.timeout(400)  # the first test waits for the whole batch
 @pytest.mark.parametrize("name", list(CASES))
 def test_example(name: str, runs: dict[str, Run]) -> None:
