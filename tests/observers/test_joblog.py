@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anypool
-from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet, args_json, result_output
 from anypool.observers.recorder import Row
 
 
@@ -90,6 +90,48 @@ class TestStorage:
             r = next(log.records())
         assert r.command == "cat file-\\xff"
         assert json.loads(r.args) == [odd]
+
+
+class TestOddValues:
+    """A value a task returns, raises or takes never costs the log its row (or its later rows)."""
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    class Unsayable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    def test_results_are_kept_as_utf8_json_whatever_they_hold(self) -> None:
+        assert result_output("caf\u00e9") == '"café"'.encode()
+        assert result_output(os.fsdecode(b"\xff")) == b'"\xff"'  # a file name's byte, as it was
+        assert result_output("\ud800") == b'"\\ud800"'  # UTF-8 has no lone surrogates
+        assert json.loads(result_output({(1, 2): 3})) == "{(1, 2): 3}"  # JSON has no tuple keys
+        assert json.loads(result_output(self.Unprintable())) == "<Unprintable>"
+        assert json.loads(args_json(self.Unprintable())) == "<Unprintable>"
+
+    def test_a_pool_records_every_attempt_whatever_its_value(self, tmp_path: Path) -> None:
+        """Before, the first of these stopped the job log's observer: a result with an
+        undecodable byte (os.listdir's file names) failed its strict UTF-8 encoding, and
+        the observer was removed, so no later attempt was recorded."""
+        odd: list[Any] = [os.fsdecode(b"file-\xff"), "\ud800", {(1, 2): 3}, self.Unprintable()]
+
+        def task(i: int) -> Any:
+            if i == len(odd):
+                raise self.Unsayable()
+            return odd[i] if i < len(odd) else i
+
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 1, joblog=path) as pool:
+            for i in range(len(odd) + 2):
+                pool.submit(task, i).exception(30)
+            assert len(list(pool.imap(task, range(len(odd) + 2), chunksize=1, return_exceptions=True))) == 6
+        with JobLog(path, "read") as log:
+            recs = list(log.records())
+        assert len(recs) == 2 * (len(odd) + 2)
+        errors = [r.error for r in recs if r.outcome == "error"]
+        assert errors == ["Unsayable: <str() raised RuntimeError>"] * 2
 
 
 class TestReading:

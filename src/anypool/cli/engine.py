@@ -47,7 +47,15 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import waiting
-from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
+from ..observers.joblog import (
+    JobLog,
+    JobRecord,
+    command_of,
+    exit_fields,
+    outcome_of,
+    record_for,
+    result_output,
+)
 from .halt import Halt, exit_status
 from .inputs import InputError, Job
 from .output import Printer
@@ -488,10 +496,8 @@ class Engine:
         if cr is not None:
             started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
         else:
-            import json
-
             started, runtime = time.time(), 0.0
-            stdout = json.dumps(value, default=repr).encode() if ok else None
+            stdout = result_output(value) if ok and self.joblog is not None and self.joblog.results else None
             stderr = None
         error = "" if ok else _describe(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
@@ -516,7 +522,7 @@ class Engine:
         if outcome == "killed" and event.worker in (None, "-"):
             return
         started = event.started or event.time
-        rec = record_for(event, value, ok, outcome, started, event.time - started)
+        rec = record_for(event, value, ok, outcome, started, event.time - started, output=self.joblog.results)
         self.joblog.record(rec._replace(
             seq=job.seq, args=job.args_json, attempt=event.attempt + self.attempt_base.get(job.seq, 0),
             command=self.command_text(job, value if ok else None, None if ok else value)))

@@ -28,6 +28,9 @@ killed left no final row and runs again.
 The log stores text and numbers (and raw output bytes), never pickles:
 opening a job log someone else wrote runs no code of theirs.  Their schema
 cannot run SQL functions with side effects either (``trusted_schema=OFF``).
+Text that is not valid UTF-8 (file names' undecodable bytes, lone
+surrogates) is stored with those characters escaped (``\\xNN``), and values
+JSON has no form for as their ``repr()``: no value can cost the log a row.
 """
 
 from __future__ import annotations
@@ -461,12 +464,25 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8 bytes, whatever it holds; never raises.
+
+    Undecodable bytes that a file name brought in (``surrogateescape``'s
+    U+DC80-U+DCFF) become those bytes again; other lone surrogates, which
+    UTF-8 cannot hold, are written ``\\udXXX``.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
 def _text(s: str) -> str:
-    """``s`` storable as UTF-8: undecodable bytes kept from file names become ``\\xNN``."""
+    """``s`` storable as UTF-8 text: undecodable bytes kept from file names become ``\\xNN``."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return utf8(s).decode("utf-8", "backslashreplace")
     return s
 
 
@@ -520,20 +536,39 @@ def exit_fields(value: Any, ok: bool) -> tuple[int | None, int | None]:
 
 
 def args_json(item: Any, limit: int = 2000) -> str:
-    """A task item as JSON text (``submit``'s ``(args, kwargs)`` as a list, or an object)."""
+    """A task item as JSON text (``submit``'s ``(args, kwargs)`` as a list, or an object); never raises."""
     if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], tuple)
             and (item[1] is None or isinstance(item[1], dict))):
         args, kwargs = item
         value: Any = {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
     else:
         value = item
+    text = _json(value, ascii_only=True)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def result_output(value: Any) -> bytes:
+    """A Python task's result as the job log keeps it for ``results=True``: UTF-8 JSON; never raises."""
+    return utf8(_json(value, ascii_only=False))
+
+
+def _json(value: Any, *, ascii_only: bool) -> str:
+    """``value`` as JSON text, whatever it holds: what JSON has no form for becomes its ``repr()``.
+
+    A value JSON refuses as a whole (a dict with tuple keys, a cycle) is
+    stored as its ``repr()``, and one whose ``repr()`` raises as its type's
+    name: a job log row must never fail on the value it describes.
+    """
     import json
 
     try:
-        text = json.dumps(value, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        text = json.dumps(repr(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        return json.dumps(value, ensure_ascii=ascii_only, default=repr)
+    except Exception:  # default=repr runs the value's own code: anything may escape
+        pass
+    try:
+        return json.dumps(repr(value), ensure_ascii=ascii_only)
+    except Exception:
+        return json.dumps(f"<{type(value).__name__}>")
 
 
 def _retrying(value: Any) -> bool:
@@ -563,6 +598,7 @@ class JobLogObserver:
         started = event.started or event.time
         per = (event.time - started) / max(event.size, 1)
         retrying = event.retrying
+        output = self.log.results
         recs = []
         for i in range(event.size):
             value = results[i] if i < len(results) else None
@@ -578,17 +614,21 @@ class JobLogObserver:
             # Final per item: a batch's good items are final even when one of its
             # items is tried again (the event's ``final`` is then False for all).
             final = i not in retrying if retrying else event.final
-            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final)
+            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final,
+                             output=output)
             item = event.items[i] if i < len(event.items) else None
             recs.append(rec._replace(seq=event.seq + i + self.seq_base, args=args_json(item)))
         self.log.record_many(recs)
 
 
 def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: float,
-               runtime: float, final: bool | None = None) -> JobRecord:
+               runtime: float, final: bool | None = None, *, output: bool = True) -> JobRecord:
     """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller).
 
-    ``final``: whether this item's attempt is its last (None: the event's ``final``).
+    ``final``: whether this item's attempt is its last (None: the event's
+    ``final``).  ``output``: whether to build a Python result's stdout (see
+    :func:`result_output`); a log without ``results=True`` drops it unread.
+    Never raises on what the value or the exception holds.
     """
     cr = command_of(value)
     exitcode, sig = exit_fields(value, ok)
@@ -599,10 +639,8 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         command = cr.command
         stdout, stderr = cr.stdout, cr.stderr
     else:
-        import json
-
         command = event.fn
-        stdout = json.dumps(value, ensure_ascii=False, default=repr).encode() if ok else None
+        stdout = result_output(value) if ok and output else None
         stderr = None
     error = "" if ok else describe_error(value if isinstance(value, BaseException) else None)
     return JobRecord(0, event.attempt, "", command, started, runtime, exitcode, sig, outcome,
