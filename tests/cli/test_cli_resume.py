@@ -301,3 +301,17 @@ class TestJoblogCommand:
         r = cli("joblog", "x.txt")
         assert r.returncode == 255
         assert b"not an anypool job log" in r.stderr
+
+
+class TestLogTrouble:
+    def test_file_names_that_are_not_utf8_run_and_resume(self, cli: Cli) -> None:
+        """Before, the command line's undecodable byte failed the run table's strict UTF-8
+        text: anypool run --joblog refused to run at all (255, a codec error)."""
+        odd = os.fsdecode(b"caf\xe9.txt")
+        r = cli("run", "--joblog", "log.db", "echo", ":::", odd, "plain")
+        assert (r.returncode, sorted(r.stdout.splitlines())) == (0, [b"caf\xe9.txt", b"plain"]), r.stderr
+        r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", odd, "plain", "new")
+        assert (r.returncode, r.stdout) == (0, b"new\n"), r.stderr
+        runs = cli("joblog", "--runs", "log.db")
+        assert runs.returncode == 0, runs.stderr
+        assert b"::: caf\\xe9.txt plain" in runs.stdout

@@ -91,6 +91,20 @@ class TestStorage:
         assert r.command == "cat file-\\xff"
         assert json.loads(r.args) == [odd]
 
+    def test_a_run_over_file_names_that_are_not_utf8_is_recorded(self, tmp_path: Path) -> None:
+        """Before, begin_run stored the command line and the input description as strict
+        UTF-8: a non-UTF-8 file name among them refused the whole run."""
+        odd, other = os.fsdecode(b"caf\xe9.txt"), os.fsdecode(b"caf\xe8.txt")
+        description = {"command": f"cat {odd} {{}}"}
+        with JobLog(tmp_path / "log.db") as log:
+            log.begin_run(description, argv=["anypool", "run", "cat", odd])
+            [run] = log.runs()
+            assert json.loads(run["argv"]) == ["anypool", "run", "cat", "caf\\xe9.txt"]  # as commands show
+            assert json.loads(run["input"]) == description  # JSON's own escape: the same data
+            log.begin_run(description, resume=True)  # the fingerprint still matches
+            with pytest.raises(JobLogError, match="written for other input"):
+                log.begin_run({"command": f"cat {other} {{}}"}, resume=True)
+
 
 class TestOddValues:
     """A value a task returns, raises or takes never costs the log its row (or its later rows)."""

@@ -271,10 +271,14 @@ class JobLog:
 
             from .. import __version__
 
+            # Stored as UTF-8: the command line's words as the command column shows them (a file
+            # name's undecodable bytes as \\xNN), and the input's lone surrogates as JSON's own
+            # \\udXXX escapes, so it still reads back as the same data.  The fingerprint keeps them.
             cur = self._db.execute(
                 "INSERT INTO run (started, argv, input, fingerprint, host, pid, version) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), json.dumps(argv or [], ensure_ascii=False), text, fp,
+                (time.time(), json.dumps([_text(a) for a in argv or []], ensure_ascii=False),
+                 text.encode("utf-8", "backslashreplace").decode("utf-8"), fp,
                  socket.gethostname(), os.getpid(), __version__),
             )
             self.run_id = cur.lastrowid
