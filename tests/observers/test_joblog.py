@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import anypool
 from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet, args_json, result_output
 from anypool.observers.recorder import Row
+from helpers import damage
 
 
 def rec(seq: int, attempt: int = 1, outcome: str = "ok", final: bool = True, **kw: object) -> JobRecord:
@@ -244,6 +245,59 @@ class TestRefusals:
         assert "written for other input" in msg
         assert '"gzip {}"' in msg
         assert '"rm {}"' in msg
+
+
+# Run in a child: a file size limit makes SQLite's writes fail (SIGXFSZ is ignored by Python).
+WRITE_PAST_A_SIZE_LIMIT = """
+import resource, sys
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord
+log = JobLog(sys.argv[1], results=True)
+log.begin_run({})
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+rec = lambda i: JobRecord(i, 1, "[]", "c", 0.0, 0.1, 0, None, "ok", True, "", "w", b"x" * 20_000)
+i = 1
+try:
+    while i < 100:
+        log.record(rec(i))
+        i += 1
+except JobLogError as exc:
+    print(i, exc)
+try:
+    log.record_many([rec(100), rec(101)])
+except JobLogError as exc:
+    print("again:", exc)
+log.close()
+"""
+
+
+class TestFailures:
+    """SQLite failing under a log that opened fine: a JobLogError naming the file, never sqlite3's own."""
+
+    def test_a_log_damaged_past_its_header_raises_job_log_errors_as_it_is_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.record_many(rec(i) for i in range(1, 3001))
+        damage(path, range(20, 40))
+        with JobLog(path, "read") as log:  # the header is fine: it opens
+            for read in (lambda: list(log.records()), lambda: list(log.finals()), log.rows,
+                         lambda: list(log.last_attempts()), log.done_seqs):
+                with pytest.raises(JobLogError, match=r"log.db: cannot read the job log: .*malformed"):
+                    read()
+
+    def test_a_write_that_fails_raises_a_job_log_error_and_keeps_what_was_committed(
+            self, tmp_path: Path) -> None:
+        """Before, the failed COMMIT raised sqlite3.OperationalError (anypool run: a traceback)."""
+        path = tmp_path / "log.db"
+        r = subprocess.run([sys.executable, "-c", WRITE_PAST_A_SIZE_LIMIT, str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        first, again = r.stdout.splitlines()
+        failed_at, message = first.split(" ", 1)
+        assert 2 < int(failed_at) < 100
+        assert message.startswith(f"{path}: cannot write the job log: ")
+        assert again.startswith("again: ")  # each write fails alone: the connection is still usable
+        with JobLog(path, "read") as log:  # every record before the failure, none after
+            assert list(log.done_seqs()) == list(range(1, int(failed_at)))
 
 
 class TestSeqSet:

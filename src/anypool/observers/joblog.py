@@ -31,6 +31,9 @@ cannot run SQL functions with side effects either (``trusted_schema=OFF``).
 Text that is not valid UTF-8 (file names' undecodable bytes, lone
 surrogates) is stored with those characters escaped (``\\xNN``), and values
 JSON has no form for as their ``repr()``: no value can cost the log a row.
+
+A database error once the log is open (a damaged file, a full disk) is
+raised as :class:`JobLogError` naming the file.
 """
 
 from __future__ import annotations
@@ -40,15 +43,12 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Set
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from ..commands import CommandResult
 from ..errors import AnypoolError, CommandFailed, PoolClosed, TaskTimeout, is_worker_crash
 from ..events import TaskEvent
 from .recorder import Row, describe_error
-
-if TYPE_CHECKING:
-    import sqlite3
 
 # json, sqlite3, hashlib, socket and urllib are imported where used: the command
 # line imports this module for its helpers on every run, job log or not.
@@ -97,7 +97,9 @@ _COLUMNS = ("seq", "attempt", "args", "command", "started", "runtime", "exitcode
 
 
 class JobLogError(AnypoolError):
-    """A job log cannot be used: not a job log, a newer format, or written for other input."""
+    """A job log cannot be used: not a job log, a newer format, written for other input,
+    or SQLite failed to read or write it (a damaged file, a full disk: the message
+    names the file and SQLite's error)."""
 
 
 class JobRecord(NamedTuple):
@@ -246,7 +248,25 @@ class JobLog:
                 db.execute("DELETE FROM run")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self)
+
+    def _failed(self, doing: str, exc: Exception) -> JobLogError:
+        """The :class:`JobLogError` for an SQLite error met while ``doing`` ("read", "write")."""
+        return JobLogError(f"{self.path}: cannot {doing} the job log: {exc}")
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query.
+
+        Raises:
+            JobLogError: SQLite failed (a damaged file, an I/O error).
+        """
+        import sqlite3
+
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("read", exc) from exc
 
     # -- runs -----------------------------------------------------------------
 
@@ -258,29 +278,28 @@ class JobLog:
 
         Raises:
             JobLogError: ``resume`` is set and the log was written for a
-                different description (the message shows both).
+                different description (the message shows both); or SQLite
+                failed to read or write the log.
         """
         import json
+        import socket
+
+        from .. import __version__
 
         fp = fingerprint(description)
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
-        with self._lock:
-            if resume:
-                self._check_resumable(fp, text)
-            import socket
-
-            from .. import __version__
-
-            # Stored as UTF-8: the command line's words as the command column shows them (a file
-            # name's undecodable bytes as \\xNN), and the input's lone surrogates as JSON's own
-            # \\udXXX escapes, so it still reads back as the same data.  The fingerprint keeps them.
+        if resume:
+            self._check_resumable(fp, text)
+        # Stored as UTF-8: the command line's words as the command column shows them (a file
+        # name's undecodable bytes as \\xNN), and the input's lone surrogates as JSON's own
+        # \\udXXX escapes, so it still reads back as the same data.  The fingerprint keeps them.
+        row = (time.time(), json.dumps([_text(a) for a in argv or []], ensure_ascii=False),
+               text.encode("utf-8", "backslashreplace").decode("utf-8"), fp,
+               socket.gethostname(), os.getpid(), __version__)
+        with self._lock, self._transaction():
             cur = self._db.execute(
                 "INSERT INTO run (started, argv, input, fingerprint, host, pid, version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), json.dumps([_text(a) for a in argv or []], ensure_ascii=False),
-                 text.encode("utf-8", "backslashreplace").decode("utf-8"), fp,
-                 socket.gethostname(), os.getpid(), __version__),
-            )
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             self.run_id = cur.lastrowid
             return int(cur.lastrowid or 0)
 
@@ -288,16 +307,17 @@ class JobLog:
         """What ``begin_run(description, resume=True)`` checks, without recording a run.
 
         Raises:
-            JobLogError: the log was written for a different description.
+            JobLogError: the log was written for a different description, or
+                cannot be read.
         """
         import json
 
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
-        with self._lock:
-            self._check_resumable(fingerprint(description), text)
+        self._check_resumable(fingerprint(description), text)
 
     def _check_resumable(self, fp: str, text: str) -> None:
-        row = self._db.execute("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1").fetchone()
+        first = self._read("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1")
+        row = first[0] if first else None
         if row is not None and row[1] != fp:
             raise JobLogError(
                 f"{self.path} was written for other input, so --resume cannot use it:\n"
@@ -307,20 +327,31 @@ class JobLog:
             )
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run recorded in the log, oldest first, as dicts of the run table's columns."""
-        cur = self._db.execute("SELECT id, started, argv, input, fingerprint, host, pid, version "
-                               "FROM run ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        """Every run recorded in the log, oldest first, as dicts of the run table's columns.
+
+        Raises:
+            JobLogError: the log cannot be read.
+        """
+        names = ("id", "started", "argv", "input", "fingerprint", "host", "pid", "version")
+        rows = self._read(f"SELECT {', '.join(names)} FROM run ORDER BY id")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     # -- writing --------------------------------------------------------------
 
     def record(self, rec: JobRecord) -> None:
-        """Store one attempt and commit it."""
+        """Store one attempt and commit it.
+
+        Raises:
+            JobLogError: SQLite failed to write it (a full disk, an I/O error).
+        """
         self.record_many((rec,))
 
     def record_many(self, recs: Iterable[JobRecord]) -> None:
-        """Store several attempts in one commit."""
+        """Store several attempts in one commit (none of them if it fails).
+
+        Raises:
+            JobLogError: SQLite failed to write them (a full disk, an I/O error).
+        """
         keep = self.results
         rows = [
             (self.run_id, rec.seq, rec.attempt, _text(rec.args), _text(rec.command), rec.started,
@@ -350,13 +381,14 @@ class JobLog:
         Only jobs numbered above ``after``; None (the default): every job,
         job 0 included (``Pool(joblog=)`` numbers ``map`` items from 0).
         Read page by page, so memory stays flat however long the log.
+
+        Raises:
+            JobLogError: the log cannot be read (as the iteration reaches the damage).
         """
         after = _FIRST if after is None else after
         while True:
-            with self._lock:
-                page = self._db.execute(
-                    "SELECT seq, args, outcome, max(id) FROM attempt WHERE final = 1 AND seq > ? "
-                    "GROUP BY seq ORDER BY seq LIMIT ?", (after, _PAGE)).fetchall()
+            page = self._read("SELECT seq, args, outcome, max(id) FROM attempt WHERE final = 1 AND seq > ? "
+                              "GROUP BY seq ORDER BY seq LIMIT ?", (after, _PAGE))
             for seq, args, outcome, _ in page:
                 yield seq, args, outcome
             if len(page) < _PAGE:
@@ -381,13 +413,14 @@ class JobLog:
         Only jobs numbered above ``after`` (None, the default: every job, as
         for :meth:`finals`).  Killed attempts included (they are not final).
         Read page by page.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         after = _FIRST if after is None else after
         while True:
-            with self._lock:
-                page = self._db.execute(
-                    "SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq LIMIT ?",
-                    (after, _PAGE)).fetchall()
+            page = self._read("SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq "
+                              "LIMIT ?", (after, _PAGE))
             for seq, attempt in page:
                 yield seq, int(attempt)
             if len(page) < _PAGE:
@@ -395,15 +428,20 @@ class JobLog:
             after = page[-1][0]
 
     def last_attempt(self, seq: int) -> int:
-        """The highest attempt number recorded for job ``seq`` (0 if none)."""
-        with self._lock:
-            row = self._db.execute("SELECT max(attempt) FROM attempt WHERE seq = ?", (seq,)).fetchone()
-        return int(row[0] or 0)
+        """The highest attempt number recorded for job ``seq`` (0 if none).
+
+        Raises:
+            JobLogError: the log cannot be read.
+        """
+        return int(self._read("SELECT max(attempt) FROM attempt WHERE seq = ?", (seq,))[0][0] or 0)
 
     def records(self, *, finals_only: bool = False, by_seq: bool = False) -> Iterator[JobRecord]:
         """Every recorded attempt, in the order recorded (``by_seq``: by job, then attempt).
 
         Only final attempts with ``finals_only``.  Read page by page.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         cols = ", ".join(_COLUMNS)
         final = "final = 1 AND " if finals_only else ""
@@ -415,8 +453,7 @@ class JobLog:
             query = f"SELECT seq, id, {cols} FROM attempt WHERE {final}id > ? ORDER BY id LIMIT ?"
             key = (0,)
         while True:
-            with self._lock:
-                page = self._db.execute(query, (*key, _PAGE)).fetchall()
+            page = self._read(query, (*key, _PAGE))
             for r in page:
                 yield JobRecord(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]),
                                 r[12], r[13], r[14], r[15])
@@ -429,6 +466,9 @@ class JobLog:
 
         The same shape a live pool's ``timeline()`` gives, so a report can
         be drawn from either.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         out = [Row(r.seq, r.seq, 1, r.attempt, r.worker, r.started, r.started + r.runtime, r.outcome,
                    r.command, r.args, r.error, int(r.outcome == "ok"),
@@ -453,19 +493,41 @@ class JobLog:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error) on an autocommit connection."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on a job log's autocommit connection.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    Rolled back on any error; an SQLite error (in the body, or the ``COMMIT``
+    itself failing on a full disk) is raised as :class:`JobLogError`.
+    """
+
+    def __init__(self, log: JobLog) -> None:
+        self.log = log
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        import sqlite3
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        try:
+            self.log._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.log._failed("write", exc) from exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        import sqlite3
+
+        db = self.log._db
+        if exc is None:
+            try:
+                db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                exc = err
+        if db.in_transaction:  # SQLite may have rolled back already (an I/O error does)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the write failed already: that is the error to report
+        if isinstance(exc, sqlite3.Error):
+            raise self.log._failed("write", exc) from exc
 
 
 def utf8(text: str) -> bytes:
