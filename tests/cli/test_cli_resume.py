@@ -381,3 +381,29 @@ class TestLogTrouble:
         done = {s for (s,) in query(tmp_path / "log.db", "SELECT seq FROM attempt WHERE outcome = 'ok'")}
         assert done, "nothing was recorded before the log failed"
         assert done <= printed < set(range(3, 13))  # what the log calls done was printed; not all ran
+
+    def test_a_second_run_on_a_log_in_use_is_refused(self, cli: Cli, tmp_path: Path) -> None:
+        """Before, the second run started the log afresh under the first one, which went on
+        writing into it: neither run could be resumed."""
+        db = tmp_path / "log.db"
+        args = [str(i) for i in range(1, 11)]
+        proc = subprocess.Popen(cli_argv("run", "-j", "2", "--joblog", "log.db", "sleep 0.2; echo {}", ":::",
+                                         *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                                env=cli_env())
+        try:
+            wait_for(lambda: len(query(db, "SELECT 1 FROM attempt")) >= 1, what="the first run's records")
+            for resume in ([], ["--resume"]):
+                r = cli("run", *resume, "--joblog", "log.db", "sleep 0.2; echo {}", ":::", *args)
+                assert r.returncode == 255
+                assert f"anypool run: log.db is being written by another anypool (pid {proc.pid} on " \
+                    .encode() in r.stderr
+                assert r.stdout == b""
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err
+        assert sorted(query(db, "SELECT seq, outcome FROM attempt")) == [(i, "ok") for i in range(1, 11)]
+        assert not (tmp_path / "log.db-lock").exists()
+        r = cli("run", "--joblog", "log.db", "--resume", "sleep 0.2; echo {}", ":::", *args)
+        assert (r.returncode, r.stdout) == (0, b"")

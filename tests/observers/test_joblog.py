@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -298,6 +299,68 @@ class TestFailures:
         assert again.startswith("again: ")  # each write fails alone: the connection is still usable
         with JobLog(path, "read") as log:  # every record before the failure, none after
             assert list(log.done_seqs()) == list(range(1, int(failed_at)))
+
+
+class TestOneWriter:
+    """Two writers at once would mix their runs (a second 'new' one empties the first's rows)."""
+
+    def test_a_second_writer_is_refused_while_readers_go_on(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.record(rec(1))
+            for mode in ("append", "new"):
+                with pytest.raises(JobLogError, match=rf"log.db is being written by another anypool \(pid "
+                                                      rf"{os.getpid()} on "):
+                    JobLog(path, mode)
+            with JobLog(path, "read") as reader:
+                assert [r.seq for r in reader.records()] == [1]
+            log.record(rec(2))
+        assert not (tmp_path / "log.db-lock").exists()  # nothing left beside the log
+        with JobLog(path) as log:  # free again
+            assert list(log.done_seqs()) == [1, 2]
+
+    def test_the_lock_dies_with_its_process_even_by_kill_9(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        code = (f"from anypool.observers.joblog import JobLog; log = JobLog({str(path)!r}); "
+                "print('open', flush=True); import time; time.sleep(60)")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"open\n"
+            with pytest.raises(JobLogError, match=f"pid {proc.pid} on"):
+                JobLog(path)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert (tmp_path / "log.db-lock").exists()  # left behind, but nobody holds it
+        with JobLog(path, "new") as log:
+            log.record(rec(1))
+
+    def test_a_forked_child_does_not_keep_the_lock(self, tmp_path: Path) -> None:
+        """A "fork" worker shares its parent's descriptors: it closes the lock's copy at once,
+        so when the writer dies, a child of it still running does not keep the log locked."""
+        path = tmp_path / "log.db"
+        code = textwrap.dedent(f"""
+            import os, time
+            from anypool.observers.joblog import JobLog
+            log = JobLog({str(path)!r})
+            child = os.fork()
+            if child == 0:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)  # not holding the test's pipes open
+                os.dup2(null, 2)
+                time.sleep(30)
+                os._exit(0)
+            print(child, flush=True)
+            os._exit(0)  # the writer dies without closing the log; its child runs on
+        """)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        child = int(r.stdout)
+        try:
+            assert (tmp_path / "log.db-lock").exists()
+            JobLog(path).close()
+        finally:
+            os.kill(child, signal.SIGKILL)
 
 
 class TestSeqSet:

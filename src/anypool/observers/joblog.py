@@ -32,8 +32,11 @@ Text that is not valid UTF-8 (file names' undecodable bytes, lone
 surrogates) is stored with those characters escaped (``\\xNN``), and values
 JSON has no form for as their ``repr()``: no value can cost the log a row.
 
-A database error once the log is open (a damaged file, a full disk) is
-raised as :class:`JobLogError` naming the file.
+One writer at a time: a :class:`JobLog` opened to write holds an exclusive
+lock on ``PATH-lock`` until it is closed (the kernel drops it when its process
+dies, ``kill -9`` included), and a second writer is refused with the first
+one's pid.  Readers never wait for it.  A database error once the log is open
+(a damaged file, a full disk) is raised as :class:`JobLogError` naming the file.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import bisect
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Set
 from typing import Any, NamedTuple
 
@@ -98,8 +102,8 @@ _COLUMNS = ("seq", "attempt", "args", "command", "started", "runtime", "exitcode
 
 class JobLogError(AnypoolError):
     """A job log cannot be used: not a job log, a newer format, written for other input,
-    or SQLite failed to read or write it (a damaged file, a full disk: the message
-    names the file and SQLite's error)."""
+    being written by another process, or SQLite failed to read or write it (a damaged
+    file, a full disk: the message names the file and SQLite's error)."""
 
 
 class JobRecord(NamedTuple):
@@ -187,9 +191,13 @@ class JobLog:
             ``"read"`` (open an existing one read-only).
         results: store each attempt's stdout and stderr too.
 
+    A writer (``"append"``, ``"new"``) holds the log's writer lock until
+    :meth:`close` (see the module docstring).
+
     Raises:
         JobLogError: the file is not a job log, was written by a newer
-            anypool, or (``"read"``) does not exist.
+            anypool, (``"read"``) does not exist, or (writing) another
+            process is writing it.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "append", *, results: bool = False) -> None:
@@ -204,6 +212,8 @@ class JobLog:
         import sqlite3
         from urllib.parse import quote
 
+        # taken before the database is touched: "new" empties it
+        self._writer = None if self.readonly else _WriterLock(self.path)
         try:
             if self.readonly:
                 if not os.path.exists(self.path):
@@ -214,14 +224,20 @@ class JobLog:
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                            timeout=30.0)
         except sqlite3.Error as exc:
+            self._release()
             raise JobLogError(f"{self.path}: cannot open the job log: {exc}") from exc
+        except BaseException:
+            self._release()
+            raise
         try:
             self._setup(mode)
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            self._release()
             raise JobLogError(f"{self.path}: not an anypool job log ({exc})") from exc
         except BaseException:
             self._db.close()
+            self._release()
             raise
 
     def _setup(self, mode: str) -> None:
@@ -267,6 +283,11 @@ class JobLog:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._failed("read", exc) from exc
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
     # -- runs -----------------------------------------------------------------
 
@@ -478,12 +499,13 @@ class JobLog:
         return out
 
     def close(self) -> None:
-        """Close the database (later records are ignored)."""
+        """Close the database and give up the writer lock (later records are ignored)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._db.close()
+            self._release()
 
     def __enter__(self) -> JobLog:
         return self
@@ -528,6 +550,90 @@ class _Transaction:
                 pass  # the write failed already: that is the error to report
         if isinstance(exc, sqlite3.Error):
             raise self.log._failed("write", exc) from exc
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on ``PATH-lock``, held while a :class:`JobLog` writes PATH.
+
+    The kernel drops it when the holder's process dies, ``kill -9`` included,
+    so no stale lock outlives a run; the file names the holder (pid, host)
+    for the refusal.  Not a lock on the database file itself: closing any
+    descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's own among them.  Best effort: where the file cannot be made or
+    the file system has no locks, the log is used unguarded, as before.
+    """
+
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        self.path = path + "-lock"
+        self.fd: int | None = None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise JobLogError(
+                    f"{path} is being written by another anypool ({holder or 'a process'}): wait for it "
+                    "to end, or use another job log") from None
+            except OSError:  # no locks on this file system
+                os.close(fd)
+                return
+            # the holder before us removes the file as it lets go: ours must be the one in place
+            try:
+                st, mine = os.stat(self.path), os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except OSError:
+                pass
+            os.close(fd)
+        import socket
+
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        _held.add(fd)
+        # a JobLog dropped unclosed lets go when collected, not at the process's end
+        self._let_go = weakref.finalize(self, _let_go, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let go (the removal first: see the retry in ``__init__``)."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self._let_go()
+
+
+# Lock descriptors held in this process.  A child forked without exec (a
+# "fork" worker) would share them, and so hold the lock after this process
+# died: the child closes its copies at once.
+_held: set[int] = set()
+
+
+def _let_go(fd: int) -> None:
+    _held.discard(fd)  # before the close: a fork in between must not close a reused number
+    os.close(fd)
+
+
+def _close_held() -> None:
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_held)
 
 
 def utf8(text: str) -> bytes:
