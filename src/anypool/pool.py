@@ -423,7 +423,8 @@ class Pool(_Submitter, cf.Executor):
         ValueError: ``workers`` < 1, an out-of-range option, an option the
             backend cannot apply, or a ``progress`` other than True, False or
             ``"always"``.
-        JobLogError: ``joblog`` names a file that is not a job log.
+        JobLogError: ``joblog`` names a file that is not a job log, or one
+            that another process (or another open pool) is writing.
     """
 
     def __init__(
@@ -518,7 +519,11 @@ class Pool(_Submitter, cf.Executor):
             from .observers.joblog import JobLog, JobLogObserver
 
             log_ = JobLog(joblog)
-            log_.begin_run({"pool": backend})
+            try:
+                log_.begin_run({"pool": backend})
+            except BaseException:
+                log_.close()  # and its writer lock with it
+                raise
             self._dispatch.add_observer(JobLogObserver(log_))
             self._life.closers.append(log_.close)
         self._progress: Progress | None = None

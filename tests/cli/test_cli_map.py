@@ -107,6 +107,23 @@ class TestMap:
         assert rows[1][:4] == (2, '["bad"]', "error", f"{module}:picky")
         assert rows[1][5] == "ValueError: cannot take 'bad'"
 
+    def test_results_utf8_cannot_hold_print_and_are_recorded(self, cli: Cli, tmp_path: Path) -> None:
+        """A file name's undecodable byte prints as that byte, a lone surrogate as JSON's escape.
+        Before, the byte stopped the job log's observer (no later call was recorded) and the
+        surrogate stopped the run with a UnicodeEncodeError traceback."""
+        (tmp_path / "oddjobs.py").write_text(
+            'import os\n\ndef f(x):\n    return {"1": os.fsdecode(b"caf\\xe9"), "2": "\\ud800"}.get(x, x)\n')
+        r = cli("map", "--joblog", "log.db", "--results", "-j", "1", "oddjobs:f", ":::", "1", "2", "3")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b'"caf\xe9"\n"\\ud800"\n"3"\n'
+        assert json.loads(r.stdout.splitlines()[1]) == "\ud800"
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            rows = con.execute("SELECT seq, stdout FROM attempt ORDER BY seq").fetchall()
+        finally:
+            con.close()
+        assert rows == [(1, b'"caf\xe9"'), (2, b'"\\ud800"'), (3, b'"3"')]
+
     @pytest.mark.parametrize(("spec", "message"), [
         ("nomodule_xyz:f", b"cannot import module 'nomodule_xyz'"),
         ("json:nothing", b"module 'json' has no attribute 'nothing'"),

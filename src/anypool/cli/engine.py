@@ -31,6 +31,11 @@ printed and recorded as usual, the killed ones are recorded as ``killed``
 (not final: ``--resume`` runs them again), and the exit status is 128 plus
 the signal number (130 for Ctrl-C).  A closed stdout (``| head``) stops the
 run the same way, with status 141.
+
+A job log that fails (a full disk, a damaged file) stops the run as
+``--halt now`` does: the running jobs are killed, the finished ones are
+printed (no longer recorded: ``--resume`` runs them again), and then
+``run`` raises the :class:`~anypool.observers.joblog.JobLogError`.
 """
 
 from __future__ import annotations
@@ -47,7 +52,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import waiting
-from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
+from ..observers.joblog import (
+    JobLog,
+    JobLogError,
+    JobRecord,
+    command_of,
+    exit_fields,
+    outcome_of,
+    record_for,
+    result_output,
+)
 from .halt import Halt, exit_status
 from .inputs import InputError, Job
 from .output import Printer
@@ -205,6 +219,8 @@ class Engine:
         self._open = 0
         self._stopping = False
         self._output_closed = False  # stdout was closed (| head): the run is stopping
+        self._log_failure: JobLogError | None = None  # the job log failed: nothing more is written
+        self._log_stopped = False  # ... and the run was stopped for it
         printer.on_broken = self._wake.set
         if joblog is not None:
             pool.add_observer(self._observe)
@@ -231,7 +247,11 @@ class Engine:
     # -- the loop -------------------------------------------------------------
 
     def run(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None = None) -> int:
-        """Run every job; return the exit status."""
+        """Run every job; return the exit status.
+
+        Raises:
+            JobLogError: the job log failed; the run was stopped (see the module docstring).
+        """
         handlers = {}
         for sig in (signal.SIGTERM, signal.SIGHUP):
             try:
@@ -252,6 +272,8 @@ class Engine:
             return self._stop(exc.signum)
         except BrokenPipeError:
             return self._stop(signal.SIGPIPE)
+        if self._log_failure is not None:
+            raise self._log_failure
         return exit_status(self.failed, self.halted_by, self._halt_total(), self.failing_code)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -284,6 +306,10 @@ class Engine:
                 self._stopping = True
                 self._drain(None)
                 raise
+            except JobLogError as exc:  # a page of the log past the first could not be read
+                self._log_failure = exc
+                self._check_log()
+                break
             if not self._room():
                 break
             fut = self.submit(job)
@@ -370,6 +396,8 @@ class Engine:
                 return done.popleft()
             if self.printer.broken:
                 self.printer.flush()  # raises BrokenPipeError here, in the printing thread
+            if self._log_failure is not None:  # an observer's write failed on a pool thread
+                self._check_log()
         raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
@@ -417,7 +445,9 @@ class Engine:
             self.show(job, value, exc)
         if self.joblog is not None and not self.record_finals_in_observer:
             self.printer.flush()  # the log must never call done a job whose output is not out
-            self.joblog.record(self._record(job, value, exc, ok, outcome, len(fut.attempts) + 1))
+            self._log(self._record(job, value, exc, ok, outcome, len(fut.attempts) + 1))
+        if self._log_failure is not None:
+            self._check_log()
         if outcome == "killed":
             self.killed += 1
             return
@@ -478,6 +508,26 @@ class Engine:
 
     # -- the job log ------------------------------------------------------------
 
+    def _log(self, rec: JobRecord) -> None:
+        """Record ``rec``, from any thread; a failure is kept for the main thread (``_check_log``)."""
+        if self._log_failure is not None or self.joblog is None:
+            return  # the log failed: the run is stopping, and nothing more is written
+        try:
+            self.joblog.record(rec)
+        except JobLogError as exc:
+            self._log_failure = exc
+            self._wake.set()
+
+    def _check_log(self) -> None:
+        """Once the job log has failed, stop the run as ``--halt now`` does (main thread, once)."""
+        if self._log_failure is None or self._log_stopped:
+            return
+        self._log_stopped = True
+        self._stopping = True
+        self.printer.message("anypool: the job log failed; killing the running jobs")
+        self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
+        self.kill_local()
+
     def _record(self, job: Job, value: Any, exc: BaseException | None, ok: bool, outcome: str,
                 attempt: int) -> JobRecord:
         thing = value if ok else exc
@@ -488,10 +538,8 @@ class Engine:
         if cr is not None:
             started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
         else:
-            import json
-
             started, runtime = time.time(), 0.0
-            stdout = json.dumps(value, default=repr).encode() if ok else None
+            stdout = result_output(value) if ok and self.joblog is not None and self.joblog.results else None
             stderr = None
         error = "" if ok else _describe(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
@@ -516,8 +564,8 @@ class Engine:
         if outcome == "killed" and event.worker in (None, "-"):
             return
         started = event.started or event.time
-        rec = record_for(event, value, ok, outcome, started, event.time - started)
-        self.joblog.record(rec._replace(
+        rec = record_for(event, value, ok, outcome, started, event.time - started, output=self.joblog.results)
+        self._log(rec._replace(
             seq=job.seq, args=job.args_json, attempt=event.attempt + self.attempt_base.get(job.seq, 0),
             command=self.command_text(job, value if ok else None, None if ok else value)))
 

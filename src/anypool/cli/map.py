@@ -14,7 +14,7 @@ from typing import Any
 
 from ..backends.base import default_workers
 from ..errors import AnypoolError, TaskTimeout
-from ..observers.joblog import JobLog, JobLogError
+from ..observers.joblog import JobLog, JobLogError, utf8
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
 from .engine import Engine
@@ -170,7 +170,7 @@ class MapEngine(Engine):
             line = _json({"input": list(job.values), "result": value})
         else:
             line = _json(value)
-        self.printer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        self.printer.write(utf8(line) + b"\n")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         return self.spec

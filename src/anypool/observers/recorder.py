@@ -158,10 +158,13 @@ def _args_text(items: Sequence[Any]) -> str:
 
 
 def describe_error(exc: BaseException | None, limit: int = 300) -> str:
-    """``Type: message``, bounded."""
+    """``Type: message``, bounded; never raises (an exception's own ``__str__`` may)."""
     if exc is None:
         return ""
-    msg = str(exc)
+    try:
+        msg = str(exc)
+    except Exception as err:  # a user's __str__ that fails must not cost the row (or its observer)
+        msg = f"<str() raised {type(err).__name__}>"
     return _short(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__, limit)
 
 
