@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import itertools
 import pickle
 import random
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,9 +43,10 @@ class TestTaskOptions:
         name = next(iter(kwargs))
         with pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
             TaskOptions(**kwargs)
-        with anypool.Pool("thread", 1) as pool, \
-                pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
-            pool.with_options(**kwargs)
+        if kwargs != {"backoff_max": None}:  # None clears an option in with_options
+            with anypool.Pool("thread", 1) as pool, \
+                    pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
+                pool.with_options(**kwargs)
 
     def test_retry_on_must_be_exception_types_or_a_predicate(self) -> None:
         with pytest.raises(TypeError, match="retry_on must be"):
@@ -421,7 +423,9 @@ class TestFutureInternals:
             per = (len(gc.get_objects()) - before) / 2000
             gate.set()
             assert [f.result(30) for f in futs] == [i * i for i in range(2000)]
-        assert per <= 3.1, per  # task, future, lock (was 6: + two tuples and a list)
+        # task, future, lock (was 6: + two tuples and a list); 3.13's collector
+        # leaves some argument tuples tracked (a sixth of them here), its business
+        assert per <= (3.1 if sys.version_info < (3, 13) else 3.25), per
 
 
 class TestAsyncFutures:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import clock, waiting
-from .errors import PoolClosed
+from .errors import PoolClosed, add_note
 from .events import Observer, TaskEvent
 from .futures import Attempt
 from .stats import UNASSIGNED
@@ -447,10 +447,7 @@ class Dispatch:
         notes = getattr(exc, "__notes__", None)
         if notes and notes[-1].startswith("anypool: task"):
             return
-        try:
-            exc.add_note(note)
-        except AttributeError:  # Python 3.10
-            exc.__notes__ = [*(notes or []), note]
+        add_note(exc, note)
 
     # -- events -------------------------------------------------------------
 

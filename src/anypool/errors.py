@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +160,14 @@ class InitializerFailed(BrokenPool):
 
 class BackendUnavailable(AnypoolError, LookupError):
     """The backend name is unknown, or the package it needs is not installed."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, on Python 3.10 too (where it is done by hand)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def describe_exit(code: int | None) -> str:

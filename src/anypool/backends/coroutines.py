@@ -385,7 +385,7 @@ class AsyncBackend(Backend):
         loop = self._loop
         assert loop is not None
         if _TASK_CONTEXT:  # no copy of the context per task
-            atask = loop.create_task(coro, context=self._ctx)
+            atask = loop.create_task(coro, context=self._ctx)  # type: ignore[call-arg]  # 3.11+
         else:
             atask = self._ctx.run(loop.create_task, coro)
         # asyncio keeps only weak references to tasks: a coroutine waiting on a
