@@ -295,6 +295,35 @@ class TestMapSemantics:
                 lead = max(lead, pulled - n)
         assert lead <= 11
 
+    @pytest.mark.timeout(20)
+    def test_a_batch_reported_with_the_wrong_number_of_results_fails_instead_of_hanging(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """Which result is whose is then unknown: every item fails, loudly, and the batch ends.
+
+        (A short batch was never complete: its map and the pool's shutdown waited for ever,
+        or the timing division by its length raised in the backend's thread.)  Reported here
+        the way a backend reports, on a map run whose source is empty so nothing else runs.
+        """
+        from anypool.mapping import Batch, MapIterator, MapRun
+        from anypool.tasks import ONE, Task
+
+        with anypool.Pool("thread", 1) as pool:
+            dispatch = pool._dispatch
+            run = MapRun(dispatch=dispatch, backend=pool._backend, fn=tasks.square, source=iter(()),
+                         style=ONE, options=TaskOptions(), ordered=True, length=None, chunksize=None,
+                         buffersize=None, timeout=None, return_exceptions=True)
+            batch = Batch(run, 0, 3)
+            run._inflight.append(batch)
+            run._inflight_items += 3
+            task = Task(dispatch.begin(3), tasks.square, [1, 2, 3], ONE, TaskOptions(), None, batch)
+            now = time.time()
+            dispatch.finish(task, [1, 4], now, now, dispatch.stats.worker("thread-1"))
+            got = list(MapIterator(run))
+            assert dispatch.outstanding == 0
+        assert [type(r) for r in got] == [RuntimeError] * 3
+        assert "reported 2 results for the 3 items" in str(got[0])
+        assert "reported 2 results for the 3 items" in caplog.text
+
     def test_imap_unordered_yields_in_completion_order(self) -> None:
         with anypool.Pool("thread", 4) as pool:
             got = list(pool.imap_unordered(tasks.sleep, [0.4, 0.0, 0.2, 0.1], "abcd", chunksize=1))

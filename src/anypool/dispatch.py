@@ -239,6 +239,9 @@ class Dispatch:
         batch = task.batch
         assert batch is not None
         n = len(results)
+        if n != len(task.items):
+            results, failed = self._misreported(task, n, worker)
+            n = len(results)
         retried = 0
         retries: list[tuple[Task, Failure]] = []
         retrying: list[int] = []  # indices of the items tried again, for the finished event
@@ -285,6 +288,20 @@ class Dispatch:
             self._schedule_retry(sub, f, started, ended, worker)
         if complete:
             self._end()
+
+    @staticmethod
+    def _misreported(task: Task, n: int, worker: WorkerStats) -> tuple[list[Any], range]:
+        """Fail every item of a batch reported with ``n`` results for its items.
+
+        Which result belongs to which item is then unknown, so none is kept;
+        settled this way the batch still ends (a short one was never complete,
+        and its map and the pool's shutdown waited for it for ever).
+        """
+        m = len(task.items)
+        exc = RuntimeError(f"anypool: {worker.name} reported {n} results for the {m} items of "
+                           f"{task.label()} (a bug in anypool): the batch is failed")
+        log.error("%s", exc)
+        return [Failure(exc) for _ in range(m)], range(m)
 
     def finish_one(self, task: Task, value: Any, started: float, ended: float, worker: WorkerStats) -> None:
         """Report a single-item task (the hot path of ``submit``)."""

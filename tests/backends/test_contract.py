@@ -144,6 +144,26 @@ class TestErrors:
         assert got[4:] == [4, 5]
         assert isinstance(got[3], ValueError)
 
+    @pytest.mark.timeout(30)
+    def test_a_stopiteration_fails_only_its_own_item_of_a_batch(self, flavor: Flavor) -> None:
+        """Raised inside a batch's C loop it read as the batch's end: the batch came back short.
+
+        (A thread worker died of it and the map hung; a process pool broke.)  Every backend
+        fails that item with a RuntimeError, as PEP 479 turns one raised in a generator,
+        and runs the rest of the batch.
+        """
+        with flavor.pool() as pool:
+            got = list(pool.imap(flavor.fn("stop_on"), range(8), chunksize=8, return_exceptions=True))
+            assert got[:3] == [0, 1, 2]
+            assert got[4:] == [4, 5, 6, 7]
+            assert isinstance(got[3], RuntimeError)
+            assert "StopIteration" in str(got[3])
+            it = iter(pool.map(flavor.fn("stop_on"), range(8), chunksize=8))
+            assert [next(it) for _ in range(3)] == [0, 1, 2]
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                next(it)
+            assert pool.submit(flavor.fn("square"), 3).result(30) == 9
+
     def test_a_failed_task_does_not_hurt_its_neighbours(self, flavor: Flavor) -> None:
         with flavor.pool() as pool:
             futs = [pool.submit(flavor.fn("fail_on"), i) for i in range(8)]
