@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import clock, waiting
-from .errors import PoolClosed
+from .errors import PoolClosed, add_note
 from .events import Observer, TaskEvent
 from .futures import Attempt
 from .stats import UNASSIGNED
@@ -114,6 +114,7 @@ class Dispatch:
         self._runs: weakref.WeakSet[MapRun] = weakref.WeakSet()
         self.broken_exc: BaseException | None = None
         self._last_name: tuple[Any, str] = (None, "")  # (callable, fn_name of it)
+        self._broken_predicates: list[Any] = []  # retry_on predicates that raised (logged once)
 
     # -- accounting ---------------------------------------------------------
 
@@ -422,14 +423,27 @@ class Dispatch:
         elif f.kind == "cancelled":
             worker.cancelled += 1
 
-    @staticmethod
-    def _may_retry(task: Task, f: Failure) -> bool:
+    def _may_retry(self, task: Task, f: Failure) -> bool:
         opts = task.options
-        return (
-            task.attempt <= opts.retries
-            and f.kind not in _NEVER_RETRY
-            and opts.should_retry(f.exc)
-        )
+        if task.attempt > opts.retries or f.kind in _NEVER_RETRY:
+            return False
+        try:
+            return opts.should_retry(f.exc)
+        except Exception as err:
+            # Raised here, on a backend's thread or the loop, it would stop the
+            # settling half-way: the worker gone, the map or the shutdown waiting for ever.
+            self._predicate_failed(opts.retry_on, f.exc, err)
+            return False
+
+    def _predicate_failed(self, rule: Any, exc: BaseException, err: Exception) -> None:
+        """A ``retry_on`` predicate raised: the task fails with its own error, which says so."""
+        add_note(exc, f"anypool: not retried: the retry_on predicate {fn_name(rule)} raised {err!r}")
+        with self._lock:
+            if any(r is rule for r in self._broken_predicates):
+                return
+            self._broken_predicates.append(rule)
+        log.error("anypool: the retry_on predicate %s raised; the failures it raises on are not "
+                  "retried (logged once)", fn_name(rule), exc_info=err)
 
     def _schedule_retry(self, task: Task, f: Failure, started: float, ended: float,
                         worker: WorkerStats) -> None:
@@ -459,15 +473,11 @@ class Dispatch:
         self.requeue(task)
 
     def _annotate(self, task: Task, exc: BaseException, worker: WorkerStats, index: int = 0) -> None:
-        note = (f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "
-                f"attempt {task.attempt} of {task.options.retries + 1}")
         notes = getattr(exc, "__notes__", None)
         if notes and notes[-1].startswith("anypool: task"):
             return
-        try:
-            exc.add_note(note)
-        except AttributeError:  # Python 3.10
-            exc.__notes__ = [*(notes or []), note]
+        add_note(exc, f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "
+                      f"attempt {task.attempt} of {task.options.retries + 1}")
 
     # -- events -------------------------------------------------------------
 

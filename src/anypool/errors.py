@@ -161,6 +161,14 @@ class BackendUnavailable(AnypoolError, LookupError):
     """The backend name is unknown, or the package it needs is not installed."""
 
 
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, on Python 3.10 too (where ``__notes__`` is shown by nothing)."""
+    try:
+        exc.add_note(note)
+    except AttributeError:  # Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
 def describe_exit(code: int | None) -> str:
     """Say in words how a process ended, from a ``returncode``-style status.
 

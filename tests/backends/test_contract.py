@@ -330,6 +330,30 @@ class TestOptions:
                 fut.result(30)
         assert fut.attempts == ()
 
+    @pytest.mark.timeout(30)
+    def test_a_retry_on_predicate_that_raises_means_no_retry(
+            self, flavor: Flavor, caplog: pytest.LogCaptureFixture) -> None:
+        """The task fails with its own error, which names the predicate's; logged once.
+
+        (It raised on the backend's thread: a worker died and the map hung, a process pool
+        broke, an inline submit raised the predicate's error.)
+        """
+        with flavor.pool() as pool:
+            view = pool.with_options(retries=2, backoff=0, retry_on=tasks.never)
+            fut = view.submit(flavor.fn("fail_on"), 3)
+            with pytest.raises(ValueError, match="bad item 3") as info:
+                fut.result(30)
+            assert fut.attempts == ()
+            notes = getattr(info.value, "__notes__", [])
+            assert any("retry_on predicate never raised" in n and "the predicate broke" in n
+                       for n in notes), notes
+            got = list(view.imap(flavor.fn("fail_on"), range(6), return_exceptions=True))
+            assert got[:3] == [0, 1, 2]
+            assert got[4:] == [4, 5]
+            assert isinstance(got[3], ValueError)
+        logged = [r for r in caplog.records if "retry_on predicate" in r.getMessage()]
+        assert len(logged) == 1
+
     def test_a_timeout_fails_the_task_on_time(self, concurrent: Flavor) -> None:
         with concurrent.pool() as pool:
             t = time.monotonic()
