@@ -186,12 +186,13 @@ class MapRun:
                 size = 1  # only to learn whether the input had ended: it is dropped if not
             elif self._max_items is not None:
                 size = max(1, min(size, self._max_items - self._inflight_items))
+            # extend, not list(): it keeps the items read before the input raises
+            items: list[Any] = []
             try:
-                items = list(itertools.islice(self._source, size))
-            except BaseException as exc:  # the input itself failed: deliver what ran, then raise
+                items.extend(itertools.islice(self._source, size))
+            except BaseException as exc:  # the input itself failed: run what it gave, then raise
                 self._input_error = exc
                 self._exhausted = True
-                return
             if not items:
                 self._exhausted = True
                 return
@@ -208,12 +209,14 @@ class MapRun:
         self._exhausted = True
         if self.closed:
             return
+        failed_input = self._input_error  # the input also raised, after what was dropped
         self._input_error = PoolClosed(
             f"the pool was shut down before this map's input was read to its end ({self._seq} items "
             f"were submitted, {unread} more read and dropped): an input of "
             "unknown length (an iterator, possibly endless) stops where it was at the shutdown; "
             "consume the results before the pool shuts down (inside its `with` block), or pass a "
             "list, tuple or range, which a shutdown runs to its end")
+        self._input_error.__context__ = failed_input
 
     @property
     def fed(self) -> bool:

@@ -164,6 +164,21 @@ class TestErrors:
                 next(it)
             assert pool.submit(flavor.fn("square"), 3).result(30) == 9
 
+    def test_an_input_that_fails_runs_every_item_it_gave_then_raises(self, flavor: Flavor) -> None:
+        """As ``multiprocessing.Pool.imap``: the items read in the batch it broke in run too.
+
+        (They were read into a list that the input's error discarded: here 8 and 9.)
+        """
+        def source() -> Iterator[int]:
+            yield from range(10)
+            raise OSError("the input broke")
+
+        with flavor.pool() as pool:
+            it = iter(pool.imap(flavor.fn("square"), source(), chunksize=4))
+            assert [next(it) for _ in range(10)] == [x * x for x in range(10)]
+            with pytest.raises(OSError, match="the input broke"):
+                next(it)
+
     def test_a_failed_task_does_not_hurt_its_neighbours(self, flavor: Flavor) -> None:
         with flavor.pool() as pool:
             futs = [pool.submit(flavor.fn("fail_on"), i) for i in range(8)]
