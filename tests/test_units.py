@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import itertools
 import pickle
 import random
@@ -279,6 +280,23 @@ class TestMapSemantics:
             assert next(it) == 0
             it.close()
         assert next(ran) < 100
+
+    @pytest.mark.parametrize("how", ["iter", "aiter", "none"])
+    def test_a_result_iterator_dropped_before_it_started_cancels_what_has_not_started(
+            self, how: str) -> None:
+        """A generator's ``finally`` runs only once it has started: dropped before, it closes too."""
+        gc.disable()  # no collection to close what a reference cycle would hold
+        try:
+            with anypool.Pool("thread", 1) as pool:
+                results = pool.imap(tasks.sleep, itertools.repeat(0.05), chunksize=1)
+                if how == "iter":
+                    results = iter(results)  # type: ignore[assignment]
+                elif how == "aiter":
+                    results = aiter(results)  # type: ignore[assignment]
+                del results
+        finally:
+            gc.enable()
+        assert pool.stats.cancelled > 0
 
     def test_buffersize_bounds_the_items_in_flight(self) -> None:
         pulled = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import itertools
 import os
 import threading
@@ -254,6 +255,38 @@ class TestLifecycle:
             assert first.result(30) == "first"
             assert queued[-1].cancelled()
             assert sum(f.cancelled() for f in queued) >= 10
+
+    @pytest.mark.timeout(30)
+    @pytest.mark.parametrize("how", ["for", "async for"])
+    def test_leaving_a_map_loop_early_cancels_what_has_not_started(self, concurrent: Flavor,
+                                                                   how: str) -> None:
+        """No close() and no garbage collection needed: the loop dropping the iterator is enough.
+
+        (As ``ThreadPoolExecutor.map``.  A reference cycle between the result iterator and
+        what it returned kept the map open until the next collection, its queued work running.)
+        """
+        if concurrent.backend == "process+async":
+            pytest.skip("it sends every batch of the window to its processes at once: none is queued")
+        sleep = concurrent.fn("sleep")
+
+        async def read_async() -> anypool.Pool:
+            async with concurrent.pool(workers=1) as pool:
+                async for _ in pool.imap(sleep, itertools.repeat(0.05), chunksize=1):
+                    break
+                await asyncio.sleep(0.01)  # the loop closes a dropped async generator in a task
+            return pool
+
+        gc.disable()  # a collection would close it anyway, and hide the cycle
+        try:
+            if how == "for":
+                with concurrent.pool(workers=1) as pool:
+                    for _ in pool.imap(sleep, itertools.repeat(0.05), chunksize=1):
+                        break
+            else:
+                pool = asyncio.run(read_async())
+        finally:
+            gc.enable()
+        assert pool.stats.cancelled > 0
 
     def test_shutdown_without_wait_returns_at_once(self, concurrent: Flavor) -> None:
         pool = concurrent.pool(workers=1)
