@@ -121,6 +121,20 @@ class TestPoolArguments:
                     method(abs, range(3), **kwargs)
             assert pool.stats.submitted == 0
 
+    @pytest.mark.parametrize(("kwargs", "error", "message"), [
+        ({"backend": "bogus"}, anypool.BackendUnavailable, "unknown backend 'bogus'"),
+        ({"chunksize": 0}, ValueError, "chunksize must be >= 1, not 0"),
+        ({"workers": 0}, ValueError, "workers must be an int >= 1"),
+        ({"own_lop": True}, TypeError, "unknown option"),
+    ])
+    def test_module_imap_checks_its_arguments_at_the_call(self, kwargs: dict, error: type,
+                                                           message: str) -> None:
+        """As Pool.imap does (it was a generator function: nothing ran before the first next())."""
+        with pytest.raises(error, match=message):
+            anypool.imap(abs, range(3), **kwargs)
+        results = anypool.imap(abs, [-1, -2], backend="thread", workers=1)
+        assert list(results) == [1, 2]
+
     def test_a_start_method_is_checked_when_the_pool_is_made(self) -> None:
         with pytest.raises(ValueError, match="start_method must be one of 'fork', 'forkserver', 'spawn'"):
             anypool.Pool("process", start_method="bogus")
