@@ -47,6 +47,23 @@ async def afail_on(x: int, bad: int = 3) -> int:
     return x
 
 
+def stop_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise StopIteration(f"stopped at {x}")
+    return x
+
+
+async def astop_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise StopIteration(f"stopped at {x}")  # a coroutine's becomes a RuntimeError (PEP 479)
+    return x
+
+
+def never(exc: BaseException) -> bool:
+    """A ``retry_on`` predicate that is itself broken."""
+    raise KeyError("the predicate broke")
+
+
 def sleep(seconds: float, value: Any = None) -> Any:
     time.sleep(seconds)
     return value

@@ -728,14 +728,31 @@ def imap(fn: Any, *iterables: Iterable[Any], backend: str = "auto",
 
     Input is read as results are consumed, with bounded work in flight, so an
     endless generator is fine.  ``ordered=False`` yields in completion order.
+    The pool is built and the arguments checked at the call, as ``Pool.imap``
+    checks them.
+
+    Raises:
+        BackendUnavailable: an unknown backend, or one whose extra is missing.
+        ValueError, TypeError: a bad option or ``chunksize``.
+        BaseException (while iterating): the first failed task's exception.
     """
     pool = Pool(backend, workers, **options)
-    finished = False
     try:
         if ordered:
-            yield from pool.imap(fn, *iterables, chunksize=chunksize)
+            results = pool.imap(fn, *iterables, chunksize=chunksize)
         else:
-            yield from pool.imap_unordered(fn, *iterables, chunksize=chunksize)
+            results = pool.imap_unordered(fn, *iterables, chunksize=chunksize)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True, kill=True)
+        raise
+    return _closing(pool, results)
+
+
+def _closing(pool: Pool, results: Iterator[Any]) -> Iterator[Any]:
+    """``results``, then ``pool`` shut down: waited for at their end, killed if left early."""
+    finished = False
+    try:
+        yield from results
         finished = True
     finally:
         if finished:

@@ -57,7 +57,9 @@ class TaskOptions(Frozen):
         retry_on: which failures are retried: a tuple of exception types
             (matched with ``isinstance``; :class:`~anypool.WorkerCrashed` and
             :class:`~anypool.TaskTimeout` are exceptions too) or a predicate
-            taking the exception.  Default: every ``Exception``.
+            taking the exception.  Default: every ``Exception``.  A predicate
+            that raises means "do not retry": the task fails with its own
+            error, a note on it naming the predicate's (logged once a pool).
         backoff: delay before the first retry, in seconds; doubled for each
             later one, with full jitter (a uniform draw below the value).
         backoff_max: the cap on that delay.
