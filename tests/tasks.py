@@ -244,6 +244,13 @@ def note_pid(path: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
+def linger(seconds: float, value: Any = None) -> Any:
+    """Return ``value`` at once, leaving a non-daemon thread that keeps this process from
+    exiting for ``seconds`` (a worker told to stop exits that much later)."""
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
+    return value
+
+
 def count_calls(_: Any = None) -> tuple[int, int]:
     """(pid, how many times this worker's state has counted so far)."""
     counter = anypool.worker_state().setdefault("calls", itertools.count(1))

@@ -341,6 +341,32 @@ class TestRecycling:
             pids = list(pool.map(tasks.pid, range(50), chunksize=chunksize))
         assert max(collections.Counter(pids).values()) <= 2
 
+    @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+    def test_workers_retiring_faster_than_they_exit_do_not_break_the_pool(self, method: str) -> None:
+        """Regression: a replacement took a slot of its own at once, a retired worker gave
+        its slot back only once its exit was seen; with workers retiring after every task
+        and slow to exit, the slots ran out: "BrokenPool: ... IndexError: pop from empty
+        list".  Replacements now wait for a slot; no task is lost or left waiting."""
+        slow_exit = 0.6 if method == "spawn" else 0.3  # longer than a worker takes to start
+        with anypool.Pool("process", 1, max_tasks_per_worker=1, start_method=method) as pool:
+            futs = [pool.submit(tasks.linger, slow_exit, i) for i in range(6)]
+            assert [f.result(60) for f in futs] == list(range(6))
+            quick = [pool.submit(tasks.pid) for _ in range(8)]
+            assert len({f.result(60) for f in quick}) == 8  # one task per worker, as asked
+            assert list(pool.map(tasks.square, range(6))) == [x * x for x in range(6)]
+
+    def test_a_retired_worker_that_never_exits_is_killed_when_its_slot_is_wanted(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A task left a thread that keeps its worker from exiting: once every slot is
+        held so, the oldest is killed after STOP_GRACE, and the pending tasks run."""
+        from anypool.backends.processes import manager
+
+        monkeypatch.setattr(manager, "STOP_GRACE", 0.5)
+        with anypool.Pool("process", 1, max_tasks_per_worker=1) as pool:
+            futs = [pool.submit(tasks.linger, 3600, i) for i in range(5)]
+            assert [f.result(30) for f in futs] == list(range(5))
+            assert pool.stats.crashed == 0
+
     def test_max_memory_per_worker_recycles_a_leaking_worker(self) -> None:
         ceiling = 120 << 20
         with anypool.Pool("process", 1, max_memory_per_worker=ceiling) as pool:

@@ -22,7 +22,9 @@ Shared structures and their shapes:
   first; a sync worker answers them in that order.
 * ``slots``: ``RawArray('d', 2 * workers * SLOT_WIDTH)`` in shared memory;
   twice the worker count so a retiring worker and its replacement never
-  share a slot.
+  share a slot.  A slot is free again only once its worker's exit is seen:
+  when workers retire faster than they exit, a replacement waits for one
+  (``wanted``), and a retiring worker that does not exit is killed.
 
 Nothing here blocks on a worker: sockets are non-blocking, and a worker is
 only ever waited for through its sentinel.
@@ -106,7 +108,8 @@ class _Wire:
 
 class _Worker:
     __slots__ = ("fault", "fns", "inflight", "inflight_items", "killed", "name", "pid", "proc",
-                 "reader", "ready", "retiring", "rss", "slot", "sock", "tasks_done", "writer", "ws")
+                 "reader", "ready", "retired_at", "retiring", "rss", "slot", "sock", "tasks_done",
+                 "writer", "ws")
 
     def __init__(self, slot: int, name: str, proc: Any, sock: socket.socket, fault: Any,
                  ws: WorkerStats) -> None:
@@ -121,6 +124,7 @@ class _Worker:
         self.ws = ws
         self.ready = False
         self.retiring = False
+        self.retired_at = 0.0  # time.monotonic() when _retire sent it STOP
         self.killed: tuple[Any, ...] | None = None  # ("timeout", wire_id, index) or ("kill",)
         self.inflight: deque[_Wire] = deque()
         self.inflight_items = 0
@@ -182,6 +186,7 @@ class Manager:
         self.wire_ids = itertools.count(1)
         self.cost: dict[int, float] = {}  # fn_id -> seconds per item (moving average)
         self.startup_failures = 0
+        self.wanted = 0  # workers to start as soon as a slot is free (see _start_worker)
         self.stopping = False
         self.killing = False
         self.broken: BaseException | None = None
@@ -273,12 +278,23 @@ class Manager:
             self._assign()
         if self.stopping and not self.killing:
             self._stop_idle_workers()
-        return self._check_deadlines()
+        wait = self._check_deadlines()
+        if self.wanted and not self.stopping:
+            reap = self._reap()
+            if reap is not None:
+                wait = reap if wait is None else min(wait, reap)
+        return wait
 
     # -- workers ---------------------------------------------------------------
 
     def _start_worker(self, ctx: Any = None) -> None:
         if self.killing or self.broken is not None:
+            return
+        if not self.free_slots:
+            # Every slot is held by a worker that retired but whose exit is not
+            # seen yet (workers retiring after every task or two): this one
+            # starts when one of them is gone (_on_exit), or killed (_reap).
+            self.wanted += 1
             return
         ctx = ctx or self.ctx
         slot = self.free_slots.pop()
@@ -310,9 +326,34 @@ class Manager:
 
     def _retire(self, w: _Worker) -> None:
         w.retiring = True
+        w.retired_at = time.monotonic()
         self._send(w, (STOP,))
         if not self.stopping:
             self._start_worker()
+
+    def _reap(self) -> float | None:
+        """Kill retired workers that do not exit while a replacement waits for their slot.
+
+        A worker exits once told to stop, unless a task left something that
+        holds it (a non-daemon thread, an ``atexit`` handler that hangs): its
+        slot would never come back, and with every slot so held no worker
+        would be left to run the pending tasks.  Returns how long until the
+        next one is due.
+        """
+        now = time.monotonic()
+        soonest: float | None = None
+        for w in self.workers.values():
+            if not w.retiring or w.killed is not None or not w.retired_at:
+                continue
+            left = w.retired_at + STOP_GRACE - now
+            if left <= 0:
+                log.warning("anypool: retired worker %s (pid %s) did not exit within %s s; killing it",
+                            w.name, w.pid, STOP_GRACE)
+                w.killed = ("kill",)
+                _kill_group(w.pid)
+            else:
+                soonest = left if soonest is None else min(soonest, left)
+        return soonest
 
     def _stop_idle_workers(self) -> None:
         now = time.monotonic()
@@ -360,8 +401,13 @@ class Manager:
             log.warning("anypool: idle worker %s (pid %s) %s", w.name, w.pid, describe_exit(code))
         self.slots[w.slot * SLOT_WIDTH] = IDLE
         self.free_slots.append(w.slot)
-        if not self.stopping and not w.retiring and self.broken is None:
-            self._start_worker()
+        if not self.stopping and self.broken is None:
+            # its replacement (a retired worker's was started, or deferred, when it retired)
+            # and the starts deferred for want of a slot: those beyond the free slots wait again
+            starts = self.wanted + (0 if w.retiring else 1)
+            self.wanted = 0
+            for _ in range(starts):
+                self._start_worker()
 
     def _settle_lost(self, w: _Worker, code: int | None, fault: str) -> None:
         """Decide what happened to every task a dead worker held."""
