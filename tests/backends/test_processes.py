@@ -341,6 +341,21 @@ class TestRecycling:
             pids = list(pool.map(tasks.pid, range(50), chunksize=chunksize))
         assert max(collections.Counter(pids).values()) <= 2
 
+    @pytest.mark.parametrize("chunksize", [None, 3])
+    def test_no_worker_runs_more_tasks_than_max_tasks_per_worker(self, chunksize: int | None) -> None:
+        """Regression: a map batch was capped at the limit, not at what its worker had left,
+        and a second batch was queued by the count of tasks the worker held, not of those
+        it would then hold: with a limit of 5, a worker ran up to 9 (the README: "map items
+        each count: a batch is cut to fit")."""
+        with anypool.Pool("process", 2, max_tasks_per_worker=5) as pool:
+            pids = list(pool.map(tasks.pid, range(120), chunksize=chunksize))
+            pids += pool.imap_unordered(tasks.pid, range(120), chunksize=chunksize)
+            pids += [f.result(30) for f in [pool.submit(tasks.pid) for _ in range(40)]]
+            pids += [pool.submit(tasks.pid).result(30) for _ in range(8)]
+        counts = Counter(pids)
+        assert len(pids) == 288
+        assert max(counts.values()) <= 5, counts.most_common(3)
+
     @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
     def test_workers_retiring_faster_than_they_exit_do_not_break_the_pool(self, method: str) -> None:
         """Regression: a replacement took a slot of its own at once, a retired worker gave

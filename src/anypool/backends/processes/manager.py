@@ -628,15 +628,13 @@ class Manager:
         memory = self.config.max_memory_per_worker
         if w.inflight and memory is not None and w.rss > memory:
             return False  # too big: let it go idle, so that _maybe_retire can replace it
+        # nothing more once its tasks reach the limit: it retires when they are done
+        if limit is not None and w.tasks_done + w.inflight_items >= limit:
+            return False
         if self.mode == "async":
-            # nothing more once its tasks reach the limit: it retires when they are done
-            if limit is not None and w.tasks_done + w.inflight_items >= limit:
-                return False
             return w.inflight_items < (self.config.concurrency or 1000)
         if not w.inflight:
             return True
-        if limit is not None and w.tasks_done + w.inflight_items >= limit:
-            return False
         if len(w.inflight) >= 2:
             return False
         cost = self.cost.get(w.inflight[0].fn_id)
@@ -676,9 +674,36 @@ class Manager:
         fn_id = task.payload[0]
         timeout = task.options.timeout
         units = [task]
-        if task.future is not None and pending:
-            units.extend(self._coalesce(w, task, fn_id, timeout))
+        if task.future is not None:
+            if pending:
+                units.extend(self._coalesce(w, task, fn_id, timeout))
+        elif self.config.max_tasks_per_worker is not None:
+            left = self.config.max_tasks_per_worker - w.tasks_done - w.inflight_items  # >= 1: _room
+            if len(task.items) > left:
+                units = [self._cut(task, left)]
         return _Wire(next(self.wire_ids), units, fn_id, timeout)
+
+    def _cut(self, task: Task, k: int) -> Task:
+        """The first ``k`` items of map batch ``task``, to send now; the rest go back first in line."""
+        head = task.subtask(0, task.items[:k])
+        try:
+            self.backend.prepare(head)
+        except Exception:
+            # the items pickled as one batch but not in part (a __reduce__ that
+            # changes its mind): send them whole, past the limit, rather than lose them
+            return task
+        self._put_back([task.subtask(k, task.items[k:])])
+        return head
+
+    def _put_back(self, tasks: list[Task]) -> None:
+        """Hand ``tasks`` (claimed, never started) back to the head of ``pending``, in order."""
+        for task in reversed(tasks):
+            try:
+                self.backend.prepare(task)  # a map batch's part: its items pickled anew
+            except Exception as exc:
+                self.dispatch.fail_unrun(task, exc, "unsendable")
+                continue
+            self.pending.appendleft(task)
 
     def _coalesce(self, w: _Worker, first: Task, fn_id: int, timeout: float | None) -> list[Task]:
         """More single calls of the same callable and options for the same message."""
