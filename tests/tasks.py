@@ -158,6 +158,14 @@ def leak(mb: int) -> int:
     return os.getpid()
 
 
+def leak_rss(mb: int) -> tuple[int, int]:
+    """Leak ``mb`` MiB, as ``leak`` does; return this worker's pid and its RSS after that."""
+    import psutil
+
+    leak(mb)
+    return os.getpid(), psutil.Process().memory_info().rss
+
+
 class Unpicklable:
     """Refuses to be pickled (like a lock or an open socket)."""
 

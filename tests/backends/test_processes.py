@@ -382,6 +382,23 @@ class TestRecycling:
             assert [f.result(30) for f in futs] == list(range(5))
             assert pool.stats.crashed == 0
 
+    def test_max_memory_per_worker_runs_nothing_more_on_a_worker_past_it(self) -> None:
+        """Regression: RSS was checked between batches only, so a worker ran the rest of its
+        batch, and of the one queued behind it, far past the limit (57-64 leaks of 3 MB
+        under a 120 MB limit, ~35 expected).  Now it reads its RSS after each item: once
+        past the limit it runs no more, and what it held runs on another worker."""
+        limit = 150 << 20
+        with anypool.Pool("process", 2, max_memory_per_worker=limit) as pool:
+            runs = list(pool.map(tasks.leak_rss, [3] * 300))  # one batch: no per-item reports
+            runs += pool.with_options(timeout=30).map(tasks.leak_rss, [3] * 100)  # per-item reports
+            runs += [f.result(30) for f in [pool.submit(tasks.leak_rss, 3) for _ in range(150)]]
+            assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+        assert len(runs) == 550
+        # the item that takes a worker past the limit is its last
+        past = Counter(pid for pid, rss in runs if rss > limit)
+        assert max(past.values()) == 1, past.most_common(3)
+        assert len(Counter(pid for pid, _ in runs)) >= 550 * 3 // 150
+
     def test_max_memory_per_worker_recycles_a_leaking_worker(self) -> None:
         ceiling = 120 << 20
         with anypool.Pool("process", 1, max_memory_per_worker=ceiling) as pool:

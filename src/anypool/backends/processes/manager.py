@@ -69,6 +69,7 @@ from .protocol import (
     SLOT_WIDTH,
     STOP,
     TASK,
+    UNRUN,
     FrameReader,
     FrameWriter,
     reply_head,
@@ -308,7 +309,7 @@ class Manager:
             "initializer": self.init_bytes,
             "mode": self.mode,
             "concurrency": self.config.concurrency or 1000,
-            "report_rss": self.config.max_memory_per_worker is not None,
+            "max_memory": self.config.max_memory_per_worker,
         }, PROTOCOL)
         proc = ctx.Process(
             target=worker_main, args=(child_sock, fault_w, self.slots, cfg),
@@ -777,6 +778,8 @@ class Manager:
                 err = InitializerFailed(f"the worker initializer raised {cause!r}; the pool cannot run tasks")
                 err.__cause__ = cause
                 self._break(err)
+            elif tag == UNRUN:
+                self._on_unrun(w, msg)
         if w.reader.eof and not final:
             try:
                 self.selector.unregister(w.sock)
@@ -849,6 +852,43 @@ class Manager:
                     failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
                     self.dispatch.finish(wire.units[0], res, wire.started, e, w.ws, failed)
         self._maybe_retire(w)
+
+    def _on_unrun(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        """A worker past ``max_memory_per_worker`` hands back a wire's items from ``ran`` on.
+
+        The wire shrinks to its first ``ran`` items (their report follows);
+        the others go back first in line, for another worker.
+        """
+        _, wire_id, ran, rss = msg
+        w.rss = rss
+        wire = next((x for x in w.inflight if x.id == wire_id), None)
+        if wire is None:
+            return
+        keep: list[Task] = []
+        back: list[Task] = []
+        pos = 0
+        for task in wire.units:  # several single calls, or one map batch
+            n = len(task.items)
+            if pos >= ran:
+                back.append(task)
+            elif pos + n <= ran:
+                keep.append(task)
+            else:
+                keep.append(task.head(ran - pos))
+                back.append(task.subtask(ran - pos, task.items[ran - pos:]))
+            pos += n
+        dropped = wire.n - ran
+        wire.units = keep
+        wire.n = ran
+        wire.remaining -= dropped
+        if wire.results is not None:
+            del wire.results[ran:]
+        w.inflight_items -= dropped
+        if not ran:
+            w.inflight.remove(wire)
+        self._put_back(back)
+        if not ran:
+            self._maybe_retire(w)
 
     def _maybe_retire(self, w: _Worker) -> None:
         if w.retiring or self.stopping:
