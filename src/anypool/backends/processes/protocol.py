@@ -30,10 +30,11 @@ Worker → parent::
         only the item that was running), by process+async workers always
     (UNRUN, wire_id, ran, rss)
         a sync worker past ``max_memory_per_worker`` (its RSS is read after
-        each item then) runs no more: the items of the wire from ``ran`` on
-        go back to the pool, to run elsewhere.  It comes before the wire's
-        last RESULT or PARTIAL, which then covers only the ``ran`` first items;
-        with ``ran`` 0 (a wire received once past the limit) nothing follows
+        each item then, at most every ``worker.RSS_EVERY``) runs no more:
+        the items of the wire from ``ran`` on go back to the pool, to run
+        elsewhere.  It comes before the wire's last RESULT or PARTIAL, which
+        then covers only the ``ran`` first items; with ``ran`` 0 (a wire
+        received once past the limit) nothing follows
 
 Every worker → parent frame is a header pickle, prefixed by its size
 (:func:`reply`), then, for RESULT and PARTIAL, the results' pickles (one
