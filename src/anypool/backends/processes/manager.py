@@ -9,6 +9,7 @@
     │  each worker's process sentinel                                               │
     │                                                                               │
     │  readable socket  → RESULT/PARTIAL → dispatch.finish (retries, futures, map)  │
+    │                     UNRUN (worker too big) → its unrun items back to pending  │
     │  sentinel         → the worker is gone: read what it sent first, blame the    │
     │                     item it was running (slot), requeue the rest, replace it  │
     │  every turn       → hand pending tasks to workers with room (coalescing small │
@@ -17,7 +18,9 @@
 
 Shared structures and their shapes:
 
-* ``pending``: deque of ``Task`` (appended by any thread, popped here only).
+* ``pending``: deque of ``Task`` (appended by any thread, popped here only;
+  the part of a map batch cut off to fit ``max_tasks_per_worker``, and what
+  a worker hands back, go back to its head from here).
 * ``_Worker.inflight``: deque of ``_Wire`` sent to that worker, oldest
   first; a sync worker answers them in that order.
 * ``slots``: ``RawArray('d', 2 * workers * SLOT_WIDTH)`` in shared memory;
