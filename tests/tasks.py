@@ -175,6 +175,14 @@ def leak(mb: int) -> int:
     return os.getpid()
 
 
+def leak_rss(mb: int) -> tuple[int, int]:
+    """Leak ``mb`` MiB, as ``leak`` does; return this worker's pid and its RSS after that."""
+    import psutil
+
+    leak(mb)
+    return os.getpid(), psutil.Process().memory_info().rss
+
+
 class Unpicklable:
     """Refuses to be pickled (like a lock or an open socket)."""
 
@@ -259,6 +267,13 @@ def note_pid(path: str) -> None:
     """An initializer that records, one line each, the processes it ran in."""
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
+
+
+def linger(seconds: float, value: Any = None) -> Any:
+    """Return ``value`` at once, leaving a non-daemon thread that keeps this process from
+    exiting for ``seconds`` (a worker told to stop exits that much later)."""
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
+    return value
 
 
 def count_calls(_: Any = None) -> tuple[int, int]:

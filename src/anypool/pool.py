@@ -391,9 +391,15 @@ class Pool(_Submitter, cf.Executor):
         max_tasks_per_worker: replace a worker process after this many tasks
             (each map item counts: batches are cut to fit).
         max_memory_per_worker: replace a worker process, between tasks, once
-            its resident memory passes this many bytes.  These two and
-            ``start_method`` are refused where no worker processes run
-            (``thread``, ``async``, ``subprocess``, ``inline``, ``dask``).
+            its resident memory passes this many bytes.  On ``process`` it
+            is read after every task (each map item counts; tasks of under
+            0.1 ms share a reading): the task that passes it is the worker's
+            last, and the rest of its batch runs on another worker.  On
+            ``process+async`` it is read as results come back: a process
+            past it is sent no more, and the coroutines it holds run to
+            their end.  These two and ``start_method`` are refused where no
+            worker processes run (``thread``, ``async``, ``subprocess``,
+            ``inline``, ``dask``).
         start_method: ``"forkserver"``, ``"fork"`` or ``"spawn"``, for
             process backends.  Default: the first workers are forked while
             the program has a single thread, all others come from the fork
