@@ -18,7 +18,7 @@ import pytest
 
 import anypool
 from anypool.backends.subprocesses import GRACE, run_command
-from anypool.commands import SHELL, direct_argv, prepare
+from anypool.commands import SHELL, direct_argv, mentions_arguments, prepare
 
 NASTY = ["a b", "it's", 'say "hi"', "x;y", "a|b", "$(touch P1)", "`touch P2`", "*", "", "-n", "--", "\\n",
          "a\nb", "$HOME", "~", "#x", "é ü 中", "{}", "'", '"']
@@ -82,6 +82,34 @@ class TestCommands:
         with anypool.Pool("subprocess", 1) as pool:
             r = pool.submit('printf "%s-%s" "$2" "$1"', "a", "b").result(30)
         assert r.stdout == b"b-a"
+
+    def test_a_dollar_one_the_shell_does_not_expand_still_gets_the_arguments(self, tmp_path: Path) -> None:
+        """awk's own $1, in single quotes (or escaped), is no reference to the script's
+        arguments: they were dropped, and awk read nothing and exited 0."""
+        data = tmp_path / "in.txt"
+        data.write_text("b x\na y\n")
+        with anypool.Pool("subprocess", 2) as pool:
+            quoted = pool.submit("sort | awk '{print $1}'", data).result(30)
+            escaped = pool.submit('sort | awk "{print \\$2}"', data).result(30)
+            placed = pool.submit("""awk '{print $2}' "$1" | sort""", data).result(30)
+        assert quoted.stdout == b"b\na\n"  # the file, appended as "$@" to awk: sort read nothing
+        assert escaped.stdout == b"x\ny\n"
+        assert placed.stdout == b"x\ny\n"
+        assert placed.args[2] == """awk '{print $2}' "$1" | sort"""  # no "$@" appended
+
+    @pytest.mark.parametrize(("script", "mentions"), [
+        ('cp "$1" "$1.bak"', True),
+        ("echo $#", True),
+        ("echo ${2}", True),
+        ('echo "it\'s $*"', True),  # a ' inside "..." quotes nothing
+        ("awk '{print $1}'", False),
+        ("echo \\$1", False),
+        ('echo "\\$@"', False),
+        ("echo ${#name}", False),  # a length, not $#
+        ("echo $HOME", False),
+    ])
+    def test_which_scripts_place_their_arguments_themselves(self, script: str, mentions: bool) -> None:
+        assert mentions_arguments(script) is mentions
 
     def test_map_over_a_command_gives_one_result_per_argument_in_order(self) -> None:
         with anypool.Pool("subprocess", 3) as pool:
