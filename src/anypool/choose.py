@@ -9,7 +9,8 @@
   pickled and there is more than one CPU.  A pool attached
   to the caller's running loop is not probed: that loop's CPU time is also
   the caller's;
-* a command (a ``str`` or a list of ``str``) → ``subprocess``;
+* a command (a ``str``, an argv list or tuple, see :func:`~anypool.commands.is_command`)
+  → ``subprocess``;
 * a sync callable → measured on its first tasks, run on a probe thread:
 
   - CPU time well under wall time (it waits: IO, sleep, locks) → ``thread``;
@@ -66,6 +67,7 @@ from . import clock, schedstat, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items, call_one
+from .commands import is_command
 from .dispatch import fn_name, serve
 from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
@@ -118,15 +120,6 @@ _TICK = 0.002  # how often a running first task is checked for the early verdict
 _SAMPLE_SLEEP = 0.0002
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
 _UNEXPLAINED = 0.0003
-
-
-def is_command(fn: Any) -> bool:
-    """Whether ``fn`` is a shell command (``str``) or an argv list."""
-    if isinstance(fn, str):
-        return True
-    if isinstance(fn, (list, tuple)) and fn and all(isinstance(a, str) for a in fn):
-        return True
-    return hasattr(fn, "__anypool_command__")
 
 
 def is_coroutine_callable(fn: Any) -> bool:

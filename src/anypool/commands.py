@@ -3,8 +3,8 @@
 A task's "callable" on the ``subprocess`` backend is a *command*:
 
 * a ``str`` is a shell command line, read by ``/bin/sh``;
-* a list (or tuple) of ``str`` is an argv: the program and its arguments,
-  run without any shell;
+* a list (or tuple) is an argv: the program and its arguments (each a
+  ``str``, ``bytes``, ``os.PathLike`` or number, as below), run without any shell;
 * an object with an ``__anypool_command__(args, slot)`` method returns one of
   the two (or a :class:`Spec`) for each job; the command line uses this to
   fill its templates, ``slot`` being the number of the worker running the job.
@@ -53,8 +53,8 @@ from typing import Any, NamedTuple
 
 from .records import Frozen
 
-__all__ = ["SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "mentions_arguments", "prepare",
-           "split_words"]
+__all__ = ["SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "is_command", "mentions_arguments",
+           "prepare", "split_words"]
 
 SHELL = "/bin/sh"
 
@@ -229,6 +229,17 @@ def mentions_arguments(script: str) -> bool:
         if token == '"':
             quoted = not quoted
         pos = m.end()
+
+
+def is_command(fn: Any) -> bool:
+    """Whether ``fn`` is a command: a ``str``, a list or tuple, or has ``__anypool_command__``.
+
+    A list or tuple is taken for an argv whatever it holds (it cannot be
+    called anyway): :func:`prepare` checks its items as it runs, so
+    ``backend="auto"`` takes the same argvs as ``backend="subprocess"`` and
+    fails the others with the same errors.
+    """
+    return isinstance(fn, (str, list, tuple)) or hasattr(fn, "__anypool_command__")
 
 
 def _as_arg(value: Any) -> str:

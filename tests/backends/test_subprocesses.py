@@ -167,6 +167,20 @@ class TestCommands:
             assert pool.submit("echo auto").result(30).stdout == b"auto\n"
             assert pool.submit(["echo", "argv"]).result(30).stdout == b"argv\n"
 
+    @pytest.mark.parametrize("backend", ["subprocess", "auto"])
+    def test_auto_takes_the_argvs_the_subprocess_backend_takes(self, backend: str, tmp_path: Path) -> None:
+        """An argv holding a path, bytes or a number ran on subprocess; auto called the
+        list itself ("'list' object is not callable")."""
+        (tmp_path / "f").write_text("abcdef")
+        with anypool.Pool(backend) as pool:
+            assert pool.submit(["cat", tmp_path / "f"]).result(30).stdout == b"abcdef"
+            assert pool.submit((b"head", "-c", 3, os.fsencode(tmp_path / "f"))).result(30).stdout == b"abc"
+            assert [r.stdout for r in pool.map(["printf", "%s", 2.5], "ab")] == [b"2.5a", b"2.5b"]
+            with pytest.raises(TypeError, match="command arguments must be str"):
+                pool.submit(["echo", object()]).result(30)
+            with pytest.raises(ValueError, match="empty"):
+                pool.submit([]).result(30)
+
     def test_command_objects_get_their_slot_number(self) -> None:
         class Cmd:
             def __anypool_command__(self, args: tuple[Any, ...], slot: int) -> list[str]:
