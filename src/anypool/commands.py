@@ -53,8 +53,10 @@ from typing import Any, NamedTuple
 
 from .records import Frozen
 
-__all__ = ["SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "is_command", "mentions_arguments",
-           "prepare", "split_words"]
+__all__ = [
+    "SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "is_command", "mentions_arguments",
+    "prepare", "split_words",
+]
 
 SHELL = "/bin/sh"
 
