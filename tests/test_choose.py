@@ -208,6 +208,46 @@ def test_each_callable_gets_its_own_choice_in_one_pool() -> None:
     assert "sleep" in str(pool.stats)
 
 
+class Multiplier:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    async def times(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return self.k * x
+
+
+def test_each_coroutine_the_probe_times_runs_its_own_callable() -> None:
+    """The async probe ran every task it timed with the first one's callable: partials of
+    one coroutine function, or its methods bound to different objects, all returned the
+    first one's results."""
+    with anypool.Pool() as pool:
+        partials = [pool.submit(functools.partial(tasks.aadd, k), 1) for k in range(5)]
+        methods = [pool.submit(Multiplier(k).times, 2) for k in range(5)]
+        assert [f.result(30) for f in partials] == [1, 2, 3, 4, 5]
+        assert [f.result(30) for f in methods] == [0, 2, 4, 6, 8]
+
+
+async def parse_failing_once(path: str, x: int) -> int:
+    tasks.cpu(200_000)
+    await asyncio.sleep(0)
+    if x == 0 and not os.path.exists(path):
+        open(path, "w").close()  # a mark the worker processes see too
+        raise ValueError("the first attempt fails")
+    return x
+
+
+def test_a_retry_of_a_probed_coroutine_goes_where_the_choice_sends_it(tmp_path: Any) -> None:
+    """The retry kept the probe's timing wrapper, which cannot be pickled: it ran on the loop,
+    and the choice said its calls could not be pickled."""
+    fn = functools.partial(parse_failing_once, str(tmp_path / "failed"))
+    with anypool.Pool(retries=1, backoff=0) as pool:
+        assert list(pool.map(fn, range(16))) == list(range(16))
+        choice = pool.stats.choices["partial(parse_failing_once)"]
+    assert choice.startswith("process+async: "), choice
+    assert "cannot be pickled" not in choice, choice
+
+
 class TestDecide:
     """The rule itself, on measurements given directly."""
 

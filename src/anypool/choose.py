@@ -747,18 +747,24 @@ class _Steps:
 
 
 class _Timed:
-    """A probed coroutine function: calls it and times the steps of what it returns.
+    """A probed task's callable: calls it and times the steps of what it returns.
 
     It answers to the same name and key as the function (``__qualname__``,
-    ``func``), so events, logs and a retry treat it as the function itself.
+    ``func``), so events, logs and the choice treat it as the function
+    itself.  One is made for each task, never shared: the tasks of one key
+    may hold different callables (partials, methods of different objects),
+    and each must run its own.  Once called it gives the task its callable
+    back, so a retry goes where the choice sends it.
     """
 
-    def __init__(self, fn: Callable[..., Any], probe: _AsyncProbe) -> None:
-        self.func = fn
+    def __init__(self, task: Task, probe: _AsyncProbe) -> None:
+        self.func = task.fn
+        self.task = task
         self.probe = probe
-        self.__qualname__ = fn_name(fn)
+        self.__qualname__ = fn_name(self.func)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.task.fn = self.func  # every item of the task has been called by now
         r = self.func(*args, **kwargs)
         if not inspect.isawaitable(r):
             return r
@@ -784,7 +790,6 @@ class _AsyncProbe(_ProbeBase):
                  loop_backend: AsyncBackend) -> None:
         super().__init__(router, key, fn)
         self.loop_backend = loop_backend
-        self.timed = _Timed(fn, self)
         self.items = 0  # coroutines sent to the loop, timed
         self.cpu_done: list[float] = []  # CPU time of each finished one
         self.began = time.perf_counter()
@@ -810,7 +815,7 @@ class _AsyncProbe(_ProbeBase):
                 self.held.append(task.subtask(room, task.items[room:]))
                 task = task.subtask(0, task.items[:room])
             self.items += len(task.items)
-        task.fn = self.timed
+        task.fn = _Timed(task, self)
         self.loop_backend.submit(task)
         return True
 
