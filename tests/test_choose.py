@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import hashlib
 import logging
 import os
 import threading
 import time
 import types
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -208,6 +210,82 @@ def test_each_callable_gets_its_own_choice_in_one_pool() -> None:
     assert "sleep" in str(pool.stats)
 
 
+class Scale:
+    """A callable class: each instance an object of its own, with its own state."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return x * self.k
+
+
+class Items(list[int]):
+    """A list that can be weakly referenced: ``items.count`` is a built-in method bound to it."""
+
+
+def _scale(k: int) -> tuple[object, Any, int, int]:
+    s = Scale(k)
+    return s, s, 2, 2 * k
+
+
+def _count(k: int) -> tuple[object, Any, int, int]:
+    items = Items([1] * k)
+    return items, items.count, 1, k
+
+
+def _alive(refs: list[weakref.ref[object]], seconds: float = 5.0) -> int:
+    """How many of ``refs`` still have their object once the pool's threads let go of it."""
+    deadline = time.monotonic() + seconds
+    while sum(r() is not None for r in refs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sum(r() is not None for r in refs)
+
+
+@pytest.mark.parametrize(("make", "label"), [(_scale, "Scale"), (_count, "Items.count")])
+def test_objects_called_once_each_share_one_probe_and_are_not_kept(make: Any, label: str) -> None:
+    """Keyed by the object itself (a callable instance, a built-in method bound to an
+    object), each of them was probed anew and kept, with all it held, for the pool's life."""
+    refs: list[weakref.ref[object]] = []
+    gc.disable()  # freed as soon as unused: not left to a garbage collection that may come
+    try:
+        with anypool.Pool(record=True) as pool:
+            for k in range(100):
+                obj, fn, arg, expected = make(k)
+                refs.append(weakref.ref(obj))
+                assert pool.submit(fn, arg).result(30) == expected
+                del obj, fn
+            # the timeline names a task's callable from a one-entry cache: moved on
+            assert pool.submit(len, "ab").result(30) == 2
+            assert _alive(refs) == 0
+            probed = [row for row in pool.timeline() if row.worker == "probe" and row.fn == label]
+    finally:
+        gc.enable()
+    assert len(probed) == 1
+    assert list(pool.stats.choices) == [label, "len"]
+
+
+class WrapsACoroutineFunction:
+    """A sync callable keeping the coroutine function it runs as ``.func``: not a partial."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+
+    def __call__(self, x: int) -> tuple[str, Any]:
+        return "sync", asyncio.run(self.func(x))
+
+
+def test_an_object_with_a_func_attribute_is_not_taken_for_a_partial() -> None:
+    """It shared the choice (and the name) of the coroutine function in its ``.func``: sent to
+    the event loop, where its asyncio.run() failed."""
+    with anypool.Pool() as pool:
+        assert list(pool.map(tasks.asquare, range(3))) == [0, 1, 4]
+        assert pool.submit(WrapsACoroutineFunction(tasks.asquare), 3).result(30) == ("sync", 9)
+        choices = pool.stats.choices
+    assert choices["asquare"].startswith("async: ")
+    assert not choices["WrapsACoroutineFunction"].startswith("async"), choices
+
+
 class Multiplier:
     def __init__(self, k: int) -> None:
         self.k = k
@@ -215,6 +293,9 @@ class Multiplier:
     async def times(self, x: int) -> int:
         await asyncio.sleep(0)
         return self.k * x
+
+    async def __call__(self, x: int) -> int:
+        return await self.times(x)
 
 
 def test_each_coroutine_the_probe_times_runs_its_own_callable() -> None:
@@ -224,8 +305,10 @@ def test_each_coroutine_the_probe_times_runs_its_own_callable() -> None:
     with anypool.Pool() as pool:
         partials = [pool.submit(functools.partial(tasks.aadd, k), 1) for k in range(5)]
         methods = [pool.submit(Multiplier(k).times, 2) for k in range(5)]
+        instances = [pool.submit(Multiplier(k), 3) for k in range(5)]
         assert [f.result(30) for f in partials] == [1, 2, 3, 4, 5]
         assert [f.result(30) for f in methods] == [0, 2, 4, 6, 8]
+        assert [f.result(30) for f in instances] == [0, 3, 6, 9, 12]
 
 
 async def parse_failing_once(path: str, x: int) -> int:

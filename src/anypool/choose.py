@@ -59,6 +59,7 @@ import logging
 import os
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -272,6 +273,9 @@ class _GilSampler:
 
     def stop(self) -> None:
         self._stop.set()
+        # the probe's bound method: a cycle that would keep the probe, and the
+        # callable it holds, until the garbage collector's next full pass
+        self._then = None
 
 
 class _ProbeBase:
@@ -752,8 +756,8 @@ class _Timed:
     It answers to the same name and key as the function (``__qualname__``,
     ``func``), so events, logs and the choice treat it as the function
     itself.  One is made for each task, never shared: the tasks of one key
-    may hold different callables (partials, methods of different objects),
-    and each must run its own.  Once called it gives the task its callable
+    may hold different callables (partials, methods of different objects,
+    instances of one class), and each must run its own.  Once called it gives the task its callable
     back, so a retry goes where the choice sends it.
     """
 
@@ -866,19 +870,39 @@ class _AsyncProbe(_ProbeBase):
 
 
 def _key(fn: Any) -> Any:
-    """What identifies "the same callable" for the choice: its code where it has one."""
-    inner = getattr(fn, "func", None)  # functools.partial
-    if inner is not None:
-        return _key(inner)
-    func = getattr(fn, "__func__", fn)  # bound methods
+    """What identifies "the same callable" for the choice, holding no object made per call.
+
+    * a function, or a method bound to any instance: its code;
+    * an instance of a class with a ``__call__`` written in Python: that
+      ``__call__``'s code (keyed by the instance itself, each instance was
+      probed anew and kept alive, with all it held, for the pool's life);
+    * a class: itself;
+    * a built-in method bound to an object (``some_list.append``): the
+      object's type and the method's name;
+    * anything else (``len``, a numpy ufunc, an ``operator.itemgetter``): its
+      type, module and name.
+
+    A ``functools.partial`` is keyed by the function it wraps, never an object
+    that merely has a ``.func`` attribute.
+    """
+    while isinstance(fn, (functools.partial, _Timed)):
+        fn = fn.func
+    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
     code = getattr(func, "__code__", None)
-    if code is not None:
+    if isinstance(code, types.CodeType):
         return code
-    try:
-        hash(fn)
-    except TypeError:
-        return type(fn)
-    return fn
+    if isinstance(fn, type):
+        return fn
+    code = getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004 - its code, if Python
+    if isinstance(code, types.CodeType):
+        return code
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    name = name if isinstance(name, str) else None
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, (types.ModuleType, type)):
+        return (type(owner), name)
+    module = getattr(fn, "__module__", None)
+    return (type(fn), module if isinstance(module, str) else None, name)
 
 
 class AutoBackend(Backend):
