@@ -53,6 +53,7 @@ backend.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import inspect
 import logging
@@ -757,8 +758,8 @@ class _Timed:
     ``func``), so events, logs and the choice treat it as the function
     itself.  One is made for each task, never shared: the tasks of one key
     may hold different callables (partials, methods of different objects,
-    instances of one class), and each must run its own.  Once called it gives the task its callable
-    back, so a retry goes where the choice sends it.
+    instances of one class), and each must run its own.  Once called it gives
+    the task its callable back, so a retry goes where the choice sends it.
     """
 
     def __init__(self, task: Task, probe: _AsyncProbe) -> None:
@@ -774,9 +775,16 @@ class _Timed:
             return r
         steps = _Steps(r)
         try:
-            return await steps
+            value = await steps
         finally:
-            self.probe.finished(steps.cpu)
+            decided = self.probe.finished(steps.cpu)
+        if decided is not None:
+            # the last one timed: handed back once the choice is in pool.stats,
+            # as a thread probe's last task is (made off the loop, see finished)
+            import asyncio
+
+            await asyncio.wrap_future(decided)
+        return value
 
 
 class _AsyncProbe(_ProbeBase):
@@ -823,13 +831,26 @@ class _AsyncProbe(_ProbeBase):
         self.loop_backend.submit(task)
         return True
 
-    def finished(self, cpu: float) -> None:
-        """A timed coroutine ended (called on the loop thread): judge once enough did."""
+    def finished(self, cpu: float) -> cf.Future[None] | None:
+        """A timed coroutine ended (called on the loop thread): judge once enough did.
+
+        Returns a future done once the choice is made, when this one completed
+        the sample (None otherwise).
+        """
         with self.lock:
             self.cpu_done.append(cpu)
             enough = not self.decided and len(self.cpu_done) >= min(ASYNC_PROBE_ITEMS, self.items)
-        if enough:
-            clock.call_later(0, self._decide_now)  # off the loop: choosing may start processes
+        if not enough:
+            return None
+        done: cf.Future[None] = cf.Future()
+        clock.call_later(0, self._decide_then, done)  # off the loop: choosing may start processes
+        return done
+
+    def _decide_then(self, done: cf.Future[None]) -> None:
+        try:
+            self._decide_now()
+        finally:
+            done.set_result(None)
 
     def join(self) -> None:
         self._decide_now()
