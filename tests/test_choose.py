@@ -341,6 +341,26 @@ def test_a_retry_of_a_probed_coroutine_goes_where_the_choice_sends_it(tmp_path: 
     assert "cannot be pickled" not in choice, choice
 
 
+def returns_a_coroutine(x: int) -> Any:
+    return tasks.asquare(x)
+
+
+def test_a_sync_callable_returning_awaitables_is_said_to_get_them_back_unawaited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Auto's docstring sent "a callable returning awaitables" to async; it was probed as a
+    sync callable (once sent to processes, which could not send its coroutines back), and
+    its coroutines came back unawaited without a word."""
+    with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool() as pool:
+        got = [pool.submit(returns_a_coroutine, 2).result(30), *pool.map(returns_a_coroutine, range(40))]
+        reason = pool.stats.choices["returns_a_coroutine"]
+    assert all(asyncio.iscoroutine(c) for c in got)
+    assert [asyncio.run(c) for c in got] == [4] + [x * x for x in range(40)]
+    assert reason.startswith("thread: it returns awaitables, but is no coroutine function"), reason
+    assert "name backend='async'" in reason
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(",")[0] for r in warned] == ["anypool: returns_a_coroutine returned a coroutine"]
+
+
 class TestDecide:
     """The rule itself, on measurements given directly."""
 

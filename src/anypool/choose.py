@@ -1,7 +1,8 @@
 """``backend="auto"``: pick the execution model per callable, and say why.
 
-* a coroutine function (or a callable returning awaitables) → ``async``,
-  unless its coroutines keep the event loop busy: the first
+* a coroutine function (an ``async def``, a partial of one, an object with
+  an ``async def __call__``) → ``async``, unless its coroutines keep the
+  event loop busy: the first
   ``ASYNC_PROBE_ITEMS`` run on the loop with each step timed on the thread's
   CPU clock, and at ``ASYNC_HEAVY`` (0.2 ms) of CPU work a coroutine or more
   the rest go to ``process+async`` (a loop in each worker process), when the
@@ -11,7 +12,10 @@
   the caller's;
 * a command (a ``str``, an argv list or tuple, see :func:`~anypool.commands.is_command`)
   → ``subprocess``;
-* a sync callable → measured on its first tasks, run on a probe thread:
+* a sync callable → measured on its first tasks, run on a probe thread (one
+  that returns awaitables, such as ``lambda u: fetch(u, session)``, is a sync
+  callable too, kept on ``thread``: what it returns is handed back
+  unawaited, and auto says so in a warning logged once and in its choice):
 
   - CPU time well under wall time (it waits: IO, sleep, locks) → ``thread``;
   - tiny tasks (a few µs): pickling them to processes would cost more than
@@ -118,6 +122,9 @@ ASYNC_PROBE_ITEMS = 8  # coroutines timed before judging
 ASYNC_PROBE_SECONDS = 0.1  # judged by then on what ran, however few finished
 ASYNC_HEAVY = 200e-6  # CPU seconds a coroutine keeps the loop busy above which processes pay
 ASYNC_BUSY = 0.5  # share of the loop unfinished probe coroutines took that counts as heavy
+# What auto says of a sync callable that returns awaitables (a lambda calling an async def).
+AWAITABLES = ("auto runs it as a sync callable, and hands back what it returns unawaited, as "
+              "backend='thread' does (make it an async def, or name backend='async', which awaits it)")
 _TICK = 0.002  # how often a running first task is checked for the early verdict
 _SAMPLE_SLEEP = 0.0002
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
@@ -367,6 +374,7 @@ class _Probe(_ProbeBase):
         self.lent: Backend | None = None
         self.current_cpu0 = 0.0
         self.current_delay0 = 0.0
+        self.awaitables = False  # a call returned an awaitable (said once: see _returns_awaitables)
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
         self.began = time.perf_counter()
         self.delay0 = 0.0  # the probe thread's run-queue time when it started
@@ -445,6 +453,8 @@ class _Probe(_ProbeBase):
                         return  # past its timeout: settled on time, and this thread abandoned
                     results, failed = timed
                 t1 = time.time()
+                if not self.awaitables and any(inspect.isawaitable(r) for r in results):
+                    self._returns_awaitables(results)
                 with self.lock:
                     self.current_start = None
                     lent, self.lent = self.lent, None
@@ -483,6 +493,18 @@ class _Probe(_ProbeBase):
             fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
             if fd is not None:
                 os.close(fd)
+
+    def _returns_awaitables(self, results: list[Any]) -> None:
+        """Say once, as a warning, that the callable probed returns awaitables, handed back unawaited.
+
+        Awaiting them would take the event loop, and this call's future (like
+        every future of a sync callable) is not one the loop can settle: so
+        auto runs it as ``thread`` would, and says how to get it awaited.
+        """
+        self.awaitables = True
+        kind = next(type(r).__name__ for r in results if inspect.isawaitable(r))
+        log.warning("anypool: %s returned a %s, but is no coroutine function: %s", fn_name(self.fn), kind,
+                    AWAITABLES)
 
     def _call_timed(self, task: Task, started: float, ws: Any) -> tuple[list[Any], list[int] | None] | None:
         """Run ``task``'s items one by one under its ``timeout=``, as the thread backend does.
@@ -686,6 +708,9 @@ class _Probe(_ProbeBase):
         gil_held: float | None = min(1.0, self.sampler.held / max(on_cpu, 0.05))
         if self.sampler.samples < MIN_SAMPLES and time.perf_counter() - self.began < PROBE_MAX:
             gil_held = None
+        if force is None and self.awaitables:
+            # never processes: what it returns could not come back from one
+            force = ("thread", "it returns awaitables, but is no coroutine function: " + AWAITABLES)
         if force is not None:
             decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
         else:
