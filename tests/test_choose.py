@@ -7,6 +7,7 @@ import functools
 import gc
 import hashlib
 import logging
+import operator
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 import anypool
 import tasks
-from anypool.choose import ASYNC_PROBE_ITEMS, decide, decide_async
+from anypool.choose import ASYNC_PROBE_ITEMS, _key, decide, decide_async
 
 
 def _choice(pool: anypool.Pool, fn: Any) -> str:
@@ -286,6 +287,17 @@ def test_an_object_with_a_func_attribute_is_not_taken_for_a_partial() -> None:
     assert not choices["WrapsACoroutineFunction"].startswith("async"), choices
 
 
+def test_what_counts_as_the_same_callable() -> None:
+    """One choice per key: a key must hold no object made per call, nor join unlike callables."""
+    assert _key(Scale(1)) == _key(Scale(2)) != _key(WrapsACoroutineFunction(tasks.asquare))
+    assert _key(WrapsACoroutineFunction(tasks.asquare)) != _key(tasks.asquare)
+    assert _key(functools.partial(tasks.add, 1)) == _key(functools.partial(tasks.add, 2)) == _key(tasks.add)
+    assert _key(Items().count) == _key(Items([1]).count) != _key([].count)
+    assert _key(Scale) != _key(Items)
+    assert _key(len) is len
+    assert _key(operator.itemgetter(0)) == _key(operator.itemgetter(1)) != _key(operator.attrgetter("x"))
+
+
 class Multiplier:
     def __init__(self, k: int) -> None:
         self.k = k
@@ -358,7 +370,8 @@ def test_a_sync_callable_returning_awaitables_is_said_to_get_them_back_unawaited
     assert reason.startswith("thread: it returns awaitables, but is no coroutine function"), reason
     assert "name backend='async'" in reason
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert [r.getMessage().split(",")[0] for r in warned] == ["anypool: returns_a_coroutine returned a coroutine"]
+    said = [r.getMessage().split(",")[0] for r in warned]
+    assert said == ["anypool: returns_a_coroutine returned a coroutine"]
 
 
 class TestDecide:

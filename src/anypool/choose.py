@@ -915,6 +915,9 @@ class _AsyncProbe(_ProbeBase):
             return 0.0
 
 
+_LASTING = (types.ModuleType, type)  # what a built-in method may be bound to and still be kept
+
+
 def _key(fn: Any) -> Any:
     """What identifies "the same callable" for the choice, holding no object made per call.
 
@@ -922,15 +925,17 @@ def _key(fn: Any) -> Any:
     * an instance of a class with a ``__call__`` written in Python: that
       ``__call__``'s code (keyed by the instance itself, each instance was
       probed anew and kept alive, with all it held, for the pool's life);
-    * a class: itself;
+    * a class, a module's built-in function (``len``, ``dict.fromkeys``): itself;
     * a built-in method bound to an object (``some_list.append``): the
       object's type and the method's name;
-    * anything else (``len``, a numpy ufunc, an ``operator.itemgetter``): its
-      type, module and name.
+    * anything else (a numpy ufunc, an ``operator.itemgetter``): its type,
+      module and name.
 
     A ``functools.partial`` is keyed by the function it wraps, never an object
     that merely has a ``.func`` attribute.
     """
+    if type(fn) is types.FunctionType:  # the common case first: this runs on every submit
+        return fn.__code__
     while isinstance(fn, (functools.partial, _Timed)):
         fn = fn.func
     func = fn.__func__ if isinstance(fn, types.MethodType) else fn
@@ -939,13 +944,15 @@ def _key(fn: Any) -> Any:
         return code
     if isinstance(fn, type):
         return fn
+    owner = getattr(fn, "__self__", None)
+    if type(fn) is types.BuiltinFunctionType and (owner is None or isinstance(owner, _LASTING)):
+        return fn  # a module's function (or a class's): it lives as long as its module
     code = getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004 - its code, if Python
     if isinstance(code, types.CodeType):
         return code
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     name = name if isinstance(name, str) else None
-    owner = getattr(fn, "__self__", None)
-    if owner is not None and not isinstance(owner, (types.ModuleType, type)):
+    if owner is not None and not isinstance(owner, _LASTING):
         return (type(owner), name)
     module = getattr(fn, "__module__", None)
     return (type(fn), module if isinstance(module, str) else None, name)
