@@ -287,6 +287,38 @@ def test_an_object_with_a_func_attribute_is_not_taken_for_a_partial() -> None:
     assert not choices["WrapsACoroutineFunction"].startswith("async"), choices
 
 
+def logged(fn: Any) -> Any:
+    """A decorator: each function it wraps gets a wrapper with the same code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+@logged
+def logged_square(x: int) -> int:
+    return x * x
+
+
+@logged
+def logged_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_functions_wrapped_by_one_decorator_each_get_their_own_choice() -> None:
+    """Keyed by the wrapper's code, the second shared the first one's choice (a sleeping
+    function's, for CPU-bound work) and had no line in pool.stats.choices."""
+    with anypool.Pool() as pool:
+        assert list(pool.map(logged_sleep, [0.02] * 4)) == [0.02] * 4
+        assert list(pool.map(logged_square, range(300))) == [x * x for x in range(300)]
+        choices = pool.stats.choices
+    assert choices["logged_sleep"].startswith("thread: it mostly waits")
+    assert "mostly waits" not in choices["logged_square"], choices  # its own, measured
+
+
 def test_what_counts_as_the_same_callable() -> None:
     """One choice per key: a key must hold no object made per call, nor join unlike callables."""
     assert _key(Scale(1)) == _key(Scale(2)) != _key(WrapsACoroutineFunction(tasks.asquare))

@@ -921,7 +921,8 @@ _LASTING = (types.ModuleType, type)  # what a built-in method may be bound to an
 def _key(fn: Any) -> Any:
     """What identifies "the same callable" for the choice, holding no object made per call.
 
-    * a function, or a method bound to any instance: its code;
+    * a function, or a method bound to any instance: its code (a decorator's
+      wrapper: its code and the key of the function it wraps);
     * an instance of a class with a ``__call__`` written in Python: that
       ``__call__``'s code (keyed by the instance itself, each instance was
       probed anew and kept alive, with all it held, for the pool's life);
@@ -935,7 +936,11 @@ def _key(fn: Any) -> Any:
     that merely has a ``.func`` attribute.
     """
     if type(fn) is types.FunctionType:  # the common case first: this runs on every submit
-        return fn.__code__
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is None or wrapped is fn:
+            return fn.__code__
+        # a decorator's wrapper (functools.wraps): its code is every decorated function's
+        return (fn.__code__, _key(wrapped))
     while isinstance(fn, (functools.partial, _Timed)):
         fn = fn.func
     func = fn.__func__ if isinstance(fn, types.MethodType) else fn
