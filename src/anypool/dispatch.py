@@ -18,6 +18,7 @@ broken state (a failed initializer).  Nothing here is backend-specific.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import os
 import threading
@@ -84,7 +85,7 @@ def fn_name(fn: Any) -> str:
         text = shlex.join(words)
         return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT - 1] + "…"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None and hasattr(fn, "func"):  # functools.partial
+    if name is None and isinstance(fn, functools.partial):
         return f"partial({fn_name(fn.func)})"
     return str(name or type(fn).__name__)
 
