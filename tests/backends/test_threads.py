@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_a_task_ending_at_its_deadline_is_reported_once() -> None:
         futs = [pool.submit(tasks.sleep, 0.02, i) for i in range(400)]
         for i, f in enumerate(futs):
             exc = f.exception(10)
-            assert exc is None and f.result() == i or isinstance(exc, anypool.TaskTimeout), (i, exc)
+            assert (exc is None and f.result() == i) or isinstance(exc, anypool.TaskTimeout), (i, exc)
         time.sleep(0.05)  # a second report would come from the clock, in the background
     finally:
         _settled_and_shut_down(pool)
@@ -263,3 +264,46 @@ def test_batch_items_ending_at_their_deadline_are_reported_once(raises: bool) ->
     s = pool.stats
     timeouts = sum(isinstance(g, anypool.TaskTimeout) for g in got)
     assert (s.timed_out, s.failed) == (timeouts, 400 if raises else timeouts)
+
+
+def test_a_timed_out_tasks_callback_raising_system_exit_leaves_its_settlement_whole(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The deadline check settles a timed-out task on the shared clock's thread: a
+    callback's SystemExit escaped there, the unit never ended (shutdown hung) and the
+    clock thread ended, every pool's later deadlines and back-offs with it."""
+    pool = anypool.Pool("thread", 1, timeout=0.2)
+    try:
+        stuck = pool.submit(tasks.sleep, 2)
+        stuck.add_done_callback(lambda f: sys.exit("bye"))
+        with pytest.raises(anypool.TaskTimeout):
+            stuck.result(10)
+        with pytest.raises(anypool.TaskTimeout):
+            pool.submit(tasks.sleep, 2).result(10)  # the next deadline still fires
+    finally:
+        _settled_and_shut_down(pool)
+    assert "exception calling callback for" in caplog.text
+
+
+def test_a_worker_thread_outlives_a_failure_to_settle_its_task(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever escapes the settlement (an anypool bug: a task's, its callbacks' and
+    its observers' exceptions are caught before) is logged, and the thread goes on
+    taking tasks; before, it ended, and the pool ran one thread short without a word."""
+    pool = anypool.Pool("thread", 1)
+    settle = pool._dispatch.finish_one
+    faults: list[int] = []
+
+    def settle_then_fail(*args: Any) -> None:
+        settle(*args)
+        if not faults:
+            faults.append(1)
+            raise RuntimeError("a bug after the settlement")
+
+    monkeypatch.setattr(pool._dispatch, "finish_one", settle_then_fail)
+    try:
+        assert pool.submit(tasks.square, 3).result(10) == 9
+        assert pool.submit(tasks.square, 4).result(10) == 16, "the only thread is gone"
+    finally:
+        _settled_and_shut_down(pool)
+    assert faults
+    assert "failed to settle task #1 square" in caplog.text

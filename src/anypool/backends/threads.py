@@ -21,6 +21,7 @@ hold up interpreter exit.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ..stats import WorkerStats
 
 __all__ = ["ThreadBackend"]
+
+log = logging.getLogger("anypool")
 
 
 class _Running:
@@ -134,7 +137,15 @@ class ThreadBackend(Backend):
                 task = q.get()
                 if task is None:
                     break
-                self._execute(task, rec, ws)
+                try:
+                    self._execute(task, rec, ws)
+                except BaseException:
+                    # The task's own exceptions, its callbacks' and its observers' are
+                    # all caught before they get here: this is a bug in anypool's
+                    # settlement.  Said loudly; the thread goes on taking tasks, where
+                    # ending it would shrink the pool without a word.
+                    log.critical("anypool: %s failed to settle task %s", name, task.label(),
+                                 exc_info=True)
                 # drop the task before blocking for the next one: a finished
                 # task's arguments must not stay alive while the pool idles
                 del task
