@@ -175,3 +175,18 @@ def test_a_broken_pool_raises_from_the_map_not_from_the_shutdown_that_feeds_it()
             pool.submit(tasks.square, 1).result(10)  # broken from here on
     with pytest.raises(anypool.InitializerFailed):
         list(results)
+
+
+def test_a_unit_reported_final_twice_is_logged_and_shutdown_still_returns(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An anypool bug of this kind (a timed thread task reported by its worker and by
+    its deadline check) left the count of unfinished units at -1: shutdown waited,
+    silently, for ever.  Now it says so, with the stack that reported it, and returns."""
+    pool = anypool.Pool("thread", 1)
+    assert pool.submit(tasks.square, 3).result(10) == 9
+    pool._dispatch._end()  # the second report of that task's unit, as the bug made
+    closer = threading.Thread(target=pool.shutdown, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "shutdown hung"
+    assert "a unit of work was reported final twice" in caplog.text

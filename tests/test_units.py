@@ -402,6 +402,44 @@ class TestFutures:
         assert not not_done
 
 
+    @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), ValueError("callback bug")],
+                             ids=["SystemExit", "KeyboardInterrupt", "ValueError"])
+    def test_a_callback_that_raises_is_logged_and_the_others_still_run(
+            self, exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+        """The stdlib logs an Exception but lets SystemExit and KeyboardInterrupt out of
+        set_result(), skipping the other callbacks and, in a pool, the rest of the task's
+        settlement (its worker thread ended and shutdown() waited for ever)."""
+        import threading
+
+        def settle() -> None:
+            fut: anypool.Future[int] = anypool.Future()
+            fut.add_done_callback(lambda f: calls.append("first"))
+            fut.add_done_callback(_raiser(exc))
+            fut.add_done_callback(lambda f: calls.append("last"))
+            fut.set_result(1)
+
+        calls: list[str] = []
+        worker = threading.Thread(target=settle)
+        worker.start()
+        worker.join(10)
+        assert calls == ["first", "last"]
+        assert caplog.text.count("exception calling callback for") == 1
+        calls.clear()
+        if isinstance(exc, KeyboardInterrupt):
+            # on the main thread it is Ctrl-C's: raised, but after the other callbacks
+            with pytest.raises(KeyboardInterrupt):
+                settle()
+        else:
+            settle()
+        assert calls == ["first", "last"]
+
+
+def _raiser(exc: BaseException) -> Any:
+    def callback(_: object) -> None:
+        raise exc
+    return callback
+
+
 class TestFutureInternals:
     def test_a_blocked_waiter_is_woken_and_a_timed_out_wait_recovers(self) -> None:
         """The lazy condition: threads that really block are woken; timeouts leave no trace."""
@@ -634,3 +672,17 @@ def test_the_clock_lets_go_of_a_call_once_it_has_run() -> None:
         gc.collect()
         time.sleep(0.01)
     assert ref() is None
+
+
+def test_a_clock_callback_raising_system_exit_does_not_stop_the_clock() -> None:
+    """The clock caught only Exception: a SystemExit ended its thread, and the calls
+    behind it (every pool's deadlines and retry back-offs) waited for the next
+    call_later to start a new one, maybe for ever."""
+    import threading
+
+    from anypool import clock
+
+    ran = threading.Event()
+    clock.call_later(0.05, _raiser(SystemExit(2)), None)
+    clock.call_later(0.1, lambda: ran.set())
+    assert ran.wait(10)

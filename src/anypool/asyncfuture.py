@@ -142,7 +142,7 @@ class AsyncFuture(Future[T]):
 
     def _invoke_callbacks(self) -> None:
         if self._done_callbacks:
-            super()._invoke_callbacks()  # type: ignore[misc]
+            super()._invoke_callbacks()
         held = self._aio_callbacks
         if held is None:
             return

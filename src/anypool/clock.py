@@ -74,7 +74,7 @@ class _Clock:
             if not handle.cancelled:
                 try:
                     handle.fn(*handle.args)
-                except Exception:
+                except BaseException:  # SystemExit too: this thread keeps every pool's deadlines
                     log.exception("anypool: a scheduled callback failed")
             # let go now, not when the next call is due (maybe never): its arguments
             # may hold a retried task and the shared memory of its arguments

@@ -142,11 +142,17 @@ class Dispatch:
     def _end(self) -> None:
         with self._lock:
             self._outstanding -= 1
-            if self._outstanding == 0:
-                self._idle.notify_all()
-                waiters, self._idle_waiters = self._idle_waiters, []
-            else:
+            if self._outstanding > 0:
                 return
+            self._idle.notify_all()
+            waiters, self._idle_waiters = self._idle_waiters, []
+            left = self._outstanding
+        if left < 0:
+            # A unit reported final twice: a bug in anypool.  Said loudly, with the
+            # stack that reported it; and waiters still see the pool idle (below 0
+            # counts as idle), or shutdown() would wait for ever without a word.
+            log.error("anypool: internal error: a unit of work was reported final twice "
+                      "(%d outstanding); please report this", left, stack_info=True)
         for f in waiters:
             try:
                 f.set_result(None)
@@ -201,16 +207,16 @@ class Dispatch:
         """Block until every unit is final; False if ``timeout`` ran out first."""
         with self._idle:
             for step in waiting.slices(timeout):
-                if not self._outstanding:
+                if self._outstanding <= 0:
                     return True
                 self._idle.wait(step)
-            return not self._outstanding
+            return self._outstanding <= 0
 
     def idle_future(self) -> cf.Future[None]:
         """A future that completes when every unit is final (for ``await``)."""
         f: cf.Future[None] = cf.Future()
         with self._lock:
-            if self._outstanding:
+            if self._outstanding > 0:
                 self._idle_waiters.append(f)
                 return f
         f.set_result(None)

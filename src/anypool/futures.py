@@ -141,7 +141,7 @@ class Future(cf.Future[T]):
                     waiter.add_result(self)
             self._wake()
         if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+            self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
         """Mark the task failed with ``exception`` (for backends: one call, once).
@@ -159,7 +159,7 @@ class Future(cf.Future[T]):
                     waiter.add_exception(self)
             self._wake()
         if self._done_callbacks or self._aio_callbacks is not None:  # most have none: no call
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+            self._invoke_callbacks()
 
     def add_done_callback(self, fn: Callable[[cf.Future[T]], object]) -> None:
         """Call ``fn(future)`` once the task is final; at once, in this thread, if it is already."""
@@ -174,6 +174,41 @@ class Future(cf.Future[T]):
             fn(self)
         except Exception:
             cf._base.LOGGER.exception("exception calling callback for %r", self)
+
+    def _invoke_callbacks(self) -> None:
+        """Call every done-callback; one that raises is logged and the others still run.
+
+        As ``concurrent.futures`` does, but for whatever a callback raises,
+        ``SystemExit`` and ``KeyboardInterrupt`` included (the stdlib lets them
+        through).  Callbacks run where the task is settled, on a worker thread,
+        a backend thread or an event loop: an exception escaping there skipped
+        the rest of the settlement (the unit never ended, so ``shutdown`` waited
+        for ever) and ended the thread that runs or reports later tasks.
+        Except a ``KeyboardInterrupt`` on the main thread, as for observers
+        (see ``Dispatch.emit``): that is Ctrl-C arriving while a callback ran
+        there, the user's to have.  It is raised once the other callbacks
+        have run, so none of them is skipped (an awaiter or a ``wait()``
+        left waiting for ever).
+
+        Raises:
+            KeyboardInterrupt: on the main thread, a callback raised it.
+        """
+        interrupt: KeyboardInterrupt | None = None
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except KeyboardInterrupt as exc:
+                if interrupt is None and threading.current_thread() is threading.main_thread():
+                    interrupt = exc
+                else:
+                    cf._base.LOGGER.exception("exception calling callback for %r", self)
+            except BaseException:  # see above: no callback may stop the settlement
+                cf._base.LOGGER.exception("exception calling callback for %r", self)
+        if interrupt is not None:
+            try:
+                raise interrupt
+            finally:
+                interrupt = None  # no cycle through the traceback's frame
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
@@ -203,7 +238,7 @@ class Future(cf.Future[T]):
                 # and make this cancel() look refused.
                 self._set_cancelled()  # re-entrant: the same lock, held throughout
                 return True
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
 
     def _set_cancelled(self) -> bool:
@@ -215,7 +250,7 @@ class Future(cf.Future[T]):
             self._wake()
         for waiter in self._waiter_list or ():
             waiter.add_cancelled(self)
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
 
     def _cancel_running(self) -> bool:

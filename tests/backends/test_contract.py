@@ -336,6 +336,31 @@ class TestLifecycle:
             pool.submit(flavor.fn("square"), 1)
         pool.shutdown()  # from here it waits, for the workers too (the fixtures check them gone)
 
+    @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_done_callback_raising_system_exit_or_ctrl_c_is_logged_and_the_pool_goes_on(
+            self, concurrent: Flavor, exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+        """The stdlib's Future lets SystemExit and KeyboardInterrupt out of a callback: in
+        the thread that settled the task they skipped the rest of its settlement (so
+        shutdown waited for ever) and ended that thread (a worker, the manager, the loop)."""
+        def quit_(_: object) -> None:
+            raise exc
+
+        pool = concurrent.pool(1)
+        try:
+            first = pool.submit(concurrent.fn("sleep"), 0.5, "first")
+            first.add_done_callback(quit_)  # long before the task ends
+            assert first.result(30) == "first"
+            assert pool.submit(concurrent.fn("square"), 4).result(30) == 16, "the pool still runs tasks"
+        finally:
+            closer = threading.Thread(target=pool.shutdown, daemon=True)
+            closer.start()
+            closer.join(30)
+        assert not closer.is_alive(), f"shutdown hung: {pool._dispatch.outstanding} unit(s) outstanding"
+        s = pool.stats
+        assert (s.submitted, s.done, s.running) == (2, 2, 0)
+        assert "exception calling callback for" in caplog.text
+
     def test_initializer_runs_in_each_worker_and_fills_worker_state(self, flavor: Flavor) -> None:
         with flavor.pool(initializer=tasks.set_state, initargs=("who", "init")) as pool:
             got = list(pool.map(flavor.fn("get_state"), ["who"] * 20))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -194,3 +195,115 @@ def test_a_submit_that_races_shutdown_still_runs() -> None:
     assert raced
     assert fut.result(10) == 49
     pool.shutdown()
+
+
+# -- tasks that end right at their deadline ------------------------------------
+#
+# The worker stored an item's result, then let go of the backend lock before it
+# moved on to the next item (or marked the task over); a deadline check landing
+# in that gap failed the finished item on time, and the worker reported it too.
+# Sixteen threads ending tasks at their deadlines together make the gap's few
+# microseconds come up again and again: ten or more double reports per run on
+# the old code, every run.
+
+def _settled_and_shut_down(pool: anypool.Pool) -> None:
+    """Assert that every unit ended exactly once and that shutdown returns."""
+    outstanding = pool._dispatch.outstanding
+    closer = threading.Thread(target=pool.shutdown, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert outstanding == 0, f"{outstanding} unit(s) outstanding (below 0: ended twice)"
+    assert not closer.is_alive(), "shutdown hung"
+    s = pool.stats
+    assert (s.done + s.failed, s.running) == (s.submitted, 0), (s.done, s.failed, s.submitted, s.running)
+
+
+def _sleep_then_raise(seconds: float, x: int) -> None:
+    time.sleep(seconds)
+    raise ValueError(x)
+
+
+def test_a_task_ending_at_its_deadline_is_reported_once() -> None:
+    """Before, ``done`` and ``timed_out`` both counted it and shutdown waited for ever."""
+    pool = anypool.Pool("thread", 16, timeout=0.02)
+    try:
+        futs = [pool.submit(tasks.sleep, 0.02, i) for i in range(400)]
+        for i, f in enumerate(futs):
+            exc = f.exception(10)
+            assert (exc is None and f.result() == i) or isinstance(exc, anypool.TaskTimeout), (i, exc)
+        time.sleep(0.05)  # a second report would come from the clock, in the background
+    finally:
+        _settled_and_shut_down(pool)
+    ok = sum(f.exception() is None for f in futs)
+    s = pool.stats
+    assert (s.done, s.failed, s.timed_out) == (ok, 400 - ok, 400 - ok)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["returns", "raises"])
+def test_batch_items_ending_at_their_deadline_are_reported_once(raises: bool) -> None:
+    """Before, a check landing in the gap took the finished item for the running one: a
+    batch of values failed in the clock thread (AttributeError) and was never settled,
+    the map hanging; a batch of failures got one result too many, shifted by one."""
+    pool = anypool.Pool("thread", 16, timeout=0.02)
+    fn = _sleep_then_raise if raises else tasks.sleep
+    got: list[object] = []
+    try:
+        reader = threading.Thread(daemon=True, target=lambda: got.extend(pool.imap(
+            fn, [0.02] * 400, range(400), chunksize=4, return_exceptions=True)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), f"the map hung after {len(got)} results"
+        time.sleep(0.05)
+    finally:
+        _settled_and_shut_down(pool)
+    assert len(got) == 400
+    for i, g in enumerate(got):
+        if not isinstance(g, anypool.TaskTimeout):
+            assert (g.args[0] if isinstance(g, ValueError) else g) == i, (i, g)
+            assert isinstance(g, ValueError) == raises, (i, g)
+    s = pool.stats
+    timeouts = sum(isinstance(g, anypool.TaskTimeout) for g in got)
+    assert (s.timed_out, s.failed) == (timeouts, 400 if raises else timeouts)
+
+
+def test_a_timed_out_tasks_callback_raising_system_exit_leaves_its_settlement_whole(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The deadline check settles a timed-out task on the shared clock's thread: a
+    callback's SystemExit escaped there, the unit never ended (shutdown hung) and the
+    clock thread ended, every pool's later deadlines and back-offs with it."""
+    pool = anypool.Pool("thread", 1, timeout=0.2)
+    try:
+        stuck = pool.submit(tasks.sleep, 2)
+        stuck.add_done_callback(lambda f: sys.exit("bye"))
+        with pytest.raises(anypool.TaskTimeout):
+            stuck.result(10)
+        with pytest.raises(anypool.TaskTimeout):
+            pool.submit(tasks.sleep, 2).result(10)  # the next deadline still fires
+    finally:
+        _settled_and_shut_down(pool)
+    assert "exception calling callback for" in caplog.text
+
+
+def test_a_worker_thread_outlives_a_failure_to_settle_its_task(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever escapes the settlement (an anypool bug: a task's, its callbacks' and
+    its observers' exceptions are caught before) is logged, and the thread goes on
+    taking tasks; before, it ended, and the pool ran one thread short without a word."""
+    pool = anypool.Pool("thread", 1)
+    settle = pool._dispatch.finish_one
+    faults: list[int] = []
+
+    def settle_then_fail(*args: Any) -> None:
+        settle(*args)
+        if not faults:
+            faults.append(1)
+            raise RuntimeError("a bug after the settlement")
+
+    monkeypatch.setattr(pool._dispatch, "finish_one", settle_then_fail)
+    try:
+        assert pool.submit(tasks.square, 3).result(10) == 9
+        assert pool.submit(tasks.square, 4).result(10) == 16, "the only thread is gone"
+    finally:
+        _settled_and_shut_down(pool)
+    assert faults
+    assert "failed to settle task #1 square" in caplog.text

@@ -8,6 +8,7 @@ Timeouts cannot be enforced (the caller is the one running the task).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from ..dispatch import Dispatch
 
 __all__ = ["InlineBackend"]
+
+_CTRL_C = (KeyboardInterrupt,)
 
 
 class InlineBackend(Backend):
@@ -57,9 +60,13 @@ class InlineBackend(Backend):
         served = serving()
         serve(self.dispatch)
         try:
+            # Ctrl-C in a task reaches the caller, as it would without a pool.  Only
+            # on the main thread, where it is Ctrl-C: elsewhere (a retry run by the
+            # shared clock's thread) it fails the task, as on the thread backend;
+            # raised there, it ended that thread and the task was never settled.
+            reraise = _CTRL_C if threading.current_thread() is threading.main_thread() else ()
             t0 = time.time()
-            results, failed = call_items(task.fn, task.items, task.style, Failure,
-                                         reraise=(KeyboardInterrupt,))
+            results, failed = call_items(task.fn, task.items, task.style, Failure, reraise)
             self.dispatch.finish(task, results, t0, time.time(), self._ws, failed)
         finally:
             serve(served)

@@ -21,6 +21,7 @@ hold up interpreter exit.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ..stats import WorkerStats
 
 __all__ = ["ThreadBackend"]
+
+log = logging.getLogger("anypool")
 
 
 class _Running:
@@ -134,7 +137,15 @@ class ThreadBackend(Backend):
                 task = q.get()
                 if task is None:
                     break
-                self._execute(task, rec, ws)
+                try:
+                    self._execute(task, rec, ws)
+                except BaseException:
+                    # The task's own exceptions, its callbacks' and its observers' are
+                    # all caught before they get here: this is a bug in anypool's
+                    # settlement.  Said loudly; the thread goes on taking tasks, where
+                    # ending it would shrink the pool without a word.
+                    log.critical("anypool: %s failed to settle task %s", name, task.label(),
+                                 exc_info=True)
                 # drop the task before blocking for the next one: a finished
                 # task's arguments must not stay alive while the pool idles
                 del task
@@ -208,25 +219,28 @@ class ThreadBackend(Backend):
             token = rec.token
         clock.call_later(timeout, self._check, rec, token, ws)
         out, failed = rec.out, rec.failed
+        last = len(task.items) - 1
         for i, item in enumerate(task.items):
-            if i:
-                with lock:
-                    if rec.abandoned:
-                        return
-                    rec.index, rec.item_start = i, time.time()
             try:
                 r = call_one(fn, style, item)
             except BaseException as exc:
                 r = Failure(exc)
+            # One locked step from "item i is running" to "item i+1 is" (or "the
+            # task is over"): the deadline check sees the one state or the other.
+            # With a gap between storing the result and moving on, a check landing
+            # there judged item i by its old start, failed it although it had
+            # finished, and the task was reported twice.
             with lock:
                 if rec.abandoned:
-                    return
+                    return  # failed on time already: this result comes too late
                 if type(r) is Failure:
                     failed.append(i)
                 out.append(r)
-        with lock:
-            rec.task, rec.out, rec.failed = None, [], []
-            rec.token += 1
+                if i < last:
+                    rec.index, rec.item_start = i + 1, time.time()
+                else:
+                    rec.task, rec.out, rec.failed = None, [], []
+                    rec.token += 1
         self.dispatch.finish(task, out, started, time.time(), ws, failed or None)
 
     def _check(self, rec: _Running, token: int, ws: WorkerStats) -> None:
@@ -242,6 +256,9 @@ class ThreadBackend(Backend):
             if now < deadline:
                 clock.call_later(deadline - now, self._check, rec, token, ws)
                 return
+            # the worker stores a result and moves on in one locked step: the
+            # item at rec.index is still running, the ones before it are done
+            assert len(rec.out) == rec.index
             rec.abandoned = True
             i = rec.index
             done, failed = list(rec.out), list(rec.failed)
