@@ -36,6 +36,7 @@ from . import exiting, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig
 from .dispatch import Dispatch
+from .errors import PoolClosed
 from .events import Observer
 from .futures import Future
 from .mapping import MapIterator, MapRun, source_of
@@ -280,6 +281,10 @@ class _Submitter:
             buffersize: the most items in flight at once (default: a small
                 multiple of the worker count, in batches).
 
+        Raises:
+            PoolClosed: the pool is shut down.
+            TypeError, ValueError: a bad ``chunksize`` or ``buffersize``.
+
         Raises (while iterating): the first failed task's exception, at its position.
         """
         return self._map(fn, iterables, True, timeout, chunksize, buffersize, False)
@@ -333,6 +338,8 @@ class _Submitter:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, not {value!r}")
         pool: Pool = self._pool or self  # type: ignore[assignment]
+        if pool._dispatch.closed:  # as submit and the stdlib: at the call, before reading any input
+            raise PoolClosed("cannot map over a pool that is shut down")
         source, style, length = source_of(iterables)
         run = MapRun(
             dispatch=pool._dispatch, backend=pool._backend, fn=fn, source=source, style=style,

@@ -241,6 +241,11 @@ class TestLifecycle:
         pool.shutdown()
         with pytest.raises(anypool.PoolClosed):
             pool.submit(flavor.fn("square"), 1)
+        items = iter(range(5))
+        for method in (pool.map, pool.imap, pool.imap_unordered):  # at the call, as submit
+            with pytest.raises(anypool.PoolClosed, match="shut down"):
+                method(flavor.fn("square"), items)
+        assert next(items) == 0  # none of the input was read (and dropped)
 
     def test_cancel_before_start_and_cancel_futures(self, concurrent: Flavor) -> None:
         """Queued tasks can be cancelled; shutdown(cancel_futures=True) cancels the rest."""
@@ -334,6 +339,11 @@ class TestLifecycle:
         assert first.result(30) == 9
         with pytest.raises(anypool.PoolClosed):
             pool.submit(flavor.fn("square"), 1)
+        items = iter(range(5))
+        for method in (pool.map, pool.imap, pool.imap_unordered):  # at the call, as submit
+            with pytest.raises(anypool.PoolClosed, match="shut down"):
+                method(flavor.fn("square"), items)
+        assert next(items) == 0  # none of the input was read (and dropped)
         pool.shutdown()  # from here it waits, for the workers too (the fixtures check them gone)
 
     @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
