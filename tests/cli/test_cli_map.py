@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import Cli
+from cli_helpers import Cli, cli_argv, cli_env, wait_for
 
 MODULE = '''
 import asyncio, os, time
@@ -27,6 +30,18 @@ def picky(x):
 
 async def nap(seconds):
     await asyncio.sleep(seconds)
+
+def hold(x):
+    """q: returns at once; f: fails once the file go exists; others: sleep a minute."""
+    if x == "q":
+        return x
+    open(f"started-{x}", "w").close()
+    if x == "f":
+        while not os.path.exists("go"):
+            time.sleep(0.01)
+        raise ValueError("f failed")
+    time.sleep(60)
+    return x
 
 async def later(s):
     await asyncio.sleep(0.01)
@@ -163,3 +178,50 @@ class TestMap:
             assert con.execute("SELECT seq FROM attempt ORDER BY seq").fetchall() == [(1,), (2,), (3,)]
         finally:
             con.close()
+
+
+class TestStopping:
+    """Ctrl-C, SIGTERM and --halt now end the run at once, even where a call cannot be stopped.
+
+    A Python call on a thread runs on (nothing can stop it): the run abandons
+    it, records it killed, never prints what it returns, and exits.
+    """
+
+    @pytest.mark.parametrize("backend", ["thread", "auto"])
+    @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "halt"])
+    def test_calls_on_threads_are_abandoned_and_the_run_ends_at_once(
+            self, tmp_path: Path, module: str, backend: str, stop: str) -> None:
+        args = ["q", "a", "b", "f"] if stop == "halt" else ["q", "a", "b"]
+        halt = ["--halt", "now,fail=1"] if stop == "halt" else []
+        proc = subprocess.Popen(cli_argv("map", "-j", str(len(args)), "--backend", backend, *halt,
+                                         "--joblog", "log.db", f"{module}:hold", ":::", *args),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env())
+        assert proc.stdout is not None
+        try:
+            started = [tmp_path / f"started-{x}" for x in args if x != "q"]
+            wait_for(lambda: all(p.exists() for p in started), what="the calls to start")
+            assert proc.stdout.readline() == b'"q"\n'  # a finished call: printed, not abandoned
+            t0 = time.monotonic()
+            if stop == "halt":
+                (tmp_path / "go").touch()
+            else:
+                proc.send_signal(getattr(signal, stop))
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - t0
+        finally:
+            proc.kill()
+            proc.wait()
+        assert took < 3, f"the run took {took:.1f} s to end: it waited for the calls"
+        assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "halt": 1}[stop], err
+        failed = {"error": "ValueError", "message": "f failed", "input": ["f"]}
+        assert values(out) == ([failed] if stop == "halt" else [])
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            rows = con.execute("SELECT seq, outcome, final FROM attempt ORDER BY seq").fetchall()
+        finally:
+            con.close()
+        assert rows[:3] == [(1, "ok", 1), (2, "killed", 0), (3, "killed", 0)]
+        if stop == "SIGINT":
+            assert b"interrupted; 2 running job(s) killed" in err
+        if stop == "halt":
+            assert b"halting (--halt now,fail=1): job 4 failed; killing the running jobs" in err

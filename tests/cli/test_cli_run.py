@@ -279,6 +279,15 @@ class TestHalt:
         assert time.monotonic() - t0 < 10
         assert b"halting (--halt now,fail=1): job 1 failed" in r.stderr
 
+    def test_with_keep_order_a_failure_behind_a_long_job_halts_at_once(self, cli: Cli) -> None:
+        # counted as it ends, not when -k's order reaches it (GNU parallel too)
+        t0 = time.monotonic()
+        r = cli("run", "-k", "-j", "3", "--halt", "now,fail=1", "sleep {}; echo {}; exit 6",
+                ":::", "30", "0.2", "0.1")
+        assert time.monotonic() - t0 < 10
+        assert r.returncode == 6
+        assert b"halting (--halt now,fail=1): job 3 failed" in r.stderr
+
     def test_soon_waits_for_running_jobs_and_starts_no_new_one(self, cli: Cli) -> None:
         r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep {}; echo {}; test {} != 0.1",
                 ":::", "0.1", "0.5", "0.01", "0.01")

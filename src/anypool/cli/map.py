@@ -17,7 +17,7 @@ from ..errors import AnypoolError, TaskTimeout
 from ..observers.joblog import JobLog, JobLogError
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
-from .engine import Engine
+from .engine import Engine, used_for_a_run
 from .inputs import InputError, Job, jobs, parse_sources, total_jobs
 from .options import add_common, check_common
 from .output import Printer
@@ -152,6 +152,8 @@ def _finite(value: Any) -> Any:
 class MapEngine(Engine):
     """Runs function calls (see :class:`~anypool.cli.engine.Engine`)."""
 
+    kills_every_job = False  # a call on a thread runs on: it is abandoned
+
     def __init__(self, pool: Pool, printer: Printer, fn: Callable[..., Any], spec: str, tag: bool,
                  **kw: Any) -> None:
         super().__init__(pool, printer, record_finals_in_observer=True, **kw)
@@ -223,7 +225,7 @@ def main(opts: argparse.Namespace) -> int:
         pool_opts: dict[str, Any] = {"retries": opts.retries, "backoff": 0.0, "timeout": opts.timeout}
         if opts.address:
             pool_opts["address"] = opts.address
-        with Pool(opts.backend, workers, **pool_opts) as pool:
+        with used_for_a_run(Pool(opts.backend, workers, **pool_opts)) as pool:
             engine = MapEngine(pool, printer, fn, opts.function, opts.tag, joblog=joblog, halt=opts.halt,
                                keep_order=not opts.unordered,
                                window=4 * (workers or default_workers()) + 64, total=total_jobs(sources),

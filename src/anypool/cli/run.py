@@ -13,7 +13,7 @@ from ..errors import AnypoolError
 from ..observers.joblog import JobLog, JobLogError, command_of
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
-from .engine import Engine, Resumer
+from .engine import Engine, Resumer, used_for_a_run
 from .inputs import InputError, Job, jobs, parse_sources, total_jobs
 from .options import add_common, check_common
 from .output import Printer
@@ -237,7 +237,7 @@ def _execute(opts: argparse.Namespace, template: Template, stream: Any, sources:
     if opts.address:
         pool_opts["address"] = opts.address
     total = total_jobs(sources)
-    with Pool(opts.backend, workers, **pool_opts) as pool:
+    with used_for_a_run(Pool(opts.backend, workers, **pool_opts)) as pool:
         engine = RunEngine(pool, printer, template, opts, joblog=joblog, halt=opts.halt,
                            keep_order=opts.keep_order, window=4 * workers + 16, total=total,
                            read_ahead=sources[0].may_block())
