@@ -54,6 +54,8 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "describe_exit",
+    "exception_line",
+    "exception_text",
     "is_worker_crash",
 ]
 
@@ -188,6 +190,24 @@ def __getattr__(name: str) -> Any:
         globals()["WorkerCrashed"] = WorkerCrashed
         return WorkerCrashed
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``; ``<exception str() failed>`` (the ``traceback`` module's words) where it raises.
+
+    A task's exception is the user's: its ``__str__`` may raise, and showing
+    or sending the exception must not fail because of that.
+    """
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message``, or ``Type`` alone for an exception with no message (never raises)."""
+    text = exception_text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def is_worker_crash(exc: BaseException) -> bool:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import waiting
-from ..errors import PoolClosed
+from ..errors import PoolClosed, exception_line
 from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
 from .halt import Halt, exit_status
 from .inputs import InputError, Job
@@ -573,7 +573,7 @@ class Engine:
             started, runtime = time.time(), 0.0
             stdout = json.dumps(value, default=repr).encode() if ok else None
             stderr = None
-        error = "" if ok else _describe(exc)
+        error = "" if ok or exc is None else exception_line(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
                          self.command_text(job, value, exc), started, runtime, exitcode, sig, outcome,
                          outcome != "killed", error, f"slot-{job.slot}" if job.slot else "", stdout, stderr)
@@ -613,11 +613,6 @@ def _job_in(event: TaskEvent) -> Job | None:
     return None
 
 
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _silence_stdout() -> None:
