@@ -43,6 +43,21 @@ def hold(x):
     time.sleep(60)
     return x
 
+class BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("no str")
+
+def unjsonable(kind):
+    if kind == "keys":
+        return {(1, 2): "a"}
+    if kind == "big":
+        return 10 ** 5000
+    if kind == "cycle":
+        loop = []
+        loop.append(loop)
+        return loop
+    raise BadStr()
+
 async def later(s):
     await asyncio.sleep(0.01)
     return [s, s]
@@ -74,6 +89,33 @@ class TestMap:
         strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
                   for line in r.stdout.decode().splitlines()]
         assert [v["result"] for v in strict] == ["nan", ["inf", "-inf", 1.5], {"k": "nan"}]
+
+    # each crashed the whole run with a traceback and printed nothing (on process, the
+    # exception whose __str__ raises crashed the worker too)
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    def test_values_json_cannot_hold_and_unprintable_errors_are_printed_as_text(
+            self, cli: Cli, tmp_path: Path, module: str, backend: str) -> None:
+        r = cli("map", "--backend", backend, "--joblog", "log.db", "--results", f"{module}:unjsonable",
+                ":::", "keys", "big", "cycle", "badstr")
+        assert r.returncode == 1, r.stderr
+        assert b"Traceback" not in r.stderr
+        lines = r.stdout.splitlines()
+        assert [json.loads(line) for line in lines] == [
+            {"(1, 2)": "a"}, hex(10**5000), ["[...]"],
+            {"error": "BadStr", "message": "<exception str() failed>", "input": ["badstr"]}]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            rows = con.execute("SELECT outcome, stdout, error FROM attempt ORDER BY seq").fetchall()
+        finally:
+            con.close()
+        assert rows == [("ok", line, "") for line in lines[:3]] + [
+            ("error", None, "BadStr: <exception str() failed>")]
+
+    def test_undecodable_input_echoed_back_is_valid_utf8_json(self, cli: Cli) -> None:
+        r = cli("map", "builtins:str", stdin=b"caf\xe9\n")
+        assert r.returncode == 0
+        assert r.stdout == b'"caf\\udce9"\n'
+        assert json.loads(r.stdout.decode("utf-8")) == "caf\udce9"  # the byte, by surrogateescape
 
     def test_words_after_the_function_are_the_inputs(self, cli: Cli, module: str) -> None:
         assert values(cli("map", f"{module}:shout", "a", "b").stdout) == ["A!", "B!"]

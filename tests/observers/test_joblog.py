@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anypool
-from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet, json_bytes
 from anypool.observers.recorder import Row
 
 
@@ -208,7 +208,65 @@ class TestSeqSet:
         assert 0 not in s
 
 
+def _cycle() -> list[Any]:
+    a: list[Any] = [1]
+    a.append(a)
+    return a
+
+
+def _deep(n: int) -> list[Any]:
+    v: list[Any] = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class TestJsonBytes:
+    """What a job log keeps of a Python result, and what ``anypool map`` prints: strict JSON."""
+
+    @pytest.mark.parametrize(("value", "expected"), [
+        ([1, "é", None, True, 1.5], [1, "é", None, True, 1.5]),
+        ({"k": float("nan"), "l": [float("inf"), -float("inf")]}, {"k": "nan", "l": ["inf", "-inf"]}),
+        ({(1, 2): "a", 3: "b", None: "c", True: "d", 2.5: "e"},
+         {"(1, 2)": "a", "3": "b", "null": "c", "true": "d", "2.5": "e"}),
+        ({1, 2}, "{1, 2}"),
+        (_cycle(), [1, "[...]"]),
+        ({"d": {"x": 1}}, {"d": {"x": 1}}),
+        (10**5000, hex(10**5000)),
+        ([10**5000, (1, 2)], [hex(10**5000), [1, 2]]),
+        (_BadRepr(), "<_BadRepr object: repr() failed>"),
+        ([_BadRepr(), float("nan")], ["<_BadRepr object: repr() failed>", "nan"]),
+        ("caf\udce9", "caf\udce9"),
+        (_deep(100_000), "<list object: repr() failed>"),
+    ], ids=["plain", "nan", "keys", "set", "cycle", "nested", "huge-int", "huge-int-inside", "bad-repr",
+            "bad-repr-inside", "surrogate", "too-deep"])
+    def test_what_json_cannot_hold_is_written_as_text(self, value: Any, expected: Any) -> None:
+        data = json_bytes(value)
+        text = data.decode("utf-8")  # valid UTF-8, lone surrogates escaped
+        assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == expected
+
+    def test_a_dict_met_again_inside_itself(self) -> None:
+        d: dict[str, Any] = {"a": 1}
+        d["self"] = d
+        assert json.loads(json_bytes(d)) == {"a": 1, "self": "{...}"}
+
+
 class TestPoolJoblog:
+    def test_a_result_json_cannot_hold_is_recorded_and_the_log_goes_on(self, tmp_path: Path) -> None:
+        """Before, encoding it raised in the observer, which the pool then dropped: no later row."""
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 1, joblog=path) as pool:
+            assert pool.submit(dict, [((1, 2), "a")]).result(30) == {(1, 2): "a"}
+            assert pool.submit(len, "abc").result(30) == 3
+        with JobLog(path, "read") as log:
+            recs = sorted(log.records(), key=lambda r: r.seq)
+        assert [(r.command, r.outcome) for r in recs] == [("dict", "ok"), ("len", "ok")]
+
     def test_pool_joblog_records_every_attempt_of_commands(self, tmp_path: Path) -> None:
         path = tmp_path / "log.db"
         counter = tmp_path / "n"

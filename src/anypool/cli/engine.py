@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import waiting
 from ..errors import PoolClosed, exception_line
-from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, outcome_of, record_for
+from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, json_bytes, outcome_of, record_for
 from .halt import Halt, exit_status
 from .inputs import InputError, Job
 from .output import Printer
@@ -568,10 +568,8 @@ class Engine:
         if cr is not None:
             started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
         else:
-            import json
-
             started, runtime = time.time(), 0.0
-            stdout = json.dumps(value, default=repr).encode() if ok else None
+            stdout = json_bytes(value) if ok else None
             stderr = None
         error = "" if ok or exc is None else exception_line(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,

@@ -6,15 +6,14 @@ import argparse
 import importlib
 import inspect
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backends.base import default_workers
-from ..errors import AnypoolError, TaskTimeout
-from ..observers.joblog import JobLog, JobLogError
+from ..errors import AnypoolError, TaskTimeout, exception_text
+from ..observers.joblog import JobLog, JobLogError, json_bytes
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
 from .engine import Engine, used_for_a_run
@@ -40,7 +39,9 @@ string; --json-args parses each one as JSON first.  Coroutine functions run
 on the async backend under --backend auto.
 
 Values JSON cannot hold are printed as their repr() string (NaN and the
-infinities too: "nan", "inf", "-inf"), so every line is strict JSON.  With --joblog
+infinities too: "nan", "inf", "-inf"; dict keys other than strings, numbers,
+booleans and null; a list inside itself as "[...]"), an int too long for
+str() in hexadecimal, so every line is strict JSON, in UTF-8.  With --joblog
 every call is recorded as it ends (with --results, its JSON result too);
 anypool map has no --resume.
 """
@@ -131,24 +132,6 @@ async def _acall(fn: Callable[..., Any], job: Job) -> Any:
     return await fn(*job.values)
 
 
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=repr, allow_nan=False)
-    except ValueError:  # NaN or an infinity somewhere: Python's NaN/Infinity tokens are not JSON
-        return json.dumps(_finite(value), ensure_ascii=False, default=repr, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with each NaN or infinite float made its ``repr()``, as other values JSON cannot hold."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, dict):
-        return {_finite(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 class MapEngine(Engine):
     """Runs function calls (see :class:`~anypool.cli.engine.Engine`)."""
 
@@ -167,12 +150,13 @@ class MapEngine(Engine):
 
     def show(self, job: Job, value: Any, exc: BaseException | None) -> None:
         if exc is not None:
-            line = _json({"error": type(exc).__name__, "message": str(exc), "input": list(job.values)})
+            line = json_bytes({"error": type(exc).__name__, "message": exception_text(exc),
+                               "input": list(job.values)})
         elif self.tag:
-            line = _json({"input": list(job.values), "result": value})
+            line = json_bytes({"input": list(job.values), "result": value})
         else:
-            line = _json(value)
-        self.printer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            line = json_bytes(value)
+        self.printer.write(line + b"\n")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         return self.spec

@@ -33,6 +33,7 @@ cannot run SQL functions with side effects either (``trusted_schema=OFF``).
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import threading
 import time
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 # json, sqlite3, hashlib, socket and urllib are imported where used: the command
 # line imports this module for its helpers on every run, job log or not.
 
-__all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "outcome_of"]
+__all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "json_bytes", "outcome_of"]
 
 APPLICATION_ID = 0x616E7970  # "anyp": marks the file as an anypool job log
 SCHEMA_VERSION = 1
@@ -536,6 +537,81 @@ def args_json(item: Any, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def json_bytes(value: Any) -> bytes:
+    """A result as strict JSON, UTF-8 encoded (never raises): what ``anypool map`` prints.
+
+    What JSON cannot hold becomes its ``repr()`` string: objects of other
+    types, NaN and the infinities (``"nan"``, ``"inf"``, ``"-inf"``: Python's
+    ``NaN`` tokens are not JSON), dict keys other than strings, numbers,
+    booleans and None (those become text, as ``json`` makes them), and a
+    list or dict met again inside itself (``"[...]"``, ``"{...}"``, as
+    ``repr()`` writes it).  An int too long for ``str()`` (over 4300 digits)
+    is written in hexadecimal (``"0x..."``); a value whose ``repr()`` raises,
+    or nested too deep, as ``"<TYPE object: repr() failed>"``.  Lone
+    surrogates (undecodable bytes of the input, kept by ``surrogateescape``)
+    are written as ``\\udcXX`` escapes, so the text is valid UTF-8.
+    """
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=_repr, allow_nan=False)
+    except Exception:  # NaN, a key JSON cannot take, a cycle, a huge int, too deep...
+        try:
+            text = json.dumps(_plain(value, set()), ensure_ascii=False, allow_nan=False)
+        except Exception:  # nested too deep (RecursionError)
+            text = json.dumps(_repr(value), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # lone surrogates: in JSON strings only, so escaped there
+        import re
+
+        return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object: repr() failed>"
+
+
+def _plain(value: Any, path: set[int]) -> Any:
+    """``value`` made of what JSON holds (see :func:`json_bytes`); ``path``: the containers it is in."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(float(value))
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            return hex(value)
+        return value
+    if not isinstance(value, (list, tuple, dict)):
+        return _repr(value)
+    if id(value) in path:
+        return "{...}" if isinstance(value, dict) else "[...]"
+    path.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_key(k, path): _plain(v, path) for k, v in value.items()}
+        return [_plain(v, path) for v in value]
+    finally:
+        path.discard(id(value))
+
+
+def _key(key: Any, path: set[int]) -> str:
+    """A dict key as JSON writes one: numbers, booleans and None as their JSON text; others as repr()."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        import json
+
+        plain = _plain(key, path)
+        return plain if isinstance(plain, str) else json.dumps(plain)
+    return _repr(key)
+
+
 def _retrying(value: Any) -> bool:
     return type(value).__name__ == "_Retrying"
 
@@ -599,10 +675,8 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         command = cr.command
         stdout, stderr = cr.stdout, cr.stderr
     else:
-        import json
-
         command = event.fn
-        stdout = json.dumps(value, ensure_ascii=False, default=repr).encode() if ok else None
+        stdout = json_bytes(value) if ok else None
         stderr = None
     error = "" if ok else describe_error(value if isinstance(value, BaseException) else None)
     return JobRecord(0, event.attempt, "", command, started, runtime, exitcode, sig, outcome,
