@@ -288,6 +288,14 @@ class TestHalt:
         assert r.returncode == 6
         assert b"halting (--halt now,fail=1): job 3 failed" in r.stderr
 
+    @pytest.mark.parametrize("when", ["now", "soon"])
+    @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGABRT])
+    def test_fail_1_after_a_job_killed_by_a_signal_returns_128_plus_n(self, cli: Cli, when: str,
+                                                                    sig: int) -> None:
+        r = cli("run", "--halt", f"{when},fail=1", f"kill -{int(sig)} $$; true {{}}", ":::", "a")
+        assert r.returncode == 128 + sig  # as GNU parallel (and a shell) say; it was 1
+        assert b"job 1 failed" in r.stderr
+
     def test_soon_waits_for_running_jobs_and_starts_no_new_one(self, cli: Cli) -> None:
         r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep {}; echo {}; test {} != 0.1",
                 ":::", "0.1", "0.5", "0.01", "0.01")

@@ -470,8 +470,10 @@ class Engine:
         else:
             self.failed += 1
             if self.halted_by is None:  # after a halt the status stays the triggering job's
-                cr = command_of(exc)
-                self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
+                cr = command_of(exc) if outcome == "error" else None  # not a timeout's kill
+                # a job killed by signal N: 128 + N, as a shell (and GNU parallel) says
+                self.failing_code = None if cr is None or cr.returncode == 0 else \
+                    cr.returncode if cr.returncode > 0 else 128 - cr.returncode
         if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
             self._halt(entry.job)
 

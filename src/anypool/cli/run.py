@@ -69,7 +69,8 @@ job log and resuming:
 
 exit status:
   0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 100 failed;
-  after --halt ...,fail=1 the failing job's status; 2 usage error; 255 other
+  after --halt ...,fail=1 the failing job's status (128+N if signal N killed
+  it); 2 usage error; 255 other
   error (unreadable input, unusable job log); 130 Ctrl-C (128+N for signal N).
 """
 
