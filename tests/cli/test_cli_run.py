@@ -234,6 +234,39 @@ class TestOutput:
         assert proc.returncode == 128 + signal.SIGTERM
 
 
+def _with_closed(fds: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``anypool ARGS`` run by a shell with ``fds`` redirections (``>&-`` closes stdout)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", *cli_argv(*args)], capture_output=True,
+                          cwd=cwd, env=cli_env(), timeout=60)
+
+
+class TestClosedStreams:
+    """A closed stdout or stderr (``>&-``, ``2>&-``): the run goes on, as GNU parallel's,
+    and what would go there is dropped (it was an AttributeError, and no job ran)."""
+
+    def test_a_closed_stdout_drops_the_output_and_keeps_the_job_log_whole(self, tmp_path: Path) -> None:
+        r = _with_closed(">&-", "run", "--joblog", "log.db", "echo out {}; echo err {} >&2", ":::", "a", "b",
+                         cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stderr.splitlines()) == [b"err a", b"err b"]
+        con = sqlite3.connect(tmp_path / "log.db")  # not written over by the jobs' output
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert con.execute("SELECT count(*) FROM attempt WHERE outcome = 'ok'").fetchone() == (2,)
+        finally:
+            con.close()
+
+    def test_a_closed_stderr_keeps_stdout_and_the_exit_status(self, tmp_path: Path) -> None:
+        r = _with_closed("2>&-", "run", "echo out {}; echo err {} >&2; exit 3", ":::", "a", cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (1, b"out a\n")
+
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    def test_map_with_every_standard_stream_closed(self, tmp_path: Path, backend: str) -> None:
+        r = _with_closed("<&- >&- 2>&-", "map", "--backend", backend, "json:loads", ":::", "1", "x", "y",
+                         cwd=tmp_path)
+        assert r.returncode == 2  # the two calls that failed
+
+
 class TestExitStatus:
     def test_zero_when_all_succeed(self, cli: Cli) -> None:
         assert cli("run", "true", ":::", "1", "2").returncode == 0
