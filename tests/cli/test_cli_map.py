@@ -14,7 +14,7 @@ import pytest
 from cli_helpers import Cli, cli_argv, cli_env, wait_for
 
 MODULE = '''
-import asyncio, os, time
+import asyncio, os, subprocess, sys, time
 
 def shout(s):
     return s.upper() + "!"
@@ -41,6 +41,13 @@ def hold(x):
             time.sleep(0.01)
         raise ValueError("f failed")
     time.sleep(60)
+    return x
+
+def noisy(x):
+    print("print", x)
+    sys.stdout.write("partial " + x)
+    os.write(1, b"fd\\n")
+    subprocess.run(["echo", "child", x])
     return x
 
 class BadStr(Exception):
@@ -116,6 +123,28 @@ class TestMap:
         assert r.returncode == 0
         assert r.stdout == b'"caf\\udce9"\n'
         assert json.loads(r.stdout.decode("utf-8")) == "caf\udce9"  # the byte, by surrogateescape
+
+    # what the function prints went between the results
+    @pytest.mark.parametrize("backend", ["thread", "process", "auto"])
+    def test_what_the_function_prints_goes_to_stderr(self, cli: Cli, module: str, backend: str) -> None:
+        r = cli("map", "--backend", backend, "-j", "2", f"{module}:noisy", ":::", "a", "b")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b'"a"\n"b"\n'
+        for x in "ab":
+            for noise in (f"print {x}\n", f"partial {x}", f"child {x}\n"):
+                assert noise.encode() in r.stderr
+        assert r.stderr.count(b"fd\n") == 2
+
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    def test_a_closed_stdout_stops_the_run_quietly(self, tmp_path: Path, backend: str) -> None:
+        """The results have a descriptor of their own (see the test above): closed, it stops the run."""
+        (tmp_path / "args").write_text("".join(f"{i}\n" for i in range(100_000)))
+        pipeline = f"{' '.join(cli_argv())} map --backend {backend} builtins:str :::: args | head -1; " \
+                   "echo status ${PIPESTATUS[0]}"
+        r = subprocess.run(["bash", "-c", pipeline], capture_output=True, timeout=60, cwd=tmp_path,
+                           env=cli_env())
+        assert r.stdout.decode().splitlines() == ['"0"', "status 141"]
+        assert r.stderr == b""
 
     def test_words_after_the_function_are_the_inputs(self, cli: Cli, module: str) -> None:
         assert values(cli("map", f"{module}:shout", "a", "b").stdout) == ["A!", "B!"]

@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -542,7 +540,6 @@ class Engine:
             self._stopping = True
             if signum == signal.SIGPIPE:
                 self._output_closed = True
-                _silence_stdout()
                 self.printer.discard()
             self._kill()
             try:
@@ -550,7 +547,7 @@ class Engine:
                 self._abandon()  # not reported in time: may never be (a job in uninterruptible sleep)
                 self._drain(time.monotonic())
             except BrokenPipeError:
-                _silence_stdout()
+                self.printer.discard()
         finally:
             for sig, h in saved.items():
                 signal.signal(sig, h)
@@ -614,12 +611,3 @@ def _job_in(event: TaskEvent) -> Job | None:
 
 
 
-
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null so the interpreter's last flush cannot fail again."""
-    try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, sys.stdout.fileno())
-        os.close(fd)
-    except (OSError, ValueError):
-        pass

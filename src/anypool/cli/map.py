@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from ..backends.base import default_workers
 from ..errors import AnypoolError, TaskTimeout, exception_text
@@ -41,7 +41,8 @@ on the async backend under --backend auto.
 Values JSON cannot hold are printed as their repr() string (NaN and the
 infinities too: "nan", "inf", "-inf"; dict keys other than strings, numbers,
 booleans and null; a list inside itself as "[...]"), an int too long for
-str() in hexadecimal, so every line is strict JSON, in UTF-8.  With --joblog
+str() in hexadecimal, so every line is strict JSON, in UTF-8.  What FUNCTION
+itself writes to stdout (print, programs it starts) goes to stderr.  With --joblog
 every call is recorded as it ends (with --results, its JSON result too);
 anypool map has no --resume.
 """
@@ -169,6 +170,27 @@ class MapEngine(Engine):
         return exc
 
 
+def _results_stream() -> IO[bytes]:
+    """Keep stdout for the results: whatever else this process writes there goes to stderr.
+
+    The function's own output (``print``, ``os.write(1, ...)``, programs it
+    starts) would land between the JSON lines.  So descriptor 1 becomes a
+    copy of stderr, for the rest of the process, and for the worker
+    processes started after this, which inherit it; the results go to the
+    original stdout, on a descriptor of their own, which is returned.
+
+    Raises:
+        OSError: a descriptor could not be duplicated.
+    """
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # now stderr: printed as it comes, as stderr is
+        reconfigure(line_buffering=True)
+    return open(fd, "wb")
+
+
 def _parsed(stream: Iterator[Job]) -> Iterator[Job]:
     for job in stream:
         try:
@@ -205,7 +227,7 @@ def main(opts: argparse.Namespace) -> int:
             joblog.begin_run({"function": opts.function, "sources": [s.describe() for s in sources]},
                              argv=sys.argv)
         bar = opts.bar if opts.bar is not None else progress_visible()
-        printer = Printer(bar=bar)
+        printer = Printer(bar=bar, stdout=_results_stream())
         pool_opts: dict[str, Any] = {"retries": opts.retries, "backoff": 0.0, "timeout": opts.timeout}
         if opts.address:
             pool_opts["address"] = opts.address
