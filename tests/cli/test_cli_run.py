@@ -64,6 +64,14 @@ class TestPlaceholders:
             "plain plain plain . plain 2 1",
         ]
 
+    def test_directory_is_dirnames_as_in_gnu_parallel(self, cli: Cli) -> None:
+        """Trailing and doubled slashes: each expected value is GNU parallel's {//} and dirname(1)'s."""
+        cases = {"dir/": ".", "a/b/": "a", "a//b": "a", "a/b//": "a", "/a/b.c/": "/a", "x/.": "x",
+                 "/": "/", "//": "/", "//a": "/", "/a": "/", "a": ".", "": ".", "a/b/c": "a/b",
+                 "///a//b///": "///a"}
+        r = cli("run", "-k", "-j", "1", "--no-shell", "printf", "<%s>\\n", "{//}", ":::", *cases)
+        assert out_lines(r) == [f"<{d}>" for d in cases.values()]
+
     def test_numbered_forms_pick_one_group(self, cli: Cli) -> None:
         r = cli("run", "echo {2/.} {1//} {1.}", ":::", "a/b.c", ":::", "x/y.z")
         assert out_lines(r) == ["y a a/b"]
