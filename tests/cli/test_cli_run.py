@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import sqlite3
@@ -88,6 +89,14 @@ class TestPlaceholders:
         r = cli("run", "--dry-run", "-k", "touch {}", ":::", "a", "b")
         assert out_lines(r) == ["touch a", "touch b"]
         assert not list(tmp_path.iterdir())
+
+    @pytest.mark.parametrize(("jobs", "more"), [("+1", 1), ("-1", -1), ("-100", -100), ("+0", 0)])
+    def test_jobs_relative_to_the_cpus(self, cli: Cli, jobs: str, more: int) -> None:
+        """As GNU parallel: the CPUs plus or minus N, at least 1 (+1 ran 1 job, -1 was a usage error)."""
+        slots = max(1, len(os.sched_getaffinity(0)) + more)
+        r = cli("run", "-j", jobs, "sleep 0.3; echo {%}", ":::", *map(str, range(slots + 2)))
+        assert r.returncode == 0, r.stderr
+        assert {int(s) for s in out_lines(r)} == set(range(1, slots + 1))
 
     def test_percent_jobs_is_accepted(self, cli: Cli) -> None:
         r = cli("run", "-j", "200%", "-k", "echo", ":::", "1", "2")
