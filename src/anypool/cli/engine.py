@@ -450,8 +450,8 @@ class Engine:
         fut = entry.fut
         exc: BaseException | None
         if entry.abandoned:
-            exc = PoolClosed("abandoned when the run stopped: a call on a thread cannot be stopped, "
-                             "and what it returns is not shown")
+            exc = PoolClosed("abandoned: the run stopped while it ran, and nothing could stop it "
+                             "(a call on a thread); what it returns is not shown")
         elif fut.cancelled():
             return  # never started (--halt now, or stopping): --resume runs it
         else:
