@@ -59,6 +59,7 @@ from .inputs import InputError, Job
 from .output import Printer
 
 if TYPE_CHECKING:
+    from ..commands import CommandResult
     from ..events import TaskEvent
     from ..futures import Future
     from ..pool import Pool
@@ -468,10 +469,8 @@ class Engine:
         else:
             self.failed += 1
             if self.halted_by is None:  # after a halt the status stays the triggering job's
-                cr = command_of(exc) if outcome == "error" else None  # not a timeout's kill
-                # a job killed by signal N: 128 + N, as a shell (and GNU parallel) says
-                self.failing_code = None if cr is None or cr.returncode == 0 else \
-                    cr.returncode if cr.returncode > 0 else 128 - cr.returncode
+                # not a timeout's kill: a plain failure there, as before
+                self.failing_code = _shell_status(command_of(exc)) if outcome == "error" else None
         if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
             self._halt(entry.job)
 
@@ -599,6 +598,13 @@ class Engine:
             command=self.command_text(job, value if ok else None, None if ok else value)))
 
 
+def _shell_status(cr: CommandResult | None) -> int | None:
+    """A failed command's exit status as a shell (and GNU parallel) says it: 128 + N for signal N."""
+    if cr is None or cr.returncode == 0:
+        return None
+    return cr.returncode if cr.returncode > 0 else 128 - cr.returncode
+
+
 def _job_in(event: TaskEvent) -> Job | None:
     if not event.items:
         return None
@@ -608,6 +614,3 @@ def _job_in(event: TaskEvent) -> Job | None:
         if isinstance(a, Job):
             return a
     return None
-
-
-
