@@ -712,7 +712,7 @@ def _anypool_cli() -> str:
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
-        raise Skip("`anypool run` does not exist yet (the CLI is built on another branch)")
+        raise Skip(f"`{exe} run --help` failed: that `anypool` command is broken or has no `run`")
     return exe
 
 

@@ -11,9 +11,11 @@ alive 5 s later is reported as left behind, and killed.
 Every pool gets 2 worker processes and is used the way its documentation
 shows (``with`` blocks; ``Future.result()`` / ``AsyncResult.get()``); the
 standard pools keep their default start method (fork on Linux), anypool its
-own (the fork server).  anypool tasks that must not be retried run with
-``retries=0`` (its default); only the 10 %-crashes row gives it ``retries=2``,
-which the standard pools do not have.
+own (the first workers forked while the script has one thread, replacements
+from the fork server; each run reports how its first workers started).
+anypool tasks that must not be retried run with ``retries=0`` (its default);
+only the 10 %-crashes row gives it ``retries=2``, which the standard pools do
+not have.
 
 Usage::
 
@@ -47,6 +49,7 @@ from typing import Any
 MARKER = "ANYPOOL_FAULTS_RUN"
 POOLS = {"anypool": "anypool", "ppe": "ProcessPoolExecutor", "mp": "multiprocessing.Pool"}
 WORKERS = 2
+WORKERS_FORKED, WORKERS_FROM_SERVER = "forked", "fork server"  # how anypool's first workers started
 
 
 # -- task functions (run in the workers) ---------------------------------------------------
@@ -168,6 +171,13 @@ class Pool:
         """Start the workers before the fault, so start-up is not part of it."""
         for f in [self.submit(square, i) for i in range(2 * WORKERS)]:
             f.result(30)
+        if self.kind == "anypool":
+            # The header of docs/faults.md says how anypool started its workers:
+            # what one of them sees, not what the script assumes.  A worker
+            # forked from the script has it as parent; one from the fork server
+            # has the server.  The first workers all start the same way.
+            parent = self.submit(os.getppid).result(30)
+            emit(workers_started=WORKERS_FORKED if parent == os.getpid() else WORKERS_FROM_SERVER)
 
     def close(self) -> None:
         """What leaving the pool's ``with`` block does."""
@@ -549,7 +559,18 @@ def table(results: dict[tuple[str, str], dict[str, Any]], faults: list[str], poo
     return "\n".join(rows)
 
 
-def document(md: str, argv: list[str], seconds: float) -> str:
+def _anypool_start(results: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """How the anypool pools started their workers, as their runs reported it (for the header)."""
+    seen = {e["workers_started"] for rec in results.values() for e in rec["events"] if "workers_started" in e}
+    if seen == {WORKERS_FORKED}:
+        return ("anypool with its default: its first workers forked (the script has one thread\n"
+                "when it makes the pool), replacements for dead workers from the fork server")
+    if seen == {WORKERS_FROM_SERVER}:
+        return "anypool with its default: every worker from the fork server"
+    return "anypool with its default (fork while the script has one thread, else the fork server)"
+
+
+def document(md: str, argv: list[str], seconds: float, results: dict[tuple[str, str], dict[str, Any]]) -> str:
     import anypool
 
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -559,7 +580,7 @@ def document(md: str, argv: list[str], seconds: float) -> str:
 Produced by `python benchmarks/faults.py {shlex.join(argv)}` on {when}, in {seconds:.0f} s:
 Python {platform.python_version()} on {platform.system()} ({cpus} CPUs), anypool {anypool.__version__};
 2 workers per pool; the standard pools with their default start method
-({multiprocessing.get_start_method()}), anypool with its own (fork server).
+({multiprocessing.get_start_method()}); {_anypool_start(results)}.
 
 Each cell is one run of the fault in a fresh interpreter under a hard limit;
 **HUNG** means that run was still waiting at the limit and was killed (the
@@ -631,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     md = table(results, faults, pools, args.limit)
     print(md)
     if args.out:
-        args.out.write_text(document(md, args_list, time.monotonic() - t0))
+        args.out.write_text(document(md, args_list, time.monotonic() - t0, results))
         print(f"written to {args.out}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps([results[j] for j in jobs], indent=1))

@@ -300,8 +300,10 @@ def report() -> None:
     """The timeline of sections 5 and 6, one lane per worker, as a self-contained HTML file."""
     from anypool.observers.report import write_report
 
-    path = write_report(Path(__file__).resolve().parents[1] / "artifacts" / "demo-report.html",
-                        TIMELINE, title="make demo: sections 5 (auto) and 6 (faults)")
+    folder = Path(__file__).resolve().parents[1] / "artifacts"
+    folder.mkdir(exist_ok=True)  # gitignored, and `make clean` removes it
+    path = write_report(folder / "demo-report.html", TIMELINE,
+                        title="make demo: sections 5 (auto) and 6 (faults)")
     print(f"\nA timeline of sections 5 and 6 (every attempt, coloured by outcome): {path}")
 
 

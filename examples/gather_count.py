@@ -10,7 +10,8 @@ The anypool way: ``anypool.map`` sees a coroutine function and runs it on the
 ``asyncio.run``.  The same job with ``time.sleep`` inside the coroutine takes
 three seconds, and anypool logs a warning that the loop was blocked; written
 as a plain function, ``backend="auto"`` measures it and puts it on threads,
-back to one second.
+back to one second (with three threads: the thread pool's default size is
+the CPU count, and on a two-CPU machine the third sleep would wait its turn).
 
 Run: ``python examples/gather_count.py``
 """
@@ -47,9 +48,9 @@ def count_sync(i: int) -> int:
     return i
 
 
-def timed(label: str, fn: Callable[[int], Any], backend: str = "auto") -> anypool.PoolStats:
+def timed(label: str, fn: Callable[[int], Any], workers: int | None = None) -> anypool.PoolStats:
     t0 = time.perf_counter()
-    with anypool.Pool(backend) as pool:
+    with anypool.Pool("auto", workers=workers) as pool:
         results = list(pool.map(fn, range(3)))
     print(f"{label}: results {results} in {time.perf_counter() - t0:.2f} s")
     return pool.stats
@@ -59,7 +60,10 @@ def main() -> None:
     logging.basicConfig(format="  log: %(message)s")
     timed("gather of 3 x count() with asyncio.sleep(1)", count)
     timed("3 x count() with time.sleep(1) inside the coroutine", count_blocking)
-    stats = timed("3 x count_sync() with time.sleep(1), a plain function", count_sync)
+    # workers=3: one thread per sleep.  The default is the CPU count, so on a
+    # machine with fewer than three CPUs the third call would wait for a thread
+    # and the whole would take two seconds.
+    stats = timed("3 x count_sync() with time.sleep(1), a plain function", count_sync, workers=3)
     print(f"auto chose for count_sync: {stats.choices['count_sync']}")
 
 

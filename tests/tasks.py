@@ -47,6 +47,23 @@ async def afail_on(x: int, bad: int = 3) -> int:
     return x
 
 
+def stop_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise StopIteration(f"stopped at {x}")
+    return x
+
+
+async def astop_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise StopIteration(f"stopped at {x}")  # a coroutine's becomes a RuntimeError (PEP 479)
+    return x
+
+
+def never(exc: BaseException) -> bool:
+    """A ``retry_on`` predicate that is itself broken."""
+    raise KeyError("the predicate broke")
+
+
 def sleep(seconds: float, value: Any = None) -> Any:
     time.sleep(seconds)
     return value
@@ -158,6 +175,14 @@ def leak(mb: int) -> int:
     return os.getpid()
 
 
+def leak_rss(mb: int) -> tuple[int, int]:
+    """Leak ``mb`` MiB, as ``leak`` does; return this worker's pid and its RSS after that."""
+    import psutil
+
+    leak(mb)
+    return os.getpid(), psutil.Process().memory_info().rss
+
+
 class Unpicklable:
     """Refuses to be pickled (like a lock or an open socket)."""
 
@@ -257,6 +282,13 @@ def note_pid(path: str) -> None:
     """An initializer that records, one line each, the processes it ran in."""
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\n")
+
+
+def linger(seconds: float, value: Any = None) -> Any:
+    """Return ``value`` at once, leaving a non-daemon thread that keeps this process from
+    exiting for ``seconds`` (a worker told to stop exits that much later)."""
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=False).start()
+    return value
 
 
 def count_calls(_: Any = None) -> tuple[int, int]:

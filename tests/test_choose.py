@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import hashlib
 import logging
+import operator
 import os
 import threading
 import time
 import types
+import weakref
 from collections.abc import Generator
 from typing import Any
 
@@ -17,7 +20,7 @@ import pytest
 
 import anypool
 import tasks
-from anypool.choose import ASYNC_PROBE_ITEMS, decide, decide_async
+from anypool.choose import ASYNC_PROBE_ITEMS, _key, decide, decide_async
 
 
 def _choice(pool: anypool.Pool, fn: Any) -> str:
@@ -206,6 +209,201 @@ def test_each_callable_gets_its_own_choice_in_one_pool() -> None:
     assert choices["sleep"].startswith("thread")
     assert choices["cpu"].startswith("process")
     assert "sleep" in str(pool.stats)
+
+
+class Scale:
+    """A callable class: each instance an object of its own, with its own state."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return x * self.k
+
+
+class Items(list[int]):
+    """A list that can be weakly referenced: ``items.count`` is a built-in method bound to it."""
+
+
+def _scale(k: int) -> tuple[object, Any, int, int]:
+    s = Scale(k)
+    return s, s, 2, 2 * k
+
+
+def _count(k: int) -> tuple[object, Any, int, int]:
+    items = Items([1] * k)
+    return items, items.count, 1, k
+
+
+def _alive(refs: list[weakref.ref[object]], seconds: float = 5.0) -> int:
+    """How many of ``refs`` still have their object once the pool's threads let go of it."""
+    deadline = time.monotonic() + seconds
+    while sum(r() is not None for r in refs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sum(r() is not None for r in refs)
+
+
+@pytest.mark.parametrize(("make", "label"), [(_scale, "Scale"), (_count, "Items.count")])
+def test_objects_called_once_each_share_one_probe_and_are_not_kept(make: Any, label: str) -> None:
+    """Keyed by the object itself (a callable instance, a built-in method bound to an
+    object), each of them was probed anew and kept, with all it held, for the pool's life."""
+    refs: list[weakref.ref[object]] = []
+    gc.disable()  # freed as soon as unused: not left to a garbage collection that may come
+    try:
+        with anypool.Pool(record=True) as pool:
+            for k in range(100):
+                obj, fn, arg, expected = make(k)
+                refs.append(weakref.ref(obj))
+                assert pool.submit(fn, arg).result(30) == expected
+                del obj, fn
+            # the timeline names a task's callable from a one-entry cache: moved on
+            assert pool.submit(len, "ab").result(30) == 2
+            assert _alive(refs) == 0
+            probed = [row for row in pool.timeline() if row.worker == "probe" and row.fn == label]
+    finally:
+        gc.enable()
+    assert len(probed) == 1
+    assert list(pool.stats.choices) == [label, "len"]
+
+
+class WrapsACoroutineFunction:
+    """A sync callable keeping the coroutine function it runs as ``.func``: not a partial."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+
+    def __call__(self, x: int) -> tuple[str, Any]:
+        return "sync", asyncio.run(self.func(x))
+
+
+def test_an_object_with_a_func_attribute_is_not_taken_for_a_partial() -> None:
+    """It shared the choice (and the name) of the coroutine function in its ``.func``: sent to
+    the event loop, where its asyncio.run() failed."""
+    with anypool.Pool() as pool:
+        assert list(pool.map(tasks.asquare, range(3))) == [0, 1, 4]
+        assert pool.submit(WrapsACoroutineFunction(tasks.asquare), 3).result(30) == ("sync", 9)
+        choices = pool.stats.choices
+    assert choices["asquare"].startswith("async: ")
+    assert not choices["WrapsACoroutineFunction"].startswith("async"), choices
+
+
+def logged(fn: Any) -> Any:
+    """A decorator: each function it wraps gets a wrapper with the same code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+@logged
+def logged_square(x: int) -> int:
+    return x * x
+
+
+@logged
+def logged_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_functions_wrapped_by_one_decorator_each_get_their_own_choice() -> None:
+    """Keyed by the wrapper's code, the second shared the first one's choice (a sleeping
+    function's, for CPU-bound work) and had no line in pool.stats.choices."""
+    with anypool.Pool() as pool:
+        assert list(pool.map(logged_sleep, [0.02] * 4)) == [0.02] * 4
+        assert list(pool.map(logged_square, range(300))) == [x * x for x in range(300)]
+        choices = pool.stats.choices
+    assert choices["logged_sleep"].startswith("thread: it mostly waits")
+    assert "mostly waits" not in choices["logged_square"], choices  # its own, measured
+
+
+def test_what_counts_as_the_same_callable() -> None:
+    """One choice per key: a key must hold no object made per call, nor join unlike callables."""
+    assert _key(Scale(1)) == _key(Scale(2)) != _key(WrapsACoroutineFunction(tasks.asquare))
+    assert _key(WrapsACoroutineFunction(tasks.asquare)) != _key(tasks.asquare)
+    assert _key(functools.partial(tasks.add, 1)) == _key(functools.partial(tasks.add, 2)) == _key(tasks.add)
+    assert _key(Items().count) == _key(Items([1]).count) != _key([].count)
+    assert _key(Scale) != _key(Items)
+    assert _key(len) is len
+    assert _key(operator.itemgetter(0)) == _key(operator.itemgetter(1)) != _key(operator.attrgetter("x"))
+
+
+class Multiplier:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    async def times(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return self.k * x
+
+    async def __call__(self, x: int) -> int:
+        return await self.times(x)
+
+
+def test_each_coroutine_the_probe_times_runs_its_own_callable() -> None:
+    """The async probe ran every task it timed with the first one's callable: partials of
+    one coroutine function, or its methods bound to different objects, all returned the
+    first one's results."""
+    with anypool.Pool() as pool:
+        partials = [pool.submit(functools.partial(tasks.aadd, k), 1) for k in range(5)]
+        methods = [pool.submit(Multiplier(k).times, 2) for k in range(5)]
+        instances = [pool.submit(Multiplier(k), 3) for k in range(5)]
+        assert [f.result(30) for f in partials] == [1, 2, 3, 4, 5]
+        assert [f.result(30) for f in methods] == [0, 2, 4, 6, 8]
+        assert [f.result(30) for f in instances] == [0, 3, 6, 9, 12]
+
+
+def test_an_async_choice_is_in_the_stats_when_the_last_probed_result_comes_back() -> None:
+    """It was made a moment later, on the clock thread: missing in 4 runs out of 10."""
+    for _ in range(10):
+        with anypool.Pool() as pool:
+            assert list(pool.map(tasks.asleep, [0.01], ["x"])) == ["x"]
+            assert "asleep" in pool.stats.choices
+            assert pool.submit(tasks.asquare, 3).result(30) == 9
+            assert "asquare" in pool.stats.choices
+
+
+async def parse_failing_once(path: str, x: int) -> int:
+    tasks.cpu(200_000)
+    await asyncio.sleep(0)
+    if x == 0 and not os.path.exists(path):
+        open(path, "w").close()  # a mark the worker processes see too
+        raise ValueError("the first attempt fails")
+    return x
+
+
+def test_a_retry_of_a_probed_coroutine_goes_where_the_choice_sends_it(tmp_path: Any) -> None:
+    """The retry kept the probe's timing wrapper, which cannot be pickled: it ran on the loop,
+    and the choice said its calls could not be pickled."""
+    fn = functools.partial(parse_failing_once, str(tmp_path / "failed"))
+    with anypool.Pool(retries=1, backoff=0) as pool:
+        assert list(pool.map(fn, range(16))) == list(range(16))
+        choice = pool.stats.choices["partial(parse_failing_once)"]
+    assert choice.startswith("process+async: "), choice
+    assert "cannot be pickled" not in choice, choice
+
+
+def returns_a_coroutine(x: int) -> Any:
+    return tasks.asquare(x)
+
+
+def test_a_sync_callable_returning_awaitables_is_said_to_get_them_back_unawaited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Auto's docstring sent "a callable returning awaitables" to async; it was probed as a
+    sync callable (once sent to processes, which could not send its coroutines back), and
+    its coroutines came back unawaited without a word."""
+    with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool() as pool:
+        got = [pool.submit(returns_a_coroutine, 2).result(30), *pool.map(returns_a_coroutine, range(40))]
+        reason = pool.stats.choices["returns_a_coroutine"]
+    assert all(asyncio.iscoroutine(c) for c in got)
+    assert [asyncio.run(c) for c in got] == [4] + [x * x for x in range(40)]
+    assert reason.startswith("thread: it returns awaitables, but is no coroutine function"), reason
+    assert "name backend='async'" in reason
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    said = [r.getMessage().split(",")[0] for r in warned]
+    assert said == ["anypool: returns_a_coroutine returned a coroutine"]
 
 
 class TestDecide:

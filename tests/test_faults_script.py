@@ -55,6 +55,10 @@ def test_a_reduced_comparison_runs_and_says_what_anypool_does(tmp_path: Path) ->
     assert doc.startswith("# Faults: anypool, ProcessPoolExecutor and multiprocessing.Pool")
     assert "--faults kill,hang,unpicklable" in doc
     assert proc.stdout.strip() in doc
+    # the header says how anypool's workers started, as a worker saw it: the script
+    # has one thread when it makes its pool, so they were forked, not served
+    assert "(fork); anypool with its default: its first workers forked" in doc
+    assert "replacements for dead workers from the fork server" in doc
 
 
 def test_an_unknown_fault_is_a_usage_error() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import anypool
 
@@ -111,3 +115,35 @@ def test_lazy_share_is_the_same_function_under_its_public_name() -> None:
     assert anypool.share is share
     assert share.__module__ == "anypool"
     assert "share" in dir(anypool)
+
+
+_OTHER_PYTHONS = ["3.10", "3.12", "3.13"]  # besides the one running the tests
+
+
+def _python(version: str) -> str | None:
+    """An interpreter of that version: pyenv's own (its shims may point elsewhere), else on PATH."""
+    found = sorted(Path("~/.pyenv/versions").expanduser().glob(f"{version}.*/bin/python{version}"))
+    return str(found[-1]) if found else shutil.which(f"python{version}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("version", _OTHER_PYTHONS)
+def test_every_module_imports_on_each_supported_python(version: str) -> None:
+    """requires-python says >= 3.10: a 3.11-only name (typing.Self) once broke every import there.
+
+    Only the modules' own imports are checked (the interpreter has none of
+    the dependencies, which anypool imports lazily); skipped where that
+    Python is not installed.
+    """
+    exe = _python(version)
+    if exe is None:
+        pytest.skip(f"no python{version} here")
+    code = ("import importlib, pkgutil, anypool\n"
+            "for m in pkgutil.walk_packages(anypool.__path__, 'anypool.'):\n"
+            "    if not m.name.endswith(('__main__', 'dask_cluster', 'dask_worker')):\n"
+            "        importlib.import_module(m.name)\n"
+            "print('ok')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(anypool.__file__).parents[1])}
+    out = subprocess.run([exe, "-W", "error", "-c", code], capture_output=True, text=True, env=env,
+                         timeout=100)
+    assert (out.returncode, out.stdout) == (0, "ok\n"), out.stderr

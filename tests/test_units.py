@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import itertools
 import pickle
 import random
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,9 +44,10 @@ class TestTaskOptions:
         name = next(iter(kwargs))
         with pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
             TaskOptions(**kwargs)
-        with anypool.Pool("thread", 1) as pool, \
-                pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
-            pool.with_options(**kwargs)
+        if kwargs != {"backoff_max": None}:  # None clears an option in with_options
+            with anypool.Pool("thread", 1) as pool, \
+                    pytest.raises(TypeError, match=f"{name} must be a number of seconds"):
+                pool.with_options(**kwargs)
 
     def test_retry_on_must_be_exception_types_or_a_predicate(self) -> None:
         with pytest.raises(TypeError, match="retry_on must be"):
@@ -56,6 +59,9 @@ class TestTaskOptions:
         assert base.merged(timeout=POOL_DEFAULT).timeout == 5
         assert base.merged(timeout=None).timeout is None
         assert base.merged(retries=POOL_DEFAULT, timeout=POOL_DEFAULT) is base
+        custom = TaskOptions(timeout=5, retries=2, retry_on=(OSError,), backoff=1, backoff_max=2)
+        assert custom.merged(timeout=None, retries=None, retry_on=None, backoff=None,
+                             backoff_max=None) == TaskOptions()  # each raised before
 
     def test_options_are_frozen_values(self) -> None:
         opts = TaskOptions(timeout=5, retries=2)
@@ -119,6 +125,20 @@ class TestPoolArguments:
                 with pytest.raises(error, match=message):
                     method(abs, range(3), **kwargs)
             assert pool.stats.submitted == 0
+
+    @pytest.mark.parametrize(("kwargs", "error", "message"), [
+        ({"backend": "bogus"}, anypool.BackendUnavailable, "unknown backend 'bogus'"),
+        ({"chunksize": 0}, ValueError, "chunksize must be >= 1, not 0"),
+        ({"workers": 0}, ValueError, "workers must be an int >= 1"),
+        ({"own_lop": True}, TypeError, "unknown option"),
+    ])
+    def test_module_imap_checks_its_arguments_at_the_call(self, kwargs: dict, error: type,
+                                                           message: str) -> None:
+        """As Pool.imap does (it was a generator function: nothing ran before the first next())."""
+        with pytest.raises(error, match=message):
+            anypool.imap(abs, range(3), **kwargs)
+        results = anypool.imap(abs, [-1, -2], backend="thread", workers=1)
+        assert list(results) == [1, 2]
 
     def test_a_start_method_is_checked_when_the_pool_is_made(self) -> None:
         with pytest.raises(ValueError, match="start_method must be one of 'fork', 'forkserver', 'spawn'"):
@@ -280,6 +300,23 @@ class TestMapSemantics:
             it.close()
         assert next(ran) < 100
 
+    @pytest.mark.parametrize("how", ["iter", "aiter", "none"])
+    def test_a_result_iterator_dropped_before_it_started_cancels_what_has_not_started(
+            self, how: str) -> None:
+        """A generator's ``finally`` runs only once it has started: dropped before, it closes too."""
+        gc.disable()  # no collection to close what a reference cycle would hold
+        try:
+            with anypool.Pool("thread", 1) as pool:
+                results = pool.imap(tasks.sleep, itertools.repeat(0.05), chunksize=1)
+                if how == "iter":
+                    results = iter(results)  # type: ignore[assignment]
+                elif how == "aiter":
+                    results = aiter(results)  # type: ignore[assignment]
+                del results
+        finally:
+            gc.enable()
+        assert pool.stats.cancelled > 0
+
     def test_buffersize_bounds_the_items_in_flight(self) -> None:
         pulled = 0
 
@@ -294,6 +331,35 @@ class TestMapSemantics:
             for n, _ in enumerate(pool.map(tasks.square, source(), buffersize=10)):
                 lead = max(lead, pulled - n)
         assert lead <= 11
+
+    @pytest.mark.timeout(20)
+    def test_a_batch_reported_with_the_wrong_number_of_results_fails_instead_of_hanging(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """Which result is whose is then unknown: every item fails, loudly, and the batch ends.
+
+        (A short batch was never complete: its map and the pool's shutdown waited for ever,
+        or the timing division by its length raised in the backend's thread.)  Reported here
+        the way a backend reports, on a map run whose source is empty so nothing else runs.
+        """
+        from anypool.mapping import Batch, MapIterator, MapRun
+        from anypool.tasks import ONE, Task
+
+        with anypool.Pool("thread", 1) as pool:
+            dispatch = pool._dispatch
+            run = MapRun(dispatch=dispatch, backend=pool._backend, fn=tasks.square, source=iter(()),
+                         style=ONE, options=TaskOptions(), ordered=True, length=None, chunksize=None,
+                         buffersize=None, timeout=None, return_exceptions=True)
+            batch = Batch(run, 0, 3)
+            run._inflight.append(batch)
+            run._inflight_items += 3
+            task = Task(dispatch.begin(3), tasks.square, [1, 2, 3], ONE, TaskOptions(), None, batch)
+            now = time.time()
+            dispatch.finish(task, [1, 4], now, now, dispatch.stats.worker("thread-1"))
+            got = list(MapIterator(run))
+            assert dispatch.outstanding == 0
+        assert [type(r) for r in got] == [RuntimeError] * 3
+        assert "reported 2 results for the 3 items" in str(got[0])
+        assert "reported 2 results for the 3 items" in caplog.text
 
     def test_imap_unordered_yields_in_completion_order(self) -> None:
         with anypool.Pool("thread", 4) as pool:
@@ -418,7 +484,9 @@ class TestFutureInternals:
             per = (len(gc.get_objects()) - before) / 2000
             gate.set()
             assert [f.result(30) for f in futs] == [i * i for i in range(2000)]
-        assert per <= 3.1, per  # task, future, lock (was 6: + two tuples and a list)
+        # task, future, lock (was 6: + two tuples and a list); 3.13's collector
+        # leaves some argument tuples tracked (a sixth of them here), its business
+        assert per <= (3.1 if sys.version_info < (3, 13) else 3.25), per
 
 
 class TestAsyncFutures:

@@ -7,7 +7,7 @@ coroutine), a command's future a ``CommandResult``.
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing_extensions import assert_type  # typing has it from 3.11 (mypy checks as 3.10)
 
 import anypool
 from anypool import CommandResult, Future

@@ -6,6 +6,13 @@ worker, so it imports nothing heavy).  A batch of ``map`` items runs through
 the items already done stay in the list and the same ``map`` object carries
 on with the next item.  That is what makes tiny tasks cost about as much as a
 plain loop.
+
+One exception cannot pass through that loop: a ``StopIteration`` raised by
+``fn`` reads to ``extend`` as the end of the ``map`` object, and is dropped
+there.  The item is not lost with it (the batch comes back short, so the one
+that ended it is known), but its exception is: that item fails with a
+``RuntimeError`` saying so, as a generator's ``StopIteration`` becomes one
+(PEP 479), and the ``map`` object carries on with the next item.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ def call_items(
     out: list[Any] = []
     failed: list[int] | None = None
     if style in (ONE, STAR):
+        n = len(items)
         it = map(fn, items) if style == ONE else itertools.starmap(fn, items)
         while True:
             try:
                 out.extend(it)
-                return out, failed
             except reraise:
                 raise
             except BaseException as exc:
@@ -47,6 +54,14 @@ def call_items(
                     failed = []
                 failed.append(len(out))
                 out.append(on_error(exc))
+                continue
+            if len(out) == n:
+                return out, failed
+            # fn raised StopIteration on item len(out): see the module docstring
+            if failed is None:
+                failed = []
+            failed.append(len(out))
+            out.append(on_error(_stopped(fn)))
     for args, kwargs in items:
         try:
             out.append(fn(*args, **kwargs) if kwargs else fn(*args))
@@ -58,6 +73,13 @@ def call_items(
             failed.append(len(out))
             out.append(on_error(exc))
     return out, failed
+
+
+def _stopped(fn: Callable[..., Any]) -> RuntimeError:
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return RuntimeError(
+        f"{name} raised StopIteration, which a map batch cannot keep (it reads as the end of "
+        "the batch's loop): raise another exception to see its message and traceback")
 
 
 def call_one(fn: Callable[..., Any], style: int, item: Any) -> Any:

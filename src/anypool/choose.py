@@ -1,7 +1,8 @@
 """``backend="auto"``: pick the execution model per callable, and say why.
 
-* a coroutine function (or a callable returning awaitables) → ``async``,
-  unless its coroutines keep the event loop busy: the first
+* a coroutine function (an ``async def``, a partial of one, an object with
+  an ``async def __call__``) → ``async``, unless its coroutines keep the
+  event loop busy: the first
   ``ASYNC_PROBE_ITEMS`` run on the loop with each step timed on the thread's
   CPU clock, and at ``ASYNC_HEAVY`` (0.2 ms) of CPU work a coroutine or more
   the rest go to ``process+async`` (a loop in each worker process), when the
@@ -9,8 +10,12 @@
   pickled and there is more than one CPU.  A pool attached
   to the caller's running loop is not probed: that loop's CPU time is also
   the caller's;
-* a command (a ``str`` or a list of ``str``) → ``subprocess``;
-* a sync callable → measured on its first tasks, run on a probe thread:
+* a command (a ``str``, an argv list or tuple, see :func:`~anypool.commands.is_command`)
+  → ``subprocess``;
+* a sync callable → measured on its first tasks, run on a probe thread (one
+  that returns awaitables, such as ``lambda u: fetch(u, session)``, is a sync
+  callable too, kept on ``thread``: what it returns is handed back
+  unawaited, and auto says so in a warning logged once and in its choice):
 
   - CPU time well under wall time (it waits: IO, sleep, locks) → ``thread``;
   - tiny tasks (a few µs): pickling them to processes would cost more than
@@ -52,12 +57,14 @@ backend.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import inspect
 import logging
 import os
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -66,6 +73,7 @@ from . import clock, schedstat, waiting
 from .backends import get_backend
 from .backends.base import Backend, BackendConfig, default_workers
 from .calls import call_items, call_one
+from .commands import is_command
 from .dispatch import fn_name, serve
 from .errors import InitializerFailed, SerializationError, TaskTimeout
 from .futures import Future
@@ -114,19 +122,13 @@ ASYNC_PROBE_ITEMS = 8  # coroutines timed before judging
 ASYNC_PROBE_SECONDS = 0.1  # judged by then on what ran, however few finished
 ASYNC_HEAVY = 200e-6  # CPU seconds a coroutine keeps the loop busy above which processes pay
 ASYNC_BUSY = 0.5  # share of the loop unfinished probe coroutines took that counts as heavy
+# What auto says of a sync callable that returns awaitables (a lambda calling an async def).
+AWAITABLES = ("auto runs it as a sync callable, and hands back what it returns unawaited, as "
+              "backend='thread' does (make it an async def, or name backend='async', which awaits it)")
 _TICK = 0.002  # how often a running first task is checked for the early verdict
 _SAMPLE_SLEEP = 0.0002
 _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch interval is 5 ms)
 _UNEXPLAINED = 0.0003
-
-
-def is_command(fn: Any) -> bool:
-    """Whether ``fn`` is a shell command (``str``) or an argv list."""
-    if isinstance(fn, str):
-        return True
-    if isinstance(fn, (list, tuple)) and fn and all(isinstance(a, str) for a in fn):
-        return True
-    return hasattr(fn, "__anypool_command__")
 
 
 def is_coroutine_callable(fn: Any) -> bool:
@@ -279,6 +281,9 @@ class _GilSampler:
 
     def stop(self) -> None:
         self._stop.set()
+        # the probe's bound method: a cycle that would keep the probe, and the
+        # callable it holds, until the garbage collector's next full pass
+        self._then = None
 
 
 class _ProbeBase:
@@ -369,6 +374,7 @@ class _Probe(_ProbeBase):
         self.lent: Backend | None = None
         self.current_cpu0 = 0.0
         self.current_delay0 = 0.0
+        self.awaitables = False  # a call returned an awaitable (said once: see _returns_awaitables)
         self.thread = threading.Thread(target=self._run, name="anypool-probe", daemon=True)
         self.began = time.perf_counter()
         self.delay0 = 0.0  # the probe thread's run-queue time when it started
@@ -447,6 +453,8 @@ class _Probe(_ProbeBase):
                         return  # past its timeout: settled on time, and this thread abandoned
                     results, failed = timed
                 t1 = time.time()
+                if not self.awaitables and any(inspect.isawaitable(r) for r in results):
+                    self._returns_awaitables(results)
                 with self.lock:
                     self.current_start = None
                     lent, self.lent = self.lent, None
@@ -485,6 +493,18 @@ class _Probe(_ProbeBase):
             fd, self._sched = self._sched, None  # a late clock tick then reads 0, not a reused fd
             if fd is not None:
                 os.close(fd)
+
+    def _returns_awaitables(self, results: list[Any]) -> None:
+        """Say once, as a warning, that the callable probed returns awaitables, handed back unawaited.
+
+        Awaiting them would take the event loop, and this call's future (like
+        every future of a sync callable) is not one the loop can settle: so
+        auto runs it as ``thread`` would, and says how to get it awaited.
+        """
+        self.awaitables = True
+        kind = next(type(r).__name__ for r in results if inspect.isawaitable(r))
+        log.warning("anypool: %s returned a %s, but is no coroutine function: %s", fn_name(self.fn), kind,
+                    AWAITABLES)
 
     def _call_timed(self, task: Task, started: float, ws: Any) -> tuple[list[Any], list[int] | None] | None:
         """Run ``task``'s items one by one under its ``timeout=``, as the thread backend does.
@@ -688,6 +708,9 @@ class _Probe(_ProbeBase):
         gil_held: float | None = min(1.0, self.sampler.held / max(on_cpu, 0.05))
         if self.sampler.samples < MIN_SAMPLES and time.perf_counter() - self.began < PROBE_MAX:
             gil_held = None
+        if force is None and self.awaitables:
+            # never processes: what it returns could not come back from one
+            force = ("thread", "it returns awaitables, but is no coroutine function: " + AWAITABLES)
         if force is not None:
             decision = Decision(force[0], force[1], cpu, wall, items, 0.0)
         else:
@@ -754,26 +777,39 @@ class _Steps:
 
 
 class _Timed:
-    """A probed coroutine function: calls it and times the steps of what it returns.
+    """A probed task's callable: calls it and times the steps of what it returns.
 
     It answers to the same name and key as the function (``__qualname__``,
-    ``func``), so events, logs and a retry treat it as the function itself.
+    ``func``), so events, logs and the choice treat it as the function
+    itself.  One is made for each task, never shared: the tasks of one key
+    may hold different callables (partials, methods of different objects,
+    instances of one class), and each must run its own.  Once called it gives
+    the task its callable back, so a retry goes where the choice sends it.
     """
 
-    def __init__(self, fn: Callable[..., Any], probe: _AsyncProbe) -> None:
-        self.func = fn
+    def __init__(self, task: Task, probe: _AsyncProbe) -> None:
+        self.func = task.fn
+        self.task = task
         self.probe = probe
-        self.__qualname__ = fn_name(fn)
+        self.__qualname__ = fn_name(self.func)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.task.fn = self.func  # every item of the task has been called by now
         r = self.func(*args, **kwargs)
         if not inspect.isawaitable(r):
             return r
         steps = _Steps(r)
         try:
-            return await steps
+            value = await steps
         finally:
-            self.probe.finished(steps.cpu)
+            decided = self.probe.finished(steps.cpu)
+        if decided is not None:
+            # the last one timed: handed back once the choice is in pool.stats,
+            # as a thread probe's last task is (made off the loop, see finished)
+            import asyncio
+
+            await asyncio.wrap_future(decided)
+        return value
 
 
 class _AsyncProbe(_ProbeBase):
@@ -791,7 +827,6 @@ class _AsyncProbe(_ProbeBase):
                  loop_backend: AsyncBackend) -> None:
         super().__init__(router, key, fn)
         self.loop_backend = loop_backend
-        self.timed = _Timed(fn, self)
         self.items = 0  # coroutines sent to the loop, timed
         self.cpu_done: list[float] = []  # CPU time of each finished one
         self.began = time.perf_counter()
@@ -817,17 +852,30 @@ class _AsyncProbe(_ProbeBase):
                 self.held.append(task.subtask(room, task.items[room:]))
                 task = task.subtask(0, task.items[:room])
             self.items += len(task.items)
-        task.fn = self.timed
+        task.fn = _Timed(task, self)
         self.loop_backend.submit(task)
         return True
 
-    def finished(self, cpu: float) -> None:
-        """A timed coroutine ended (called on the loop thread): judge once enough did."""
+    def finished(self, cpu: float) -> cf.Future[None] | None:
+        """A timed coroutine ended (called on the loop thread): judge once enough did.
+
+        Returns a future done once the choice is made, when this one completed
+        the sample (None otherwise).
+        """
         with self.lock:
             self.cpu_done.append(cpu)
             enough = not self.decided and len(self.cpu_done) >= min(ASYNC_PROBE_ITEMS, self.items)
-        if enough:
-            clock.call_later(0, self._decide_now)  # off the loop: choosing may start processes
+        if not enough:
+            return None
+        done: cf.Future[None] = cf.Future()
+        clock.call_later(0, self._decide_then, done)  # off the loop: choosing may start processes
+        return done
+
+    def _decide_then(self, done: cf.Future[None]) -> None:
+        try:
+            self._decide_now()
+        finally:
+            done.set_result(None)
 
     def join(self) -> None:
         self._decide_now()
@@ -867,20 +915,52 @@ class _AsyncProbe(_ProbeBase):
             return 0.0
 
 
+_LASTING = (types.ModuleType, type)  # what a built-in method may be bound to and still be kept
+
+
 def _key(fn: Any) -> Any:
-    """What identifies "the same callable" for the choice: its code where it has one."""
-    inner = getattr(fn, "func", None)  # functools.partial
-    if inner is not None:
-        return _key(inner)
-    func = getattr(fn, "__func__", fn)  # bound methods
+    """What identifies "the same callable" for the choice, holding no object made per call.
+
+    * a function, or a method bound to any instance: its code (a decorator's
+      wrapper: its code and the key of the function it wraps);
+    * an instance of a class with a ``__call__`` written in Python: that
+      ``__call__``'s code (keyed by the instance itself, each instance was
+      probed anew and kept alive, with all it held, for the pool's life);
+    * a class, a module's built-in function (``len``, ``dict.fromkeys``): itself;
+    * a built-in method bound to an object (``some_list.append``): the
+      object's type and the method's name;
+    * anything else (a numpy ufunc, an ``operator.itemgetter``): its type,
+      module and name.
+
+    A ``functools.partial`` is keyed by the function it wraps, never an object
+    that merely has a ``.func`` attribute.
+    """
+    if type(fn) is types.FunctionType:  # the common case first: this runs on every submit
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is None or wrapped is fn:
+            return fn.__code__
+        # a decorator's wrapper (functools.wraps): its code is every decorated function's
+        return (fn.__code__, _key(wrapped))
+    while isinstance(fn, (functools.partial, _Timed)):
+        fn = fn.func
+    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
     code = getattr(func, "__code__", None)
-    if code is not None:
+    if isinstance(code, types.CodeType):
         return code
-    try:
-        hash(fn)
-    except TypeError:
-        return type(fn)
-    return fn
+    if isinstance(fn, type):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    if type(fn) is types.BuiltinFunctionType and (owner is None or isinstance(owner, _LASTING)):
+        return fn  # a module's function (or a class's): it lives as long as its module
+    code = getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004 - its code, if Python
+    if isinstance(code, types.CodeType):
+        return code
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    name = name if isinstance(name, str) else None
+    if owner is not None and not isinstance(owner, _LASTING):
+        return (type(owner), name)
+    module = getattr(fn, "__module__", None)
+    return (type(fn), module if isinstance(module, str) else None, name)
 
 
 class AutoBackend(Backend):

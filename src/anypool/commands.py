@@ -3,8 +3,8 @@
 A task's "callable" on the ``subprocess`` backend is a *command*:
 
 * a ``str`` is a shell command line, read by ``/bin/sh``;
-* a list (or tuple) of ``str`` is an argv: the program and its arguments,
-  run without any shell;
+* a list (or tuple) is an argv: the program and its arguments (each a
+  ``str``, ``bytes``, ``os.PathLike`` or number, as below), run without any shell;
 * an object with an ``__anypool_command__(args, slot)`` method returns one of
   the two (or a :class:`Spec`) for each job; the command line uses this to
   fill its templates, ``slot`` being the number of the worker running the job.
@@ -17,9 +17,10 @@ by a shell:
   ``/bin/sh -c 'gzip -9 "$@"' sh <path>``, so the arguments are the script's
   positional parameters ``$1``, ``$2``... and reach the program as they are,
   whatever quotes, ``;`` or ``$(...)`` they hold.  If the string itself
-  mentions ``$1``..``$9``, ``$@``, ``$*`` or ``$#``, it is taken to place the
-  arguments itself and ``"$@"`` is not appended
-  (``pool.submit('cp "$1" "$1.bak"', path)``).
+  mentions ``$1``..``$9``, ``$@``, ``$*`` or ``$#`` where the shell expands
+  them (not inside single quotes, as in ``awk '{print $1}'``, nor escaped as
+  ``\\$1``), it is taken to place the arguments itself and ``"$@"`` is not
+  appended (``pool.submit('cp "$1" "$1.bak"', path)``).
 
 Keyword arguments are refused (``TypeError``); arguments must be ``str``,
 ``bytes``, ``os.PathLike`` or numbers.
@@ -52,7 +53,10 @@ from typing import Any, NamedTuple
 
 from .records import Frozen
 
-__all__ = ["SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "prepare", "split_words"]
+__all__ = [
+    "SHELL", "CommandResult", "Spec", "command_text", "direct_argv", "is_command", "mentions_arguments",
+    "prepare", "split_words",
+]
 
 SHELL = "/bin/sh"
 
@@ -195,7 +199,49 @@ def direct_argv(text: str) -> list[str] | None:
 
 # -- building the argv of one run ---------------------------------------------
 
-_POSITIONAL = re.compile(r"\$(?:[1-9@*#]|\{[1-9@*#])")
+# A reference to the script's positional parameters ($1, ${2}, $@, $*, $#; not
+# ${#name}, a length), or what hides one: a backslash escape, a single-quoted
+# string (awk '{print $1}' reads its own $1), a double quote opening or closing.
+_REF = r"\$(?:[1-9@*#]|\{(?:[1-9@*]|#[}@*]))"
+_OUTSIDE = re.compile(r"""\\.|'[^']*(?:'|\Z)|"|""" + _REF, re.S)
+_INSIDE = re.compile(r"""\\.|"|""" + _REF, re.S)  # within "...": a ' is a plain character
+
+
+def mentions_arguments(script: str) -> bool:
+    """Whether a shell script refers to its positional parameters itself.
+
+    ``$1``..``$9``, ``$@``, ``$*`` and ``$#`` count where the shell expands
+    them: not inside single quotes, nor escaped as ``\\$1``.
+
+    >>> mentions_arguments('cp "$1" "$1.bak"')
+    True
+    >>> mentions_arguments("awk '{print $1}' | sort")
+    False
+    """
+    if "$" not in script:
+        return False
+    pos, quoted = 0, False
+    while True:
+        m = (_INSIDE if quoted else _OUTSIDE).search(script, pos)
+        if m is None:
+            return False
+        token = m.group()
+        if token[0] == "$":
+            return True
+        if token == '"':
+            quoted = not quoted
+        pos = m.end()
+
+
+def is_command(fn: Any) -> bool:
+    """Whether ``fn`` is a command: a ``str``, a list or tuple, or has ``__anypool_command__``.
+
+    A list or tuple is taken for an argv whatever it holds (it cannot be
+    called anyway): :func:`prepare` checks its items as it runs, so
+    ``backend="auto"`` takes the same argvs as ``backend="subprocess"`` and
+    fails the others with the same errors.
+    """
+    return isinstance(fn, (str, list, tuple)) or hasattr(fn, "__anypool_command__")
 
 
 def _as_arg(value: Any) -> str:
@@ -232,7 +278,7 @@ def prepare(fn: Any, args: tuple[Any, ...], slot: int = 0) -> Spec:
             raise ValueError("the command is empty")
         if not extra:
             return Spec([SHELL, "-c", fn], fn, True)
-        script = fn if _POSITIONAL.search(fn) else f'{fn} "$@"'
+        script = fn if mentions_arguments(fn) else f'{fn} "$@"'
         return Spec([SHELL, "-c", script, "sh", *extra], f"{fn} {command_text(extra)}", True)
     if isinstance(fn, (list, tuple)):
         if not fn:

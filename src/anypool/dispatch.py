@@ -18,6 +18,7 @@ broken state (a failed initializer).  Nothing here is backend-specific.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import clock, waiting
-from .errors import PoolClosed, exception_line
+from .errors import PoolClosed, add_note, exception_line
 from .events import Observer, TaskEvent
 from .futures import Attempt
 from .stats import UNASSIGNED
@@ -84,7 +85,7 @@ def fn_name(fn: Any) -> str:
         text = shlex.join(words)
         return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT - 1] + "…"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None and hasattr(fn, "func"):  # functools.partial
+    if name is None and isinstance(fn, functools.partial):
         return f"partial({fn_name(fn.func)})"
     return str(name or type(fn).__name__)
 
@@ -114,6 +115,7 @@ class Dispatch:
         self._runs: weakref.WeakSet[MapRun] = weakref.WeakSet()
         self.broken_exc: BaseException | None = None
         self._last_name: tuple[Any, str] = (None, "")  # (callable, fn_name of it)
+        self._broken_predicates: list[Any] = []  # retry_on predicates that raised (logged once)
 
     # -- accounting ---------------------------------------------------------
 
@@ -239,6 +241,9 @@ class Dispatch:
         batch = task.batch
         assert batch is not None
         n = len(results)
+        if n != len(task.items):
+            results, failed = self._misreported(task, n, worker)
+            n = len(results)
         retried = 0
         retries: list[tuple[Task, Failure]] = []
         retrying: list[int] = []  # indices of the items tried again, for the finished event
@@ -285,6 +290,20 @@ class Dispatch:
             self._schedule_retry(sub, f, started, ended, worker)
         if complete:
             self._end()
+
+    @staticmethod
+    def _misreported(task: Task, n: int, worker: WorkerStats) -> tuple[list[Any], range]:
+        """Fail every item of a batch reported with ``n`` results for its items.
+
+        Which result belongs to which item is then unknown, so none is kept;
+        settled this way the batch still ends (a short one was never complete,
+        and its map and the pool's shutdown waited for it for ever).
+        """
+        m = len(task.items)
+        exc = RuntimeError(f"anypool: {worker.name} reported {n} results for the {m} items of "
+                           f"{task.label()} (a bug in anypool): the batch is failed")
+        log.error("%s", exc)
+        return [Failure(exc) for _ in range(m)], range(m)
 
     def finish_one(self, task: Task, value: Any, started: float, ended: float, worker: WorkerStats) -> None:
         """Report a single-item task (the hot path of ``submit``)."""
@@ -405,14 +424,27 @@ class Dispatch:
         elif f.kind == "cancelled":
             worker.cancelled += 1
 
-    @staticmethod
-    def _may_retry(task: Task, f: Failure) -> bool:
+    def _may_retry(self, task: Task, f: Failure) -> bool:
         opts = task.options
-        return (
-            task.attempt <= opts.retries
-            and f.kind not in _NEVER_RETRY
-            and opts.should_retry(f.exc)
-        )
+        if task.attempt > opts.retries or f.kind in _NEVER_RETRY:
+            return False
+        try:
+            return opts.should_retry(f.exc)
+        except Exception as err:
+            # Raised here, on a backend's thread or the loop, it would stop the
+            # settling half-way: the worker gone, the map or the shutdown waiting for ever.
+            self._predicate_failed(opts.retry_on, f.exc, err)
+            return False
+
+    def _predicate_failed(self, rule: Any, exc: BaseException, err: Exception) -> None:
+        """A ``retry_on`` predicate raised: the task fails with its own error, which says so."""
+        add_note(exc, f"anypool: not retried: the retry_on predicate {fn_name(rule)} raised {err!r}")
+        with self._lock:
+            if any(r is rule for r in self._broken_predicates):
+                return
+            self._broken_predicates.append(rule)
+        log.error("anypool: the retry_on predicate %s raised; the failures it raises on are not "
+                  "retried (logged once)", fn_name(rule), exc_info=err)
 
     def _schedule_retry(self, task: Task, f: Failure, started: float, ended: float,
                         worker: WorkerStats) -> None:
@@ -443,15 +475,11 @@ class Dispatch:
         self.requeue(task)
 
     def _annotate(self, task: Task, exc: BaseException, worker: WorkerStats, index: int = 0) -> None:
-        note = (f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "
-                f"attempt {task.attempt} of {task.options.retries + 1}")
         notes = getattr(exc, "__notes__", None)
         if notes and notes[-1].startswith("anypool: task"):
             return
-        try:
-            exc.add_note(note)
-        except AttributeError:  # Python 3.10
-            exc.__notes__ = [*(notes or []), note]
+        add_note(exc, f"anypool: task #{task.seq + index} ({fn_name(task.fn)}) failed on {worker.name}, "
+                      f"attempt {task.attempt} of {task.options.retries + 1}")
 
     # -- events -------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,14 @@ class BackendUnavailable(AnypoolError, LookupError):
     """The backend name is unknown, or the package it needs is not installed."""
 
 
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``, on Python 3.10 too (where it is done by hand)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+
+
 def describe_exit(code: int | None) -> str:
     """Say in words how a process ended, from a ``returncode``-style status.
 
@@ -193,15 +202,15 @@ def __getattr__(name: str) -> Any:
 
 
 def exception_text(exc: BaseException) -> str:
-    """``str(exc)``; ``<exception str() failed>`` (the ``traceback`` module's words) where it raises.
+    """``str(exc)``, or ``<str() raised TYPE>`` where that raises.
 
-    A task's exception is the user's: its ``__str__`` may raise, and showing
-    or sending the exception must not fail because of that.
+    A task's exception is the user's: its ``__str__`` may raise, and showing,
+    sending or recording the exception must not fail because of that.
     """
     try:
         return str(exc)
-    except Exception:
-        return "<exception str() failed>"
+    except Exception as err:
+        return f"<str() raised {type(err).__name__}>"
 
 
 def exception_line(exc: BaseException) -> str:

@@ -337,6 +337,17 @@ class as_completed(Iterable[cf.Future[T]]):
         self._timeout = timeout
 
     def __iter__(self) -> Iterator[cf.Future[T]]:
+        """Iterate in this thread, blocking it between futures.
+
+        Raises:
+            RuntimeError: a future is run by the event loop of this thread,
+                which the wait would stall for ever (use ``async for``).
+        """
+        for f in self._fs:
+            if isinstance(f, Future) and f._blocks_own_loop():
+                raise RuntimeError(
+                    "a task here runs on the event loop of the current thread, so waiting for it "
+                    "with a plain `for` would block that loop forever; use `async for` instead")
         if threading.get_ident() != threading.main_thread().ident:
             return cf.as_completed(self._fs, timeout=self._timeout)
         return self._sliced()

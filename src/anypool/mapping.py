@@ -186,12 +186,13 @@ class MapRun:
                 size = 1  # only to learn whether the input had ended: it is dropped if not
             elif self._max_items is not None:
                 size = max(1, min(size, self._max_items - self._inflight_items))
+            # extend, not list(): it keeps the items read before the input raises
+            items: list[Any] = []
             try:
-                items = list(itertools.islice(self._source, size))
-            except BaseException as exc:  # the input itself failed: deliver what ran, then raise
+                items.extend(itertools.islice(self._source, size))
+            except BaseException as exc:  # the input itself failed: run what it gave, then raise
                 self._input_error = exc
                 self._exhausted = True
-                return
             if not items:
                 self._exhausted = True
                 return
@@ -208,12 +209,14 @@ class MapRun:
         self._exhausted = True
         if self.closed:
             return
+        failed_input = self._input_error  # the input also raised, after what was dropped
         self._input_error = PoolClosed(
             f"the pool was shut down before this map's input was read to its end ({self._seq} items "
             f"were submitted, {unread} more read and dropped): an input of "
             "unknown length (an iterator, possibly endless) stops where it was at the shutdown; "
             "consume the results before the pool shuts down (inside its `with` block), or pass a "
             "list, tuple or range, which a shutdown runs to its end")
+        self._input_error.__context__ = failed_input
 
     @property
     def fed(self) -> bool:
@@ -325,13 +328,15 @@ class MapRun:
     def __iter__(self) -> Iterator[Any]:
         # Items are flattened in C: a generator layer per item cost more than a
         # no-op task itself (see _batches).
-        return itertools.chain.from_iterable(self._batches(None))
+        return itertools.chain.from_iterable(self._batches(_Closing(self)))
 
-    def _batches(self, owner: object) -> Iterator[list[Any]]:
+    def _batches(self, closing: _Closing) -> Iterator[list[Any]]:
         """Each finished batch's results, in order; a failed item raises at its position.
 
-        ``owner`` (the ``MapIterator``) is kept alive while this runs: dropping
-        it would close the run under the consumer's feet.
+        Its ``finally`` closes the run however the reading ends: exhausted,
+        failed, closed, or dropped (a ``for`` left early drops it at once, as
+        nothing here refers back to whatever reads it); ``closing`` does
+        where it is dropped before it started.
         """
         if getattr(self._backend, "loop_thread", None) == threading.get_ident():
             self.close()
@@ -366,7 +371,11 @@ class MapRun:
         finally:
             self.close()
 
-    async def _aiter(self) -> AsyncIterator[Any]:
+    def aiter(self) -> AsyncIterator[Any]:
+        """The results for ``async for`` (as ``iter()``'s, for ``for``)."""
+        return self._aiter(_Closing(self))
+
+    async def _aiter(self, closing: _Closing) -> AsyncIterator[Any]:
         import asyncio  # loaded by then: this runs inside a loop
 
         loop = asyncio.get_running_loop()
@@ -416,6 +425,22 @@ class MapRun:
         self._exhausted = True
 
 
+class _Closing:
+    """Closes a run when the iterator reading it goes, even one never started.
+
+    Given to the run's generators as an argument, it is held by their frame
+    from the moment they are made: their ``finally`` runs only once started.
+    """
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: MapRun) -> None:
+        self.run = run
+
+    def __del__(self) -> None:
+        self.run.close()
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -428,20 +453,18 @@ class MapIterator(Iterator[T], AsyncIterator[T]):
     cancels the work that has not started.
     """
 
-    def __init__(self, run: MapRun, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, run: MapRun) -> None:
         self._run = run
         self._gen: Iterator[T] | None = None
         self._agen: AsyncIterator[T] | None = None
-        self._on_close = on_close
 
     def __iter__(self) -> Iterator[T]:
+        # The run's own iterator, which closes it when exhausted or dropped.  It
+        # must not refer back to this object: a `for` holds only the iterator,
+        # and through such a cycle a loop left early dropped it only at the next
+        # garbage collection, its unstarted work running meanwhile.
         if self._gen is None:
-            # the run's own iterator closes it when exhausted or dropped; the
-            # wrapper (a generator frame per item) only when a callback needs it
-            if self._on_close is None:
-                self._gen = itertools.chain.from_iterable(self._run._batches(self))
-            else:
-                self._gen = self._wrap(iter(self._run))
+            self._gen = iter(self._run)
         return self._gen
 
     def __next__(self) -> T:
@@ -449,34 +472,21 @@ class MapIterator(Iterator[T], AsyncIterator[T]):
 
     def __aiter__(self) -> AsyncIterator[T]:
         if self._agen is None:
-            self._agen = self._awrap(self._run._aiter())
+            self._agen = self._run.aiter()
         return self._agen
 
     async def __anext__(self) -> T:
         return await self.__aiter__().__anext__()
 
-    def _wrap(self, gen: Iterator[T]) -> Iterator[T]:
-        try:
-            yield from gen
-        finally:
-            self.close()
-
-    async def _awrap(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
-        try:
-            async for r in agen:
-                yield r
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Stop the run: no more input is read, unstarted batches are cancelled."""
         self._run.close()
-        cb, self._on_close = self._on_close, None
-        if cb is not None:
-            cb()
 
     def __del__(self) -> None:
-        self._run.close()
+        # Once an iterator is made, it is the one to close the run: this object
+        # goes as soon as `for` has taken the iterator from it.
+        if self._gen is None and self._agen is None:
+            self._run.close()
 
 
 def source_of(iterables: tuple[Iterable[Any], ...]) -> tuple[Iterator[Any], int, int | None]:

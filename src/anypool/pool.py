@@ -391,9 +391,15 @@ class Pool(_Submitter, cf.Executor):
         max_tasks_per_worker: replace a worker process after this many tasks
             (each map item counts: batches are cut to fit).
         max_memory_per_worker: replace a worker process, between tasks, once
-            its resident memory passes this many bytes.  These two and
-            ``start_method`` are refused where no worker processes run
-            (``thread``, ``async``, ``subprocess``, ``inline``, ``dask``).
+            its resident memory passes this many bytes.  On ``process`` it
+            is read after every task (each map item counts; tasks of under
+            0.1 ms share a reading): the task that passes it is the worker's
+            last, and the rest of its batch runs on another worker.  On
+            ``process+async`` it is read as results come back: a process
+            past it is sent no more, and the coroutines it holds run to
+            their end.  These two and ``start_method`` are refused where no
+            worker processes run (``thread``, ``async``, ``subprocess``,
+            ``inline``, ``dask``).
         start_method: ``"forkserver"``, ``"fork"`` or ``"spawn"``, for
             process backends.  Default: the first workers are forked while
             the program has a single thread, all others come from the fork
@@ -423,7 +429,8 @@ class Pool(_Submitter, cf.Executor):
         ValueError: ``workers`` < 1, an out-of-range option, an option the
             backend cannot apply, or a ``progress`` other than True, False or
             ``"always"``.
-        JobLogError: ``joblog`` names a file that is not a job log.
+        JobLogError: ``joblog`` names a file that is not a job log, or one
+            that another process (or another open pool) is writing.
     """
 
     def __init__(
@@ -518,7 +525,11 @@ class Pool(_Submitter, cf.Executor):
             from .observers.joblog import JobLog, JobLogObserver
 
             log_ = JobLog(joblog)
-            log_.begin_run({"pool": backend})
+            try:
+                log_.begin_run({"pool": backend})
+            except BaseException:
+                log_.close()  # and its writer lock with it
+                raise
             self._dispatch.add_observer(JobLogObserver(log_))
             self._life.closers.append(log_.close)
         self._progress: Progress | None = None
@@ -723,14 +734,31 @@ def imap(fn: Any, *iterables: Iterable[Any], backend: str = "auto",
 
     Input is read as results are consumed, with bounded work in flight, so an
     endless generator is fine.  ``ordered=False`` yields in completion order.
+    The pool is built and the arguments checked at the call, as ``Pool.imap``
+    checks them.
+
+    Raises:
+        BackendUnavailable: an unknown backend, or one whose extra is missing.
+        ValueError, TypeError: a bad option or ``chunksize``.
+        BaseException (while iterating): the first failed task's exception.
     """
     pool = Pool(backend, workers, **options)
-    finished = False
     try:
         if ordered:
-            yield from pool.imap(fn, *iterables, chunksize=chunksize)
+            results = pool.imap(fn, *iterables, chunksize=chunksize)
         else:
-            yield from pool.imap_unordered(fn, *iterables, chunksize=chunksize)
+            results = pool.imap_unordered(fn, *iterables, chunksize=chunksize)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True, kill=True)
+        raise
+    return _closing(pool, results)
+
+
+def _closing(pool: Pool, results: Iterator[Any]) -> Iterator[Any]:
+    """``results``, then ``pool`` shut down: waited for at their end, killed if left early."""
+    finished = False
+    try:
+        yield from results
         finished = True
     finally:
         if finished:

@@ -11,7 +11,10 @@ subclass lists its fields in ``__slots__`` (in order) and writes its own
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Frozen", "Record"]
 

@@ -57,7 +57,9 @@ class TaskOptions(Frozen):
         retry_on: which failures are retried: a tuple of exception types
             (matched with ``isinstance``; :class:`~anypool.WorkerCrashed` and
             :class:`~anypool.TaskTimeout` are exceptions too) or a predicate
-            taking the exception.  Default: every ``Exception``.
+            taking the exception.  Default: every ``Exception``.  A predicate
+            that raises means "do not retry": the task fails with its own
+            error, a note on it naming the predicate's (logged once a pool).
         backoff: delay before the first retry, in seconds; doubled for each
             later one, with full jitter (a uniform draw below the value).
         backoff_max: the cap on that delay.
@@ -103,7 +105,11 @@ class TaskOptions(Frozen):
         self._set(timeout, retries, retry_on, backoff, backoff_max)
 
     def merged(self, **changes: Any) -> TaskOptions:
-        """Return a copy with ``changes`` applied; ``POOL_DEFAULT`` values are skipped.
+        """Return a copy with ``changes`` applied.
+
+        ``POOL_DEFAULT`` keeps this set's value; ``None`` clears an option,
+        back to its built-in default (no timeout, no retries, every
+        ``Exception``, 0.1 s back-off, 30 s cap).
 
         Raises:
             TypeError: for a name that is not a task option.
@@ -112,7 +118,7 @@ class TaskOptions(Frozen):
         unknown = set(changes) - {"timeout", "retries", "retry_on", "backoff", "backoff_max"}
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
-        real = {k: v for k, v in changes.items() if v is not POOL_DEFAULT}
+        real = {k: _BUILT_IN[k] if v is None else v for k, v in changes.items() if v is not POOL_DEFAULT}
         return self._replace(**real) if real else self
 
     def should_retry(self, exc: BaseException) -> bool:
@@ -130,6 +136,12 @@ class TaskOptions(Frozen):
 
         cap = min(self.backoff_max, self.backoff * (2 ** (attempt - 1)))
         return random.uniform(0, cap)
+
+
+# What ``None`` clears each option to in ``TaskOptions.merged``: __init__'s defaults.
+_BUILT_IN: dict[str, Any] = {
+    "timeout": None, "retries": 0, "retry_on": (Exception,), "backoff": 0.1, "backoff_max": 30.0,
+}
 
 
 # How a backend calls a task's callable on each item.

@@ -81,6 +81,28 @@ def test_finished_futures_let_their_coroutines_go() -> None:
     assert asyncio.run(main()) < 50
 
 
+@pytest.mark.timeout(30)
+def test_thousands_of_calls_that_fail_at_once_while_others_wait_settle_every_one() -> None:
+    """Each failed call launched the next waiting one from inside its own settling.
+
+    (A frame deeper each time: RecursionError, futures never settled, the pool's exit
+    hung; and settled inside an ``except`` block, each failure's ``__context__`` was the
+    one before it, a chain as long as the queue.)
+    """
+    with anypool.Pool("async", 2) as pool:
+        slots = [pool.submit(tasks.asleep, 0.2) for _ in range(2)]  # the rest wait behind these
+        bad = [pool.submit(tasks.asquare, 1, 2) for _ in range(3000)]  # a TypeError when called
+        mapped = pool.map(tasks.asquare, range(100), range(100))  # the same, as map items
+        _, pending = cf.wait(bad, timeout=20)
+        assert not pending
+        errors = [f.exception(0) for f in bad]
+        assert all(isinstance(e, TypeError) for e in errors)
+        assert all(e.__context__ is None for e in errors)  # type: ignore[union-attr]
+        with pytest.raises(TypeError):
+            next(iter(mapped))
+        assert [f.result(10) for f in slots] == [None, None]
+
+
 def test_map_runs_a_sleep_per_item_concurrently() -> None:
     t = time.monotonic()
     assert anypool.map(tasks.asleep, [0.5] * 2000, range(2000), backend="async") == list(range(2000))
@@ -313,6 +335,8 @@ class TestAttachedToTheCallersLoop:
                 fut.result()
             with pytest.raises(RuntimeError, match="async for"):
                 list(pool.map(tasks.asquare, range(3)))
+            with pytest.raises(RuntimeError, match="async for"):  # it hung
+                list(anypool.as_completed([fut]))
             with pytest.raises(RuntimeError, match="ashutdown"):
                 pool.shutdown()
             assert await fut == "x"

@@ -341,6 +341,64 @@ class TestRecycling:
             pids = list(pool.map(tasks.pid, range(50), chunksize=chunksize))
         assert max(collections.Counter(pids).values()) <= 2
 
+    @pytest.mark.parametrize("chunksize", [None, 3])
+    def test_no_worker_runs_more_tasks_than_max_tasks_per_worker(self, chunksize: int | None) -> None:
+        """Regression: a map batch was capped at the limit, not at what its worker had left,
+        and a second batch was queued by the count of tasks the worker held, not of those
+        it would then hold: with a limit of 5, a worker ran up to 9 (the README: "map items
+        each count: a batch is cut to fit")."""
+        with anypool.Pool("process", 2, max_tasks_per_worker=5) as pool:
+            pids = list(pool.map(tasks.pid, range(120), chunksize=chunksize))
+            pids += pool.imap_unordered(tasks.pid, range(120), chunksize=chunksize)
+            pids += [f.result(30) for f in [pool.submit(tasks.pid) for _ in range(40)]]
+            pids += [pool.submit(tasks.pid).result(30) for _ in range(8)]
+        counts = Counter(pids)
+        assert len(pids) == 288
+        assert max(counts.values()) <= 5, counts.most_common(3)
+
+    @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+    def test_workers_retiring_faster_than_they_exit_do_not_break_the_pool(self, method: str) -> None:
+        """Regression: a replacement took a slot of its own at once, a retired worker gave
+        its slot back only once its exit was seen; with workers retiring after every task
+        and slow to exit, the slots ran out: "BrokenPool: ... IndexError: pop from empty
+        list".  Replacements now wait for a slot; no task is lost or left waiting."""
+        slow_exit = 0.6 if method == "spawn" else 0.3  # longer than a worker takes to start
+        with anypool.Pool("process", 1, max_tasks_per_worker=1, start_method=method) as pool:
+            futs = [pool.submit(tasks.linger, slow_exit, i) for i in range(6)]
+            assert [f.result(60) for f in futs] == list(range(6))
+            quick = [pool.submit(tasks.pid) for _ in range(8)]
+            assert len({f.result(60) for f in quick}) == 8  # one task per worker, as asked
+            assert list(pool.map(tasks.square, range(6))) == [x * x for x in range(6)]
+
+    def test_a_retired_worker_that_never_exits_is_killed_when_its_slot_is_wanted(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A task left a thread that keeps its worker from exiting: once every slot is
+        held so, the oldest is killed after STOP_GRACE, and the pending tasks run."""
+        from anypool.backends.processes import manager
+
+        monkeypatch.setattr(manager, "STOP_GRACE", 0.5)
+        with anypool.Pool("process", 1, max_tasks_per_worker=1) as pool:
+            futs = [pool.submit(tasks.linger, 3600, i) for i in range(5)]
+            assert [f.result(30) for f in futs] == list(range(5))
+            assert pool.stats.crashed == 0
+
+    def test_max_memory_per_worker_runs_nothing_more_on_a_worker_past_it(self) -> None:
+        """Regression: RSS was checked between batches only, so a worker ran the rest of its
+        batch, and of the one queued behind it, far past the limit (57-64 leaks of 3 MB
+        under a 120 MB limit, ~35 expected).  Now it reads its RSS after each item: once
+        past the limit it runs no more, and what it held runs on another worker."""
+        limit = 150 << 20
+        with anypool.Pool("process", 2, max_memory_per_worker=limit) as pool:
+            runs = list(pool.map(tasks.leak_rss, [3] * 300))  # one batch: no per-item reports
+            runs += pool.with_options(timeout=30).map(tasks.leak_rss, [3] * 100)  # per-item reports
+            runs += [f.result(30) for f in [pool.submit(tasks.leak_rss, 3) for _ in range(150)]]
+            assert list(pool.map(tasks.square, range(50))) == [x * x for x in range(50)]
+        assert len(runs) == 550
+        # the item that takes a worker past the limit is its last
+        past = Counter(pid for pid, rss in runs if rss > limit)
+        assert max(past.values()) == 1, past.most_common(3)
+        assert len(Counter(pid for pid, _ in runs)) >= 550 * 3 // 150
+
     def test_max_memory_per_worker_recycles_a_leaking_worker(self) -> None:
         ceiling = 120 << 20
         with anypool.Pool("process", 1, max_memory_per_worker=ceiling) as pool:

@@ -18,7 +18,7 @@ import pytest
 
 import anypool
 from anypool.backends.subprocesses import GRACE, run_command
-from anypool.commands import SHELL, direct_argv, prepare
+from anypool.commands import SHELL, direct_argv, mentions_arguments, prepare
 
 NASTY = ["a b", "it's", 'say "hi"', "x;y", "a|b", "$(touch P1)", "`touch P2`", "*", "", "-n", "--", "\\n",
          "a\nb", "$HOME", "~", "#x", "é ü 中", "{}", "'", '"']
@@ -83,6 +83,34 @@ class TestCommands:
             r = pool.submit('printf "%s-%s" "$2" "$1"', "a", "b").result(30)
         assert r.stdout == b"b-a"
 
+    def test_a_dollar_one_the_shell_does_not_expand_still_gets_the_arguments(self, tmp_path: Path) -> None:
+        """awk's own $1, in single quotes (or escaped), is no reference to the script's
+        arguments: they were dropped, and awk read nothing and exited 0."""
+        data = tmp_path / "in.txt"
+        data.write_text("b x\na y\n")
+        with anypool.Pool("subprocess", 2) as pool:
+            quoted = pool.submit("sort | awk '{print $1}'", data).result(30)
+            escaped = pool.submit('sort | awk "{print \\$2}"', data).result(30)
+            placed = pool.submit("""awk '{print $2}' "$1" | sort""", data).result(30)
+        assert quoted.stdout == b"b\na\n"  # the file, appended as "$@" to awk: sort read nothing
+        assert escaped.stdout == b"x\ny\n"
+        assert placed.stdout == b"x\ny\n"
+        assert placed.args[2] == """awk '{print $2}' "$1" | sort"""  # no "$@" appended
+
+    @pytest.mark.parametrize(("script", "mentions"), [
+        ('cp "$1" "$1.bak"', True),
+        ("echo $#", True),
+        ("echo ${2}", True),
+        ('echo "it\'s $*"', True),  # a ' inside "..." quotes nothing
+        ("awk '{print $1}'", False),
+        ("echo \\$1", False),
+        ('echo "\\$@"', False),
+        ("echo ${#name}", False),  # a length, not $#
+        ("echo $HOME", False),
+    ])
+    def test_which_scripts_place_their_arguments_themselves(self, script: str, mentions: bool) -> None:
+        assert mentions_arguments(script) is mentions
+
     def test_map_over_a_command_gives_one_result_per_argument_in_order(self) -> None:
         with anypool.Pool("subprocess", 3) as pool:
             out = [r.stdout for r in pool.map("echo", range(20))]
@@ -138,6 +166,20 @@ class TestCommands:
         with anypool.Pool() as pool:
             assert pool.submit("echo auto").result(30).stdout == b"auto\n"
             assert pool.submit(["echo", "argv"]).result(30).stdout == b"argv\n"
+
+    @pytest.mark.parametrize("backend", ["subprocess", "auto"])
+    def test_auto_takes_the_argvs_the_subprocess_backend_takes(self, backend: str, tmp_path: Path) -> None:
+        """An argv holding a path, bytes or a number ran on subprocess; auto called the
+        list itself ("'list' object is not callable")."""
+        (tmp_path / "f").write_text("abcdef")
+        with anypool.Pool(backend) as pool:
+            assert pool.submit(["cat", tmp_path / "f"]).result(30).stdout == b"abcdef"
+            assert pool.submit((b"head", "-c", 3, os.fsencode(tmp_path / "f"))).result(30).stdout == b"abc"
+            assert [r.stdout for r in pool.map(["printf", "%s", 2.5], "ab")] == [b"2.5a", b"2.5b"]
+            with pytest.raises(TypeError, match="command arguments must be str"):
+                pool.submit(["echo", object()]).result(30)
+            with pytest.raises(ValueError, match="empty"):
+                pool.submit([]).result(30)
 
     def test_command_objects_get_their_slot_number(self) -> None:
         class Cmd:
@@ -404,6 +446,21 @@ class TestLineOutput:
         assert [d for a, s, d in lines if s == 1] == [b"a\n", b"b\n", b"c"]
         assert [d for a, s, d in lines if s == 2] == [b"e\n"]
         assert all(a == ("x",) for a, _, _ in lines)
+
+    def test_a_long_line_is_handed_on_whole_in_linear_time(self) -> None:
+        """128 MiB without a newline, read 64 KiB at a time: its pieces were joined again on
+        every read, quadratic time (64 MiB took 26 s on the project's machine; 128 MiB,
+        past the 20 s timeout below); now ~0.4 s."""
+        size = 128 << 20
+        lines: list[tuple[int, int, int]] = []  # stream, length, zero bytes
+
+        def sink(args: tuple[Any, ...], stream: int, data: bytes) -> None:
+            lines.append((stream, len(data), data.count(0)))
+
+        with anypool.Pool("subprocess", 1, timeout=20, on_output=sink) as pool:
+            r = pool.submit(f"head -c {size} /dev/zero; printf '\\nend'; printf 'x\\ny' >&2").result(60)
+        assert len(r.stdout) == size + 4
+        assert sorted(lines) == [(1, 3, 0), (1, size + 1, size), (2, 1, 0), (2, 2, 0)]
 
     def test_a_background_process_does_not_hold_the_slot(self) -> None:
         """With pipes, the job ends when its leader exits, even if a child keeps the pipe open."""

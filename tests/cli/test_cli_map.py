@@ -109,14 +109,14 @@ class TestMap:
         lines = r.stdout.splitlines()
         assert [json.loads(line) for line in lines] == [
             {"(1, 2)": "a"}, hex(10**5000), ["[...]"],
-            {"error": "BadStr", "message": "<exception str() failed>", "input": ["badstr"]}]
+            {"error": "BadStr", "message": "<str() raised RuntimeError>", "input": ["badstr"]}]
         con = sqlite3.connect(tmp_path / "log.db")
         try:
             rows = con.execute("SELECT outcome, stdout, error FROM attempt ORDER BY seq").fetchall()
         finally:
             con.close()
         assert rows == [("ok", line, "") for line in lines[:3]] + [
-            ("error", None, "BadStr: <exception str() failed>")]
+            ("error", None, "BadStr: <str() raised RuntimeError>")]
 
     def test_undecodable_input_echoed_back_is_valid_utf8_json(self, cli: Cli) -> None:
         r = cli("map", "builtins:str", stdin=b"caf\xe9\n")
@@ -192,6 +192,25 @@ class TestMap:
         assert rows[0] == (1, '["ab"]', "ok", f"{module}:picky", b"2", "")
         assert rows[1][:4] == (2, '["bad"]', "error", f"{module}:picky")
         assert rows[1][5] == "ValueError: cannot take 'bad'"
+
+    def test_results_utf8_cannot_hold_print_and_are_recorded(self, cli: Cli, tmp_path: Path) -> None:
+        """A file name's undecodable byte and a lone surrogate print as JSON's escapes, so every
+        line is UTF-8 (the byte once printed as itself, which no strict parser reads).
+        Before, the byte stopped the job log's observer (no later call was recorded) and the
+        surrogate stopped the run with a UnicodeEncodeError traceback."""
+        (tmp_path / "oddjobs.py").write_text(
+            'import os\n\ndef f(x):\n    return {"1": os.fsdecode(b"caf\\xe9"), "2": "\\ud800"}.get(x, x)\n')
+        r = cli("map", "--joblog", "log.db", "--results", "-j", "1", "oddjobs:f", ":::", "1", "2", "3")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b'"caf\\udce9"\n"\\ud800"\n"3"\n'
+        assert [json.loads(line.decode("utf-8")) for line in r.stdout.splitlines()] == [
+            "caf\udce9", "\ud800", "3"]
+        con = sqlite3.connect(tmp_path / "log.db")
+        try:
+            rows = con.execute("SELECT seq, stdout FROM attempt ORDER BY seq").fetchall()
+        finally:
+            con.close()
+        assert rows == [(1, b'"caf\\udce9"'), (2, b'"\\ud800"'), (3, b'"3"')]
 
     @pytest.mark.parametrize(("spec", "message"), [
         ("nomodule_xyz:f", b"cannot import module 'nomodule_xyz'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from cli_helpers import Cli, cli_argv, cli_env, wait_for
+from helpers import damage
 
 
 def query(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -294,3 +296,107 @@ class TestJoblogCommand:
         r = cli("joblog", "x.txt")
         assert r.returncode == 255
         assert b"not an anypool job log" in r.stderr
+
+
+BIG_OR_SLOW = """
+import os, sys, time
+
+def f(x):
+    if int(x) > 2:
+        return f"out-{x} " + "x" * 40000
+    with open("pids", "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(30)
+"""
+
+
+def _at_most_150_kb_files() -> None:
+    """The child's files stop growing at 150 kB: its job log's writes fail as on a full disk."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+
+class TestLogTrouble:
+    def test_file_names_that_are_not_utf8_run_and_resume(self, cli: Cli) -> None:
+        """Before, the command line's undecodable byte failed the run table's strict UTF-8
+        text: anypool run --joblog refused to run at all (255, a codec error)."""
+        odd = os.fsdecode(b"caf\xe9.txt")
+        r = cli("run", "--joblog", "log.db", "echo", ":::", odd, "plain")
+        assert (r.returncode, sorted(r.stdout.splitlines())) == (0, [b"caf\xe9.txt", b"plain"]), r.stderr
+        r = cli("run", "--joblog", "log.db", "--resume", "echo", ":::", odd, "plain", "new")
+        assert (r.returncode, r.stdout) == (0, b"new\n"), r.stderr
+        runs = cli("joblog", "--runs", "log.db")
+        assert runs.returncode == 0, runs.stderr
+        assert b"::: caf\\xe9.txt plain" in runs.stdout
+
+    @pytest.mark.timeout(120)
+    def test_a_damaged_log_is_a_message_and_255_not_a_traceback(self, cli: Cli, tmp_path: Path) -> None:
+        args = [str(i) for i in range(1, 3001)]
+        assert cli("run", "--joblog", "log.db", "true {}", ":::", *args).returncode == 0
+        damage(tmp_path / "log.db", range(20, 40))
+        for sub in (["joblog", "log.db"], ["report", "log.db"],
+                    ["run", "--joblog", "log.db", "--resume", "true {}", ":::", *args]):
+            r = cli(*sub)
+            assert r.returncode == 255, (sub[0], r.stderr)
+            assert f"anypool {sub[0]}: log.db: cannot read the job log: database disk image is malformed\n" \
+                .encode() in r.stderr
+            assert b"Traceback" not in r.stderr
+
+    @pytest.mark.timeout(90)
+    @pytest.mark.parametrize("sub", ["run", "map"])
+    def test_a_log_that_cannot_be_written_stops_the_run_like_halt_now(self, tmp_path: Path, sub: str) -> None:
+        """The log's disk fills up mid-run: the running jobs are killed, not waited for; what
+        finished is printed; the message names the log; 255.  Before: a traceback from the
+        failed COMMIT (run) or a removed observer and a run that went on unrecorded (map).
+
+        Jobs 1 and 2 sleep, in two of the three slots; the others print 40 kB each (kept in
+        the log with --results) one after another in the third, till the log is full."""
+        args = [str(i) for i in range(1, 13)]
+        if sub == "run":
+            job = ("if [ {} -gt 2 ]; then echo out-{}; head -c 40000 /dev/zero | tr '\\0' x; echo; "
+                   "else echo $$ >> pids; sleep 30; fi")
+            argv = cli_argv("run", "-j", "3", "--results", "--joblog", "log.db", job, ":::", *args)
+        else:
+            (tmp_path / "bigjobs.py").write_text(BIG_OR_SLOW)
+            argv = cli_argv("map", "--backend", "process", "-j", "3", "--results", "--joblog", "log.db",
+                            "bigjobs:f", ":::", *args)
+        t0 = time.monotonic()
+        r = subprocess.run(argv, capture_output=True, cwd=tmp_path, env=cli_env(), timeout=60,
+                           preexec_fn=_at_most_150_kb_files)
+        assert time.monotonic() - t0 < 20, "the run waited for jobs it should have killed"
+        assert r.returncode == 255, r.stderr
+        assert b"anypool: the job log failed; killing the running jobs\n" in r.stderr
+        assert f"anypool {sub}: log.db: cannot write the job log: ".encode() in r.stderr
+        assert b"Traceback" not in r.stderr
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        assert len(pids) == 2
+        assert gone(pids), "a job outlived the run"
+        printed = {int(w[4:]) for w in r.stdout.decode().replace('"', " ").split() if w.startswith("out-")}
+        done = {s for (s,) in query(tmp_path / "log.db", "SELECT seq FROM attempt WHERE outcome = 'ok'")}
+        assert done, "nothing was recorded before the log failed"
+        assert done <= printed < set(range(3, 13))  # what the log calls done was printed; not all ran
+
+    def test_a_second_run_on_a_log_in_use_is_refused(self, cli: Cli, tmp_path: Path) -> None:
+        """Before, the second run started the log afresh under the first one, which went on
+        writing into it: neither run could be resumed."""
+        db = tmp_path / "log.db"
+        args = [str(i) for i in range(1, 11)]
+        proc = subprocess.Popen(cli_argv("run", "-j", "2", "--joblog", "log.db", "sleep 0.2; echo {}", ":::",
+                                         *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                                env=cli_env())
+        try:
+            wait_for(lambda: len(query(db, "SELECT 1 FROM attempt")) >= 1, what="the first run's records")
+            for resume in ([], ["--resume"]):
+                r = cli("run", *resume, "--joblog", "log.db", "sleep 0.2; echo {}", ":::", *args)
+                assert r.returncode == 255
+                assert f"anypool run: log.db is being written by another anypool (pid {proc.pid} on " \
+                    .encode() in r.stderr
+                assert r.stdout == b""
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err
+        assert sorted(query(db, "SELECT seq, outcome FROM attempt")) == [(i, "ok") for i in range(1, 11)]
+        assert not (tmp_path / "log.db-lock").exists()
+        r = cli("run", "--joblog", "log.db", "--resume", "sleep 0.2; echo {}", ":::", *args)
+        assert (r.returncode, r.stdout) == (0, b"")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anypool
-from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet, json_bytes
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord, SeqSet, args_json, result_output
 from anypool.observers.recorder import Row
+from helpers import damage
 
 
 def rec(seq: int, attempt: int = 1, outcome: str = "ok", final: bool = True, **kw: object) -> JobRecord:
@@ -90,6 +92,64 @@ class TestStorage:
             r = next(log.records())
         assert r.command == "cat file-\\xff"
         assert json.loads(r.args) == [odd]
+
+    def test_a_run_over_file_names_that_are_not_utf8_is_recorded(self, tmp_path: Path) -> None:
+        """Before, begin_run stored the command line and the input description as strict
+        UTF-8: a non-UTF-8 file name among them refused the whole run."""
+        odd, other = os.fsdecode(b"caf\xe9.txt"), os.fsdecode(b"caf\xe8.txt")
+        description = {"command": f"cat {odd} {{}}"}
+        with JobLog(tmp_path / "log.db") as log:
+            log.begin_run(description, argv=["anypool", "run", "cat", odd])
+            [run] = log.runs()
+            assert json.loads(run["argv"]) == ["anypool", "run", "cat", "caf\\xe9.txt"]  # as commands show
+            assert json.loads(run["input"]) == description  # JSON's own escape: the same data
+            log.begin_run(description, resume=True)  # the fingerprint still matches
+            with pytest.raises(JobLogError, match="written for other input"):
+                log.begin_run({"command": f"cat {other} {{}}"}, resume=True)
+
+
+class TestOddValues:
+    """A value a task returns, raises or takes never costs the log its row (or its later rows)."""
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    class Unsayable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    def test_results_are_kept_as_utf8_json_whatever_they_hold(self) -> None:
+        assert result_output("caf\u00e9") == '"café"'.encode()
+        # a file name's byte: JSON's escape of its surrogate (a raw byte made the line not UTF-8)
+        assert result_output(os.fsdecode(b"\xff")) == b'"\\udcff"'
+        assert os.fsencode(json.loads(result_output(os.fsdecode(b"\xff")))) == b"\xff"
+        assert result_output("\ud800") == b'"\\ud800"'  # UTF-8 has no lone surrogates
+        assert json.loads(result_output({(1, 2): 3})) == {"(1, 2)": 3}  # JSON has no tuple keys
+        assert json.loads(result_output(self.Unprintable())) == "<Unprintable object: repr() failed>"
+        assert json.loads(args_json(self.Unprintable())) == "<Unprintable object: repr() failed>"
+
+    def test_a_pool_records_every_attempt_whatever_its_value(self, tmp_path: Path) -> None:
+        """Before, the first of these stopped the job log's observer: a result with an
+        undecodable byte (os.listdir's file names) failed its strict UTF-8 encoding, and
+        the observer was removed, so no later attempt was recorded."""
+        odd: list[Any] = [os.fsdecode(b"file-\xff"), "\ud800", {(1, 2): 3}, self.Unprintable()]
+
+        def task(i: int) -> Any:
+            if i == len(odd):
+                raise self.Unsayable()
+            return odd[i] if i < len(odd) else i
+
+        path = tmp_path / "log.db"
+        with anypool.Pool("thread", 1, joblog=path) as pool:
+            for i in range(len(odd) + 2):
+                pool.submit(task, i).exception(30)
+            assert len(list(pool.imap(task, range(len(odd) + 2), chunksize=1, return_exceptions=True))) == 6
+        with JobLog(path, "read") as log:
+            recs = list(log.records())
+        assert len(recs) == 2 * (len(odd) + 2)
+        errors = [r.error for r in recs if r.outcome == "error"]
+        assert errors == ["Unsayable: <str() raised RuntimeError>"] * 2
 
 
 class TestReading:
@@ -190,6 +250,121 @@ class TestRefusals:
         assert '"rm {}"' in msg
 
 
+# Run in a child: a file size limit makes SQLite's writes fail (SIGXFSZ is ignored by Python).
+WRITE_PAST_A_SIZE_LIMIT = """
+import resource, sys
+from anypool.observers.joblog import JobLog, JobLogError, JobRecord
+log = JobLog(sys.argv[1], results=True)
+log.begin_run({})
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+rec = lambda i: JobRecord(i, 1, "[]", "c", 0.0, 0.1, 0, None, "ok", True, "", "w", b"x" * 20_000)
+i = 1
+try:
+    while i < 100:
+        log.record(rec(i))
+        i += 1
+except JobLogError as exc:
+    print(i, exc)
+try:
+    log.record_many([rec(100), rec(101)])
+except JobLogError as exc:
+    print("again:", exc)
+log.close()
+"""
+
+
+class TestFailures:
+    """SQLite failing under a log that opened fine: a JobLogError naming the file, never sqlite3's own."""
+
+    def test_a_log_damaged_past_its_header_raises_job_log_errors_as_it_is_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.record_many(rec(i) for i in range(1, 3001))
+        damage(path, range(20, 40))
+        with JobLog(path, "read") as log:  # the header is fine: it opens
+            for read in (lambda: list(log.records()), lambda: list(log.finals()), log.rows,
+                         lambda: list(log.last_attempts()), log.done_seqs):
+                with pytest.raises(JobLogError, match=r"log.db: cannot read the job log: .*malformed"):
+                    read()
+
+    def test_a_write_that_fails_raises_a_job_log_error_and_keeps_what_was_committed(
+            self, tmp_path: Path) -> None:
+        """Before, the failed COMMIT raised sqlite3.OperationalError (anypool run: a traceback)."""
+        path = tmp_path / "log.db"
+        r = subprocess.run([sys.executable, "-c", WRITE_PAST_A_SIZE_LIMIT, str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        first, again = r.stdout.splitlines()
+        failed_at, message = first.split(" ", 1)
+        assert 2 < int(failed_at) < 100
+        assert message.startswith(f"{path}: cannot write the job log: ")
+        assert again.startswith("again: ")  # each write fails alone: the connection is still usable
+        with JobLog(path, "read") as log:  # every record before the failure, none after
+            assert list(log.done_seqs()) == list(range(1, int(failed_at)))
+
+
+class TestOneWriter:
+    """Two writers at once would mix their runs (a second 'new' one empties the first's rows)."""
+
+    def test_a_second_writer_is_refused_while_readers_go_on(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        with JobLog(path) as log:
+            log.record(rec(1))
+            for mode in ("append", "new"):
+                with pytest.raises(JobLogError, match=rf"log.db is being written by another anypool \(pid "
+                                                      rf"{os.getpid()} on "):
+                    JobLog(path, mode)
+            with JobLog(path, "read") as reader:
+                assert [r.seq for r in reader.records()] == [1]
+            log.record(rec(2))
+        assert not (tmp_path / "log.db-lock").exists()  # nothing left beside the log
+        with JobLog(path) as log:  # free again
+            assert list(log.done_seqs()) == [1, 2]
+
+    def test_the_lock_dies_with_its_process_even_by_kill_9(self, tmp_path: Path) -> None:
+        path = tmp_path / "log.db"
+        code = (f"from anypool.observers.joblog import JobLog; log = JobLog({str(path)!r}); "
+                "print('open', flush=True); import time; time.sleep(60)")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"open\n"
+            with pytest.raises(JobLogError, match=f"pid {proc.pid} on"):
+                JobLog(path)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert (tmp_path / "log.db-lock").exists()  # left behind, but nobody holds it
+        with JobLog(path, "new") as log:
+            log.record(rec(1))
+
+    def test_a_forked_child_does_not_keep_the_lock(self, tmp_path: Path) -> None:
+        """A "fork" worker shares its parent's descriptors: it closes the lock's copy at once,
+        so when the writer dies, a child of it still running does not keep the log locked."""
+        path = tmp_path / "log.db"
+        code = textwrap.dedent(f"""
+            import os, time
+            from anypool.observers.joblog import JobLog
+            log = JobLog({str(path)!r})
+            child = os.fork()
+            if child == 0:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)  # not holding the test's pipes open
+                os.dup2(null, 2)
+                time.sleep(30)
+                os._exit(0)
+            print(child, flush=True)
+            os._exit(0)  # the writer dies without closing the log; its child runs on
+        """)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        child = int(r.stdout)
+        try:
+            assert (tmp_path / "log.db-lock").exists()
+            JobLog(path).close()
+        finally:
+            os.kill(child, signal.SIGKILL)
+
+
 class TestSeqSet:
     @settings(max_examples=60, deadline=None)
     @given(st.sets(st.integers(0, 300)), st.integers(-5, 305))
@@ -226,7 +401,7 @@ class _BadRepr:
         raise RuntimeError("no repr")
 
 
-class TestJsonBytes:
+class TestResultOutput:
     """What a job log keeps of a Python result, and what ``anypool map`` prints: strict JSON."""
 
     @pytest.mark.parametrize(("value", "expected"), [
@@ -246,27 +421,17 @@ class TestJsonBytes:
     ], ids=["plain", "nan", "keys", "set", "cycle", "nested", "huge-int", "huge-int-inside", "bad-repr",
             "bad-repr-inside", "surrogate", "too-deep"])
     def test_what_json_cannot_hold_is_written_as_text(self, value: Any, expected: Any) -> None:
-        data = json_bytes(value)
+        data = result_output(value)
         text = data.decode("utf-8")  # valid UTF-8, lone surrogates escaped
         assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == expected
 
     def test_a_dict_met_again_inside_itself(self) -> None:
         d: dict[str, Any] = {"a": 1}
         d["self"] = d
-        assert json.loads(json_bytes(d)) == {"a": 1, "self": "{...}"}
+        assert json.loads(result_output(d)) == {"a": 1, "self": "{...}"}
 
 
 class TestPoolJoblog:
-    def test_a_result_json_cannot_hold_is_recorded_and_the_log_goes_on(self, tmp_path: Path) -> None:
-        """Before, encoding it raised in the observer, which the pool then dropped: no later row."""
-        path = tmp_path / "log.db"
-        with anypool.Pool("thread", 1, joblog=path) as pool:
-            assert pool.submit(dict, [((1, 2), "a")]).result(30) == {(1, 2): "a"}
-            assert pool.submit(len, "abc").result(30) == 3
-        with JobLog(path, "read") as log:
-            recs = sorted(log.records(), key=lambda r: r.seq)
-        assert [(r.command, r.outcome) for r in recs] == [("dict", "ok"), ("len", "ok")]
-
     def test_pool_joblog_records_every_attempt_of_commands(self, tmp_path: Path) -> None:
         path = tmp_path / "log.db"
         counter = tmp_path / "n"

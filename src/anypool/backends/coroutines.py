@@ -93,6 +93,7 @@ class AsyncBackend(Backend):
         self._inbox: deque[Task] = deque()
         self._drain_scheduled = False
         self._waiting: deque[Task] = deque()
+        self._launching = False  # _launch_waiting is running (see there)
         self._active = 0
         # every asyncio task not yet finished -> its Task (a submitted call) or
         # (batch run, item index); also what keeps it alive (see _start_item)
@@ -334,10 +335,21 @@ class AsyncBackend(Backend):
                 self._launch(task)
 
     def _launch_waiting(self) -> None:
-        limit = self.workers
-        waiting = self._waiting
-        while waiting and self._ready and (not self._active or self._active + len(waiting[0].items) <= limit):
-            self._launch(waiting.popleft())
+        # Not re-entered: a task launched here may settle at once (a call that
+        # fails or returns a plain value), and its _settle would launch the next
+        # from inside this one, a frame deeper each time (RecursionError past a
+        # thousand).  The outermost loop launches them all, one after another.
+        if self._launching:
+            return
+        self._launching = True
+        try:
+            limit = self.workers
+            waiting = self._waiting
+            while waiting and self._ready and (
+                    not self._active or self._active + len(waiting[0].items) <= limit):
+                self._launch(waiting.popleft())
+        finally:
+            self._launching = False
 
     def _launch(self, task: Task) -> None:
         fut: Any = task.future
@@ -372,8 +384,9 @@ class AsyncBackend(Backend):
         try:
             r = self._ctx.run(task.fn, *args, **kwargs)
         except BaseException as exc:
-            self._settle(task, run, i, now, Failure(exc))
-            return
+            # settled below, as a returned value is, not in here: settled inside
+            # the except block, every failure's __context__ was the one before
+            r = Failure(exc)
         coro: Any
         if type(r) is _Coroutine:  # an async def's: the commonest, checked without two calls
             coro = r
@@ -385,7 +398,7 @@ class AsyncBackend(Backend):
         loop = self._loop
         assert loop is not None
         if _TASK_CONTEXT:  # no copy of the context per task
-            atask = loop.create_task(coro, context=self._ctx)
+            atask = loop.create_task(coro, context=self._ctx)  # type: ignore[call-arg]  # 3.11+
         else:
             atask = self._ctx.run(loop.create_task, coro)
         # asyncio keeps only weak references to tasks: a coroutine waiting on a

@@ -104,6 +104,7 @@ from ..errors import (
     TaskError,
     TaskTimeout,
     WorkerCrashed,
+    add_note,
 )
 from ..serialize import (
     RemoteTraceback,
@@ -607,7 +608,7 @@ class DaskBackend(Backend):
             return  # it finished first
         task = rec.task
         exc = TaskTimeout(task.options.timeout or 0.0, task.label())
-        _note(exc, "anypool: a Dask worker cannot stop a running task: it runs on in its worker "
+        add_note(exc, "anypool: a Dask worker cannot stop a running task: it runs on in its worker "
                    "thread until it returns, and its result is discarded")
         rec.future.cancel()
         started = rec.started or rec.sent
@@ -825,7 +826,7 @@ class DaskBackend(Backend):
         tb = fut.traceback()
         text = "".join(traceback.format_exception(type(exc), exc, tb)) if tb is not None else repr(exc)
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("anypool"):
-            _note(exc, "anypool: every Dask worker needs anypool installed (pip install anypool)")
+            add_note(exc, "anypool: every Dask worker needs anypool installed (pip install anypool)")
         exc.__cause__ = RemoteTraceback(text)
         self._fail(rec, exc, "error", started, now, rec.worker or "-")
 
@@ -1052,9 +1053,3 @@ def _loads(blob: bytes) -> Any:
         err = TaskError(type(exc).__name__, f"the task's outcome could not be unpickled here: {exc}")
         return (ALL, (err, "anypool.TaskError", str(err), ""), time.time(), time.time(), "-")
 
-
-def _note(exc: BaseException, note: str) -> None:
-    try:
-        exc.add_note(note)
-    except AttributeError:  # Python 3.10
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]

@@ -35,7 +35,7 @@ from typing import Any
 from distributed import WorkerPlugin, get_worker
 
 from ..calls import call_items
-from ..errors import SerializationError
+from ..errors import SerializationError, add_note
 from ..serialize import dumps, loads, pack_exception
 from ..state import bind_thread
 
@@ -140,7 +140,7 @@ def run_task(fn_blob: bytes, items_blob: bytes | list[bytes], style: int, announ
         else:
             items = [item for blob in items_blob for item in loads(blob)]
     except BaseException as exc:
-        _note(exc, f"anypool: the task could not be unpickled on Dask worker {name}: are the "
+        add_note(exc, f"anypool: the task could not be unpickled on Dask worker {name}: are the "
                    "modules it needs installed there?")
         return dumps((ALL, pack_exception(exc), t0, time.time(), name))
     bind_thread(setup.state)
@@ -178,9 +178,3 @@ def worker_name(name: Any) -> str:
     """
     return f"dask-{name}" if isinstance(name, int) else str(name)
 
-
-def _note(exc: BaseException, note: str) -> None:
-    try:
-        exc.add_note(note)
-    except AttributeError:  # Python 3.10
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]

@@ -49,7 +49,10 @@ Options (``Pool(backend="subprocess", on_output=...)``):
 
 * ``on_output(args, stream, data)``: called from the slot thread with the
   task's arguments, 1 or 2 for stdout or stderr, and one complete line of
-  bytes (the last one may lack its newline).
+  bytes (the last one may lack its newline).  A line is handed on whole,
+  however long: cut into pieces, the lines of other jobs printed with
+  ``--line-buffer`` could land inside it, and the result holds all of the
+  output anyway.
 
 Jobs read their stdin from ``/dev/null``.  This backend needs a POSIX system.
 """
@@ -303,21 +306,31 @@ def _pump(pid: int, outs: dict[int, int], on_output: OutputCallback, args: tuple
             poller.register(pidfd, select.POLLIN)
         except OSError:
             pidfd = -1
-    partial: dict[int, bytes] = dict.fromkeys(outs.values(), b"")
+    # the pieces of each stream's unfinished line: joined once its newline
+    # comes, as re-joining them on every read took quadratic time (a 64 MiB
+    # line-less output: 26 s, against 0.06 s without on_output)
+    partial: dict[int, list[bytes]] = {stream: [] for stream in outs.values()}
     open_fds = set(outs)
 
     def feed(stream: int, data: bytes) -> None:
         captured[stream].append(data)
-        buf = partial[stream] + data
-        cut = buf.rfind(b"\n") + 1
-        if cut:
-            start = 0
-            while start < cut:
-                nl = buf.index(b"\n", start) + 1
-                on_output(args, stream, buf[start:nl])
-                start = nl
-            buf = buf[cut:]
-        partial[stream] = buf
+        pieces = partial[stream]
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            pieces.append(data)
+            return
+        start = 0
+        if pieces:
+            start = data.index(b"\n") + 1
+            pieces.append(data[:start])
+            on_output(args, stream, b"".join(pieces))
+            pieces.clear()
+        while start < cut:
+            nl = data.index(b"\n", start) + 1
+            on_output(args, stream, data[start:nl])
+            start = nl
+        if cut < len(data):
+            pieces.append(data[cut:])
 
     try:
         leader_gone = False
@@ -342,9 +355,9 @@ def _pump(pid: int, outs: dict[int, int], on_output: OutputCallback, args: tuple
     finally:
         if pidfd >= 0:
             os.close(pidfd)
-        for stream, rest in partial.items():
-            if rest:
-                on_output(args, stream, rest)
+        for stream, pieces in partial.items():
+            if pieces:
+                on_output(args, stream, b"".join(pieces))
 
 
 def _execute(spec: Spec, timeout: float | None, proc: _Proc, on_output: OutputCallback | None,

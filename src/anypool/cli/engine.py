@@ -37,6 +37,11 @@ run *abandons* it, as a thread backend abandons a call past its timeout.  It
 counts and is recorded as killed at once, and its thread runs on in the
 background until the process exits; what it returns is never shown.  So the
 run ends in well under a second however long such calls would take.
+
+A job log that fails (a full disk, a damaged file) stops the run as
+``--halt now`` does: the running jobs are killed, the finished ones are
+printed (no longer recorded: ``--resume`` runs them again), and then
+``run`` raises the :class:`~anypool.observers.joblog.JobLogError`.
 """
 
 from __future__ import annotations
@@ -53,7 +58,16 @@ from typing import TYPE_CHECKING, Any
 
 from .. import waiting
 from ..errors import PoolClosed, exception_line
-from ..observers.joblog import JobLog, JobRecord, command_of, exit_fields, json_bytes, outcome_of, record_for
+from ..observers.joblog import (
+    JobLog,
+    JobLogError,
+    JobRecord,
+    command_of,
+    exit_fields,
+    outcome_of,
+    record_for,
+    result_output,
+)
 from .halt import Halt, exit_status
 from .inputs import InputError, Job
 from .output import Printer
@@ -242,6 +256,8 @@ class Engine:
         self._abandoned: set[int] = set()  # numbers of the jobs given up on (see _abandon)
         self._stopping = False
         self._output_closed = False  # stdout was closed (| head): the run is stopping
+        self._log_failure: JobLogError | None = None  # the job log failed: nothing more is written
+        self._log_stopped = False  # ... and the run was stopped for it
         printer.on_broken = self._wake.set
         if joblog is not None:
             pool.add_observer(self._observe)
@@ -268,7 +284,11 @@ class Engine:
     # -- the loop -------------------------------------------------------------
 
     def run(self, jobs: Iterator[Job], skip: Callable[[Job], bool] | None = None) -> int:
-        """Run every job; return the exit status."""
+        """Run every job; return the exit status.
+
+        Raises:
+            JobLogError: the job log failed; the run was stopped (see the module docstring).
+        """
         handlers = {}
         for sig in (signal.SIGTERM, signal.SIGHUP):
             try:
@@ -290,6 +310,8 @@ class Engine:
             return self._stop(exc.signum)
         except BrokenPipeError:
             return self._stop(signal.SIGPIPE)
+        if self._log_failure is not None:
+            raise self._log_failure
         return exit_status(self.failed, self.halted_by, self._halt_total(), self.failing_code)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -322,6 +344,10 @@ class Engine:
                 self._stopping = True
                 self._drain(None)
                 raise
+            except JobLogError as exc:  # a page of the log past the first could not be read
+                self._log_failure = exc
+                self._check_log()
+                break
             if not self._room():
                 break
             fut = self.submit(job)
@@ -408,6 +434,8 @@ class Engine:
                 return done.popleft()
             if self.printer.broken:
                 self.printer.flush()  # raises BrokenPipeError here, in the printing thread
+            if self._log_failure is not None:  # an observer's write failed on a pool thread
+                self._check_log()
         raise queue.Empty
 
     def _on_done(self, entry: _Entry, fut: Any) -> None:
@@ -429,7 +457,7 @@ class Engine:
 
     def _handle(self, entry: _Entry) -> None:
         if entry.done:
-            return  # abandoned, and handled then; its call has returned since
+            return  # abandoned and handled, and its call has returned since
         entry.done = True
         self._count(entry)
         if not self.keep_order:
@@ -487,8 +515,9 @@ class Engine:
         # an abandoned call has no attempt for the observer to record: its thread runs on
         if self.joblog is not None and (not self.record_finals_in_observer or entry.abandoned):
             self.printer.flush()  # the log must never call done a job whose output is not out
-            self.joblog.record(self._record(job, value, exc, exc is None, outcome,
-                                            len(entry.fut.attempts) + 1))
+            self._log(self._record(job, value, exc, exc is None, outcome, len(entry.fut.attempts) + 1))
+        if self._log_failure is not None:
+            self._check_log()
 
     def _halt_total(self) -> int:
         return self.total if self.total is not None else self.started
@@ -508,7 +537,7 @@ class Engine:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _kill(self) -> None:
-        """Stop every running job and cancel the queued ones (a signal, ``--halt now``)."""
+        """Stop every running job and cancel the queued ones (a signal, ``--halt now``, a failed log)."""
         if self.kills_every_job:
             self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
             self.kill_local()
@@ -519,12 +548,18 @@ class Engine:
         self._abandon()
 
     def _abandon(self) -> None:
-        """Give up on the jobs still running after a kill (see the module docstring)."""
-        for entry in [e for e in self._open if not e.fut.done()]:
+        """Give up on the jobs still running after a kill (see the module docstring).
+
+        Each is handed to this thread as if it had ended (killed), and what
+        its future brings later is ignored (``_handle``).
+        """
+        for entry in self._open:
+            if entry.abandoned or entry.fut.done():
+                continue
             # before the future is done: the observer, told after, then skips its final attempt
             self._abandoned.add(entry.job.seq)
             entry.abandoned = True
-            self._handle(entry)
+            self._done.append(entry)
 
     def _stop(self, signum: int) -> int:
         """Kill everything after a signal (or a closed stdout); report what ended; exit status."""
@@ -556,6 +591,25 @@ class Engine:
 
     # -- the job log ------------------------------------------------------------
 
+    def _log(self, rec: JobRecord) -> None:
+        """Record ``rec``, from any thread; a failure is kept for the main thread (``_check_log``)."""
+        if self._log_failure is not None or self.joblog is None:
+            return  # the log failed: the run is stopping, and nothing more is written
+        try:
+            self.joblog.record(rec)
+        except JobLogError as exc:
+            self._log_failure = exc
+            self._wake.set()
+
+    def _check_log(self) -> None:
+        """Once the job log has failed, stop the run as ``--halt now`` does (main thread, once)."""
+        if self._log_failure is None or self._log_stopped:
+            return
+        self._log_stopped = True
+        self._stopping = True
+        self.printer.message("anypool: the job log failed; killing the running jobs")
+        self._kill()
+
     def _record(self, job: Job, value: Any, exc: BaseException | None, ok: bool, outcome: str,
                 attempt: int) -> JobRecord:
         thing = value if ok else exc
@@ -567,7 +621,7 @@ class Engine:
             started, runtime, stdout, stderr = cr.started, cr.duration, cr.stdout, cr.stderr
         else:
             started, runtime = time.time(), 0.0
-            stdout = json_bytes(value) if ok else None
+            stdout = result_output(value) if ok and self.joblog is not None and self.joblog.results else None
             stderr = None
         error = "" if ok or exc is None else exception_line(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
@@ -592,8 +646,8 @@ class Engine:
         if outcome == "killed" and event.worker in (None, "-"):
             return
         started = event.started or event.time
-        rec = record_for(event, value, ok, outcome, started, event.time - started)
-        self.joblog.record(rec._replace(
+        rec = record_for(event, value, ok, outcome, started, event.time - started, output=self.joblog.results)
+        self._log(rec._replace(
             seq=job.seq, args=job.args_json, attempt=event.attempt + self.attempt_base.get(job.seq, 0),
             command=self.command_text(job, value if ok else None, None if ok else value)))
 

@@ -33,7 +33,8 @@ examples:
   anypool joblog --tsv jobs.db > joblog.tsv  GNU parallel's --joblog format
   anypool joblog --runs jobs.db              the runs that wrote to the log
 
-exit status: 0; 2 usage error; 255 when FILE is missing or not a job log.
+exit status: 0; 2 usage error; 255 when FILE is missing, not a job log, or
+damaged (what was read before the damage is printed).
 """
 
 TSV_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
@@ -74,6 +75,10 @@ def main(opts: argparse.Namespace) -> int:
         out.flush()
     except BrokenPipeError:
         pass
+    except JobLogError as exc:  # damaged past its header: found as the reading reaches it
+        sys.stdout.flush()
+        print(f"anypool joblog: {exc}", file=sys.stderr)
+        return 255
     finally:
         log.close()
     return 0

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from ..backends.base import default_workers
 from ..errors import AnypoolError, TaskTimeout, exception_text
-from ..observers.joblog import JobLog, JobLogError, json_bytes
+from ..observers.joblog import JobLog, JobLogError, result_output
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
 from .engine import Engine, used_for_a_run
@@ -151,12 +151,12 @@ class MapEngine(Engine):
 
     def show(self, job: Job, value: Any, exc: BaseException | None) -> None:
         if exc is not None:
-            line = json_bytes({"error": type(exc).__name__, "message": exception_text(exc),
+            line = result_output({"error": type(exc).__name__, "message": exception_text(exc),
                                "input": list(job.values)})
         elif self.tag:
-            line = json_bytes({"input": list(job.values), "result": value})
+            line = result_output({"input": list(job.values), "result": value})
         else:
-            line = json_bytes(value)
+            line = result_output(value)
         self.printer.write(line + b"\n")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:

@@ -26,7 +26,7 @@ examples:
   anypool map --joblog calls.db mymodule:crunch ::: 1 2 3 && anypool report calls.db
 
 exit status: 0; 2 usage error; 255 when JOBLOG is missing, not a job log,
-or the report cannot be written.
+damaged, or the report cannot be written.
 """
 
 
@@ -49,13 +49,13 @@ def main(opts: argparse.Namespace) -> int:
     """Write the report; print where it is; return the exit status."""
     try:
         log = JobLog(opts.joblog, "read")
+        try:
+            rows = log.rows()
+        finally:
+            log.close()
     except JobLogError as exc:
         print(f"anypool report: {exc}", file=sys.stderr)
         return 255
-    try:
-        rows = log.rows()
-    finally:
-        log.close()
     output = opts.output or os.path.splitext(opts.joblog)[0] + ".html"
     title = opts.title or f"anypool run: {os.path.basename(opts.joblog)}"
     try:

@@ -28,6 +28,15 @@ killed left no final row and runs again.
 The log stores text and numbers (and raw output bytes), never pickles:
 opening a job log someone else wrote runs no code of theirs.  Their schema
 cannot run SQL functions with side effects either (``trusted_schema=OFF``).
+Text that is not valid UTF-8 (file names' undecodable bytes, lone
+surrogates) is stored with those characters escaped (``\\xNN``), and values
+JSON has no form for as their ``repr()``: no value can cost the log a row.
+
+One writer at a time: a :class:`JobLog` opened to write holds an exclusive
+lock on ``PATH-lock`` until it is closed (the kernel drops it when its process
+dies, ``kill -9`` included), and a second writer is refused with the first
+one's pid.  Readers never wait for it.  A database error once the log is open
+(a damaged file, a full disk) is raised as :class:`JobLogError` naming the file.
 """
 
 from __future__ import annotations
@@ -37,21 +46,19 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Set
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from ..commands import CommandResult
 from ..errors import AnypoolError, CommandFailed, PoolClosed, TaskTimeout, is_worker_crash
 from ..events import TaskEvent
 from .recorder import Row, describe_error
 
-if TYPE_CHECKING:
-    import sqlite3
-
 # json, sqlite3, hashlib, socket and urllib are imported where used: the command
 # line imports this module for its helpers on every run, job log or not.
 
-__all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "json_bytes", "outcome_of"]
+__all__ = ["JobLog", "JobLogError", "JobLogObserver", "JobRecord", "SeqSet", "outcome_of"]
 
 APPLICATION_ID = 0x616E7970  # "anyp": marks the file as an anypool job log
 SCHEMA_VERSION = 1
@@ -95,7 +102,9 @@ _COLUMNS = ("seq", "attempt", "args", "command", "started", "runtime", "exitcode
 
 
 class JobLogError(AnypoolError):
-    """A job log cannot be used: not a job log, a newer format, or written for other input."""
+    """A job log cannot be used: not a job log, a newer format, written for other input,
+    being written by another process, or SQLite failed to read or write it (a damaged
+    file, a full disk: the message names the file and SQLite's error)."""
 
 
 class JobRecord(NamedTuple):
@@ -183,9 +192,13 @@ class JobLog:
             ``"read"`` (open an existing one read-only).
         results: store each attempt's stdout and stderr too.
 
+    A writer (``"append"``, ``"new"``) holds the log's writer lock until
+    :meth:`close` (see the module docstring).
+
     Raises:
         JobLogError: the file is not a job log, was written by a newer
-            anypool, or (``"read"``) does not exist.
+            anypool, (``"read"``) does not exist, or (writing) another
+            process is writing it.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "append", *, results: bool = False) -> None:
@@ -200,6 +213,8 @@ class JobLog:
         import sqlite3
         from urllib.parse import quote
 
+        # taken before the database is touched: "new" empties it
+        self._writer = None if self.readonly else _WriterLock(self.path)
         try:
             if self.readonly:
                 if not os.path.exists(self.path):
@@ -210,14 +225,20 @@ class JobLog:
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                            timeout=30.0)
         except sqlite3.Error as exc:
+            self._release()
             raise JobLogError(f"{self.path}: cannot open the job log: {exc}") from exc
+        except BaseException:
+            self._release()
+            raise
         try:
             self._setup(mode)
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            self._release()
             raise JobLogError(f"{self.path}: not an anypool job log ({exc})") from exc
         except BaseException:
             self._db.close()
+            self._release()
             raise
 
     def _setup(self, mode: str) -> None:
@@ -244,7 +265,30 @@ class JobLog:
                 db.execute("DELETE FROM run")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self)
+
+    def _failed(self, doing: str, exc: Exception) -> JobLogError:
+        """The :class:`JobLogError` for an SQLite error met while ``doing`` ("read", "write")."""
+        return JobLogError(f"{self.path}: cannot {doing} the job log: {exc}")
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query.
+
+        Raises:
+            JobLogError: SQLite failed (a damaged file, an I/O error).
+        """
+        import sqlite3
+
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("read", exc) from exc
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
     # -- runs -----------------------------------------------------------------
 
@@ -256,25 +300,28 @@ class JobLog:
 
         Raises:
             JobLogError: ``resume`` is set and the log was written for a
-                different description (the message shows both).
+                different description (the message shows both); or SQLite
+                failed to read or write the log.
         """
         import json
+        import socket
+
+        from .. import __version__
 
         fp = fingerprint(description)
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
-        with self._lock:
-            if resume:
-                self._check_resumable(fp, text)
-            import socket
-
-            from .. import __version__
-
+        if resume:
+            self._check_resumable(fp, text)
+        # Stored as UTF-8: the command line's words as the command column shows them (a file
+        # name's undecodable bytes as \\xNN), and the input's lone surrogates as JSON's own
+        # \\udXXX escapes, so it still reads back as the same data.  The fingerprint keeps them.
+        row = (time.time(), json.dumps([_text(a) for a in argv or []], ensure_ascii=False),
+               text.encode("utf-8", "backslashreplace").decode("utf-8"), fp,
+               socket.gethostname(), os.getpid(), __version__)
+        with self._lock, self._transaction():
             cur = self._db.execute(
                 "INSERT INTO run (started, argv, input, fingerprint, host, pid, version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), json.dumps(argv or [], ensure_ascii=False), text, fp,
-                 socket.gethostname(), os.getpid(), __version__),
-            )
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             self.run_id = cur.lastrowid
             return int(cur.lastrowid or 0)
 
@@ -282,16 +329,17 @@ class JobLog:
         """What ``begin_run(description, resume=True)`` checks, without recording a run.
 
         Raises:
-            JobLogError: the log was written for a different description.
+            JobLogError: the log was written for a different description, or
+                cannot be read.
         """
         import json
 
         text = json.dumps(description, sort_keys=True, ensure_ascii=False, default=str)
-        with self._lock:
-            self._check_resumable(fingerprint(description), text)
+        self._check_resumable(fingerprint(description), text)
 
     def _check_resumable(self, fp: str, text: str) -> None:
-        row = self._db.execute("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1").fetchone()
+        first = self._read("SELECT input, fingerprint FROM run ORDER BY id LIMIT 1")
+        row = first[0] if first else None
         if row is not None and row[1] != fp:
             raise JobLogError(
                 f"{self.path} was written for other input, so --resume cannot use it:\n"
@@ -301,20 +349,31 @@ class JobLog:
             )
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run recorded in the log, oldest first, as dicts of the run table's columns."""
-        cur = self._db.execute("SELECT id, started, argv, input, fingerprint, host, pid, version "
-                               "FROM run ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        """Every run recorded in the log, oldest first, as dicts of the run table's columns.
+
+        Raises:
+            JobLogError: the log cannot be read.
+        """
+        names = ("id", "started", "argv", "input", "fingerprint", "host", "pid", "version")
+        rows = self._read(f"SELECT {', '.join(names)} FROM run ORDER BY id")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     # -- writing --------------------------------------------------------------
 
     def record(self, rec: JobRecord) -> None:
-        """Store one attempt and commit it."""
+        """Store one attempt and commit it.
+
+        Raises:
+            JobLogError: SQLite failed to write it (a full disk, an I/O error).
+        """
         self.record_many((rec,))
 
     def record_many(self, recs: Iterable[JobRecord]) -> None:
-        """Store several attempts in one commit."""
+        """Store several attempts in one commit (none of them if it fails).
+
+        Raises:
+            JobLogError: SQLite failed to write them (a full disk, an I/O error).
+        """
         keep = self.results
         rows = [
             (self.run_id, rec.seq, rec.attempt, _text(rec.args), _text(rec.command), rec.started,
@@ -344,13 +403,14 @@ class JobLog:
         Only jobs numbered above ``after``; None (the default): every job,
         job 0 included (``Pool(joblog=)`` numbers ``map`` items from 0).
         Read page by page, so memory stays flat however long the log.
+
+        Raises:
+            JobLogError: the log cannot be read (as the iteration reaches the damage).
         """
         after = _FIRST if after is None else after
         while True:
-            with self._lock:
-                page = self._db.execute(
-                    "SELECT seq, args, outcome, max(id) FROM attempt WHERE final = 1 AND seq > ? "
-                    "GROUP BY seq ORDER BY seq LIMIT ?", (after, _PAGE)).fetchall()
+            page = self._read("SELECT seq, args, outcome, max(id) FROM attempt WHERE final = 1 AND seq > ? "
+                              "GROUP BY seq ORDER BY seq LIMIT ?", (after, _PAGE))
             for seq, args, outcome, _ in page:
                 yield seq, args, outcome
             if len(page) < _PAGE:
@@ -375,13 +435,14 @@ class JobLog:
         Only jobs numbered above ``after`` (None, the default: every job, as
         for :meth:`finals`).  Killed attempts included (they are not final).
         Read page by page.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         after = _FIRST if after is None else after
         while True:
-            with self._lock:
-                page = self._db.execute(
-                    "SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq LIMIT ?",
-                    (after, _PAGE)).fetchall()
+            page = self._read("SELECT seq, max(attempt) FROM attempt WHERE seq > ? GROUP BY seq ORDER BY seq "
+                              "LIMIT ?", (after, _PAGE))
             for seq, attempt in page:
                 yield seq, int(attempt)
             if len(page) < _PAGE:
@@ -389,15 +450,20 @@ class JobLog:
             after = page[-1][0]
 
     def last_attempt(self, seq: int) -> int:
-        """The highest attempt number recorded for job ``seq`` (0 if none)."""
-        with self._lock:
-            row = self._db.execute("SELECT max(attempt) FROM attempt WHERE seq = ?", (seq,)).fetchone()
-        return int(row[0] or 0)
+        """The highest attempt number recorded for job ``seq`` (0 if none).
+
+        Raises:
+            JobLogError: the log cannot be read.
+        """
+        return int(self._read("SELECT max(attempt) FROM attempt WHERE seq = ?", (seq,))[0][0] or 0)
 
     def records(self, *, finals_only: bool = False, by_seq: bool = False) -> Iterator[JobRecord]:
         """Every recorded attempt, in the order recorded (``by_seq``: by job, then attempt).
 
         Only final attempts with ``finals_only``.  Read page by page.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         cols = ", ".join(_COLUMNS)
         final = "final = 1 AND " if finals_only else ""
@@ -409,8 +475,7 @@ class JobLog:
             query = f"SELECT seq, id, {cols} FROM attempt WHERE {final}id > ? ORDER BY id LIMIT ?"
             key = (0,)
         while True:
-            with self._lock:
-                page = self._db.execute(query, (*key, _PAGE)).fetchall()
+            page = self._read(query, (*key, _PAGE))
             for r in page:
                 yield JobRecord(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]),
                                 r[12], r[13], r[14], r[15])
@@ -423,6 +488,9 @@ class JobLog:
 
         The same shape a live pool's ``timeline()`` gives, so a report can
         be drawn from either.
+
+        Raises:
+            JobLogError: the log cannot be read.
         """
         out = [Row(r.seq, r.seq, 1, r.attempt, r.worker, r.started, r.started + r.runtime, r.outcome,
                    r.command, r.args, r.error, int(r.outcome == "ok"),
@@ -432,12 +500,13 @@ class JobLog:
         return out
 
     def close(self) -> None:
-        """Close the database (later records are ignored)."""
+        """Close the database and give up the writer lock (later records are ignored)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._db.close()
+            self._release()
 
     def __enter__(self) -> JobLog:
         return self
@@ -447,27 +516,146 @@ class JobLog:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error) on an autocommit connection."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on a job log's autocommit connection.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    Rolled back on any error; an SQLite error (in the body, or the ``COMMIT``
+    itself failing on a full disk) is raised as :class:`JobLogError`.
+    """
+
+    def __init__(self, log: JobLog) -> None:
+        self.log = log
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        import sqlite3
 
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+        try:
+            self.log._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.log._failed("write", exc) from exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        import sqlite3
+
+        db = self.log._db
+        if exc is None:
+            try:
+                db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                exc = err
+        if db.in_transaction:  # SQLite may have rolled back already (an I/O error does)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the write failed already: that is the error to report
+        if isinstance(exc, sqlite3.Error):
+            raise self.log._failed("write", exc) from exc
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on ``PATH-lock``, held while a :class:`JobLog` writes PATH.
+
+    The kernel drops it when the holder's process dies, ``kill -9`` included,
+    so no stale lock outlives a run; the file names the holder (pid, host)
+    for the refusal.  Not a lock on the database file itself: closing any
+    descriptor of a file drops every POSIX lock the process holds on it,
+    SQLite's own among them.  Best effort: where the file cannot be made or
+    the file system has no locks, the log is used unguarded, as before.
+    """
+
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        self.path = path + "-lock"
+        self.fd: int | None = None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                raise JobLogError(
+                    f"{path} is being written by another anypool ({holder or 'a process'}): wait for it "
+                    "to end, or use another job log") from None
+            except OSError:  # no locks on this file system
+                os.close(fd)
+                return
+            # the holder before us removes the file as it lets go: ours must be the one in place
+            try:
+                st, mine = os.stat(self.path), os.fstat(fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    break
+            except OSError:
+                pass
+            os.close(fd)
+        import socket
+
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        _held.add(fd)
+        # a JobLog dropped unclosed lets go when collected, not at the process's end
+        self._let_go = weakref.finalize(self, _let_go, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let go (the removal first: see the retry in ``__init__``)."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self._let_go()
+
+
+# Lock descriptors held in this process.  A child forked without exec (a
+# "fork" worker) would share them, and so hold the lock after this process
+# died: the child closes its copies at once.
+_held: set[int] = set()
+
+
+def _let_go(fd: int) -> None:
+    _held.discard(fd)  # before the close: a fork in between must not close a reused number
+    os.close(fd)
+
+
+def _close_held() -> None:
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_held)
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8 bytes, whatever it holds; never raises.
+
+    Undecodable bytes that a file name brought in (``surrogateescape``'s
+    U+DC80-U+DCFF) become those bytes again; other lone surrogates, which
+    UTF-8 cannot hold, are written ``\\udXXX``.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 def _text(s: str) -> str:
-    """``s`` storable as UTF-8: undecodable bytes kept from file names become ``\\xNN``."""
+    """``s`` storable as UTF-8 text: undecodable bytes kept from file names become ``\\xNN``."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return utf8(s).decode("utf-8", "backslashreplace")
     return s
 
 
@@ -521,24 +709,37 @@ def exit_fields(value: Any, ok: bool) -> tuple[int | None, int | None]:
 
 
 def args_json(item: Any, limit: int = 2000) -> str:
-    """A task item as JSON text (``submit``'s ``(args, kwargs)`` as a list, or an object)."""
+    """A task item as JSON text (``submit``'s ``(args, kwargs)`` as a list, or an object); never raises."""
     if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], tuple)
             and (item[1] is None or isinstance(item[1], dict))):
         args, kwargs = item
         value: Any = {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
     else:
         value = item
-    import json
-
-    try:
-        text = json.dumps(value, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        text = json.dumps(repr(value))
+    text = _json(value, ascii_only=True)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def json_bytes(value: Any) -> bytes:
-    """A result as strict JSON, UTF-8 encoded (never raises): what ``anypool map`` prints.
+def result_output(value: Any) -> bytes:
+    """A Python result as strict JSON in UTF-8; never raises.
+
+    What the job log keeps for ``results=True``, and what ``anypool map``
+    prints.  Lone surrogates (a file name's undecodable bytes, kept by
+    ``surrogateescape``; UTF-8 has no form for them) are written as JSON's
+    ``\\udcXX`` escapes, from which ``json.loads`` and ``os.fsencode`` give
+    the bytes back.  For the rest, see :func:`_json`.
+    """
+    text = _json(value, ascii_only=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # lone surrogates: only ever inside JSON strings, so escaped there
+        import re
+
+        return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+def _json(value: Any, *, ascii_only: bool) -> str:
+    """``value`` as strict JSON text, whatever it holds; never raises.
 
     What JSON cannot hold becomes its ``repr()`` string: objects of other
     types, NaN and the infinities (``"nan"``, ``"inf"``, ``"-inf"``: Python's
@@ -547,36 +748,29 @@ def json_bytes(value: Any) -> bytes:
     list or dict met again inside itself (``"[...]"``, ``"{...}"``, as
     ``repr()`` writes it).  An int too long for ``str()`` (over 4300 digits)
     is written in hexadecimal (``"0x..."``); a value whose ``repr()`` raises,
-    or nested too deep, as ``"<TYPE object: repr() failed>"``.  Lone
-    surrogates (undecodable bytes of the input, kept by ``surrogateescape``)
-    are written as ``\\udcXX`` escapes, so the text is valid UTF-8.
+    or nested too deep, as ``"<TYPE object: repr() failed>"``.
     """
     import json
 
     try:
-        text = json.dumps(value, ensure_ascii=False, default=_repr, allow_nan=False)
+        return json.dumps(value, ensure_ascii=ascii_only, default=_repr, allow_nan=False)
     except Exception:  # NaN, a key JSON cannot take, a cycle, a huge int, too deep...
-        try:
-            text = json.dumps(_plain(value, set()), ensure_ascii=False, allow_nan=False)
-        except Exception:  # nested too deep (RecursionError)
-            text = json.dumps(_repr(value), ensure_ascii=False)
+        pass
     try:
-        return text.encode()
-    except UnicodeEncodeError:  # lone surrogates: in JSON strings only, so escaped there
-        import re
-
-        return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+        return json.dumps(_plain(value, set()), ensure_ascii=ascii_only, allow_nan=False)
+    except Exception:  # nested too deep (RecursionError)
+        return json.dumps(_repr(value), ensure_ascii=ascii_only)
 
 
 def _repr(value: Any) -> str:
     try:
         return repr(value)
-    except Exception:
+    except Exception:  # the value's own code: anything may escape
         return f"<{type(value).__name__} object: repr() failed>"
 
 
 def _plain(value: Any, path: set[int]) -> Any:
-    """``value`` made of what JSON holds (see :func:`json_bytes`); ``path``: the containers it is in."""
+    """``value`` made of what JSON holds (see :func:`_json`); ``path``: the containers it is in."""
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, float):
@@ -639,6 +833,7 @@ class JobLogObserver:
         started = event.started or event.time
         per = (event.time - started) / max(event.size, 1)
         retrying = event.retrying
+        output = self.log.results
         recs = []
         for i in range(event.size):
             value = results[i] if i < len(results) else None
@@ -654,17 +849,21 @@ class JobLogObserver:
             # Final per item: a batch's good items are final even when one of its
             # items is tried again (the event's ``final`` is then False for all).
             final = i not in retrying if retrying else event.final
-            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final)
+            rec = record_for(event, value, ok, outcome, started + per * i, per, final=final,
+                             output=output)
             item = event.items[i] if i < len(event.items) else None
             recs.append(rec._replace(seq=event.seq + i + self.seq_base, args=args_json(item)))
         self.log.record_many(recs)
 
 
 def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: float,
-               runtime: float, final: bool | None = None) -> JobRecord:
+               runtime: float, final: bool | None = None, *, output: bool = True) -> JobRecord:
     """A :class:`JobRecord` for one item of a finished event (seq and args left for the caller).
 
-    ``final``: whether this item's attempt is its last (None: the event's ``final``).
+    ``final``: whether this item's attempt is its last (None: the event's
+    ``final``).  ``output``: whether to build a Python result's stdout (see
+    :func:`result_output`); a log without ``results=True`` drops it unread.
+    Never raises on what the value or the exception holds.
     """
     cr = command_of(value)
     exitcode, sig = exit_fields(value, ok)
@@ -676,7 +875,7 @@ def record_for(event: TaskEvent, value: Any, ok: bool, outcome: str, started: fl
         stdout, stderr = cr.stdout, cr.stderr
     else:
         command = event.fn
-        stdout = json_bytes(value) if ok else None
+        stdout = result_output(value) if ok and output else None
         stderr = None
     error = "" if ok else describe_error(value if isinstance(value, BaseException) else None)
     return JobRecord(0, event.attempt, "", command, started, runtime, exitcode, sig, outcome,

@@ -159,7 +159,7 @@ def _args_text(items: Sequence[Any]) -> str:
 
 
 def describe_error(exc: BaseException | None, limit: int = 300) -> str:
-    """``Type: message``, bounded."""
+    """``Type: message``, bounded; never raises (an exception's own ``__str__`` may)."""
     if exc is None:
         return ""
     return _short(exception_line(exc), limit)

@@ -9,6 +9,7 @@
     │  each worker's process sentinel                                               │
     │                                                                               │
     │  readable socket  → RESULT/PARTIAL → dispatch.finish (retries, futures, map)  │
+    │                     UNRUN (worker too big) → its unrun items back to pending  │
     │  sentinel         → the worker is gone: read what it sent first, blame the    │
     │                     item it was running (slot), requeue the rest, replace it  │
     │  every turn       → hand pending tasks to workers with room (coalescing small │
@@ -17,12 +18,16 @@
 
 Shared structures and their shapes:
 
-* ``pending``: deque of ``Task`` (appended by any thread, popped here only).
+* ``pending``: deque of ``Task`` (appended by any thread, popped here only;
+  the part of a map batch cut off to fit ``max_tasks_per_worker``, and what
+  a worker hands back, go back to its head from here).
 * ``_Worker.inflight``: deque of ``_Wire`` sent to that worker, oldest
   first; a sync worker answers them in that order.
 * ``slots``: ``RawArray('d', 2 * workers * SLOT_WIDTH)`` in shared memory;
   twice the worker count so a retiring worker and its replacement never
-  share a slot.
+  share a slot.  A slot is free again only once its worker's exit is seen:
+  when workers retire faster than they exit, a replacement waits for one
+  (``wanted``), and a retiring worker that does not exit is killed.
 
 Nothing here blocks on a worker: sockets are non-blocking, and a worker is
 only ever waited for through its sentinel.
@@ -67,6 +72,7 @@ from .protocol import (
     SLOT_WIDTH,
     STOP,
     TASK,
+    UNRUN,
     FrameReader,
     FrameWriter,
     reply_head,
@@ -106,7 +112,8 @@ class _Wire:
 
 class _Worker:
     __slots__ = ("fault", "fns", "inflight", "inflight_items", "killed", "name", "pid", "proc",
-                 "reader", "ready", "retiring", "rss", "slot", "sock", "tasks_done", "writer", "ws")
+                 "reader", "ready", "retired_at", "retiring", "rss", "slot", "sock", "tasks_done",
+                 "writer", "ws")
 
     def __init__(self, slot: int, name: str, proc: Any, sock: socket.socket, fault: Any,
                  ws: WorkerStats) -> None:
@@ -121,6 +128,7 @@ class _Worker:
         self.ws = ws
         self.ready = False
         self.retiring = False
+        self.retired_at = 0.0  # time.monotonic() when _retire sent it STOP
         self.killed: tuple[Any, ...] | None = None  # ("timeout", wire_id, index) or ("kill",)
         self.inflight: deque[_Wire] = deque()
         self.inflight_items = 0
@@ -182,6 +190,7 @@ class Manager:
         self.wire_ids = itertools.count(1)
         self.cost: dict[int, float] = {}  # fn_id -> seconds per item (moving average)
         self.startup_failures = 0
+        self.wanted = 0  # workers to start as soon as a slot is free (see _start_worker)
         self.stopping = False
         self.killing = False
         self.broken: BaseException | None = None
@@ -273,12 +282,23 @@ class Manager:
             self._assign()
         if self.stopping and not self.killing:
             self._stop_idle_workers()
-        return self._check_deadlines()
+        wait = self._check_deadlines()
+        if self.wanted and not self.stopping:
+            reap = self._reap()
+            if reap is not None:
+                wait = reap if wait is None else min(wait, reap)
+        return wait
 
     # -- workers ---------------------------------------------------------------
 
     def _start_worker(self, ctx: Any = None) -> None:
         if self.killing or self.broken is not None:
+            return
+        if not self.free_slots:
+            # Every slot is held by a worker that retired but whose exit is not
+            # seen yet (workers retiring after every task or two): this one
+            # starts when one of them is gone (_on_exit), or killed (_reap).
+            self.wanted += 1
             return
         ctx = ctx or self.ctx
         slot = self.free_slots.pop()
@@ -292,7 +312,7 @@ class Manager:
             "initializer": self.init_bytes,
             "mode": self.mode,
             "concurrency": self.config.concurrency or 1000,
-            "report_rss": self.config.max_memory_per_worker is not None,
+            "max_memory": self.config.max_memory_per_worker,
         }, PROTOCOL)
         proc = ctx.Process(
             target=worker_main, args=(child_sock, fault_w, self.slots, cfg),
@@ -310,9 +330,34 @@ class Manager:
 
     def _retire(self, w: _Worker) -> None:
         w.retiring = True
+        w.retired_at = time.monotonic()
         self._send(w, (STOP,))
         if not self.stopping:
             self._start_worker()
+
+    def _reap(self) -> float | None:
+        """Kill retired workers that do not exit while a replacement waits for their slot.
+
+        A worker exits once told to stop, unless a task left something that
+        holds it (a non-daemon thread, an ``atexit`` handler that hangs): its
+        slot would never come back, and with every slot so held no worker
+        would be left to run the pending tasks.  Returns how long until the
+        next one is due.
+        """
+        now = time.monotonic()
+        soonest: float | None = None
+        for w in self.workers.values():
+            if not w.retiring or w.killed is not None or not w.retired_at:
+                continue
+            left = w.retired_at + STOP_GRACE - now
+            if left <= 0:
+                log.warning("anypool: retired worker %s (pid %s) did not exit within %s s; killing it",
+                            w.name, w.pid, STOP_GRACE)
+                w.killed = ("kill",)
+                _kill_group(w.pid)
+            else:
+                soonest = left if soonest is None else min(soonest, left)
+        return soonest
 
     def _stop_idle_workers(self) -> None:
         now = time.monotonic()
@@ -360,8 +405,13 @@ class Manager:
             log.warning("anypool: idle worker %s (pid %s) %s", w.name, w.pid, describe_exit(code))
         self.slots[w.slot * SLOT_WIDTH] = IDLE
         self.free_slots.append(w.slot)
-        if not self.stopping and not w.retiring and self.broken is None:
-            self._start_worker()
+        if not self.stopping and self.broken is None:
+            # its replacement (a retired worker's was started, or deferred, when it retired)
+            # and the starts deferred for want of a slot: those beyond the free slots wait again
+            starts = self.wanted + (0 if w.retiring else 1)
+            self.wanted = 0
+            for _ in range(starts):
+                self._start_worker()
 
     def _settle_lost(self, w: _Worker, code: int | None, fault: str) -> None:
         """Decide what happened to every task a dead worker held."""
@@ -582,15 +632,13 @@ class Manager:
         memory = self.config.max_memory_per_worker
         if w.inflight and memory is not None and w.rss > memory:
             return False  # too big: let it go idle, so that _maybe_retire can replace it
+        # nothing more once its tasks reach the limit: it retires when they are done
+        if limit is not None and w.tasks_done + w.inflight_items >= limit:
+            return False
         if self.mode == "async":
-            # nothing more once its tasks reach the limit: it retires when they are done
-            if limit is not None and w.tasks_done + w.inflight_items >= limit:
-                return False
             return w.inflight_items < (self.config.concurrency or 1000)
         if not w.inflight:
             return True
-        if limit is not None and w.tasks_done + w.inflight_items >= limit:
-            return False
         if len(w.inflight) >= 2:
             return False
         cost = self.cost.get(w.inflight[0].fn_id)
@@ -630,9 +678,36 @@ class Manager:
         fn_id = task.payload[0]
         timeout = task.options.timeout
         units = [task]
-        if task.future is not None and pending:
-            units.extend(self._coalesce(w, task, fn_id, timeout))
+        if task.future is not None:
+            if pending:
+                units.extend(self._coalesce(w, task, fn_id, timeout))
+        elif self.config.max_tasks_per_worker is not None:
+            left = self.config.max_tasks_per_worker - w.tasks_done - w.inflight_items  # >= 1: _room
+            if len(task.items) > left:
+                units = [self._cut(task, left)]
         return _Wire(next(self.wire_ids), units, fn_id, timeout)
+
+    def _cut(self, task: Task, k: int) -> Task:
+        """The first ``k`` items of map batch ``task``, to send now; the rest go back first in line."""
+        head = task.subtask(0, task.items[:k])
+        try:
+            self.backend.prepare(head)
+        except Exception:
+            # the items pickled as one batch but not in part (a __reduce__ that
+            # changes its mind): send them whole, past the limit, rather than lose them
+            return task
+        self._put_back([task.subtask(k, task.items[k:])])
+        return head
+
+    def _put_back(self, tasks: list[Task]) -> None:
+        """Hand ``tasks`` (claimed, never started) back to the head of ``pending``, in order."""
+        for task in reversed(tasks):
+            try:
+                self.backend.prepare(task)  # a map batch's part: its items pickled anew
+            except Exception as exc:
+                self.dispatch.fail_unrun(task, exc, "unsendable")
+                continue
+            self.pending.appendleft(task)
 
     def _coalesce(self, w: _Worker, first: Task, fn_id: int, timeout: float | None) -> list[Task]:
         """More single calls of the same callable and options for the same message."""
@@ -706,6 +781,8 @@ class Manager:
                 err = InitializerFailed(f"the worker initializer raised {cause!r}; the pool cannot run tasks")
                 err.__cause__ = cause
                 self._break(err)
+            elif tag == UNRUN:
+                self._on_unrun(w, msg)
         if w.reader.eof and not final:
             try:
                 self.selector.unregister(w.sock)
@@ -778,6 +855,43 @@ class Manager:
                     failed = [i for i, r in enumerate(res) if type(r) is Failure] or None
                     self.dispatch.finish(wire.units[0], res, wire.started, e, w.ws, failed)
         self._maybe_retire(w)
+
+    def _on_unrun(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        """A worker past ``max_memory_per_worker`` hands back a wire's items from ``ran`` on.
+
+        The wire shrinks to its first ``ran`` items (their report follows);
+        the others go back first in line, for another worker.
+        """
+        _, wire_id, ran, rss = msg
+        w.rss = rss
+        wire = next((x for x in w.inflight if x.id == wire_id), None)
+        if wire is None:
+            return
+        keep: list[Task] = []
+        back: list[Task] = []
+        pos = 0
+        for task in wire.units:  # several single calls, or one map batch
+            n = len(task.items)
+            if pos >= ran:
+                back.append(task)
+            elif pos + n <= ran:
+                keep.append(task)
+            else:
+                keep.append(task.head(ran - pos))
+                back.append(task.subtask(ran - pos, task.items[ran - pos:]))
+            pos += n
+        dropped = wire.n - ran
+        wire.units = keep
+        wire.n = ran
+        wire.remaining -= dropped
+        if wire.results is not None:
+            del wire.results[ran:]
+        w.inflight_items -= dropped
+        if not ran:
+            w.inflight.remove(wire)
+        self._put_back(back)
+        if not ran:
+            self._maybe_retire(w)
 
     def _maybe_retire(self, w: _Worker) -> None:
         if w.retiring or self.stopping:

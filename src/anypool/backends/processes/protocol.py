@@ -28,6 +28,13 @@ Worker → parent::
         items reported one by one as they finish: by sync workers for
         ``submit`` calls and for anything with a timeout (so a crash loses
         only the item that was running), by process+async workers always
+    (UNRUN, wire_id, ran, rss)
+        a sync worker past ``max_memory_per_worker`` (its RSS is read after
+        each item then, at most every ``worker.RSS_EVERY``) runs no more:
+        the items of the wire from ``ran`` on go back to the pool, to run
+        elsewhere.  It comes before the wire's last RESULT or PARTIAL, which
+        then covers only the ``ran`` first items; with ``ran`` 0 (a wire
+        received once past the limit) nothing follows
 
 Every worker → parent frame is a header pickle, prefixed by its size
 (:func:`reply`), then, for RESULT and PARTIAL, the results' pickles (one
@@ -60,6 +67,7 @@ READY: Final = 10
 INIT_FAILED: Final = 11
 RESULT: Final = 12
 PARTIAL: Final = 13
+UNRUN: Final = 14
 
 SLOT_WIDTH: Final = 3  # wire_id, item_index, item_start
 IDLE: Final = -1.0  # slot wire_id when the worker is between tasks
