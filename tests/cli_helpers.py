@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,3 +25,11 @@ def cli_env() -> dict[str, str]:
 def cli_argv(*args: str) -> list[str]:
     """argv for ``python -m anypool ARGS...``."""
     return [sys.executable, "-m", "anypool", *args]
+
+
+def wait_for(cond: Callable[[], object], seconds: float = 30.0, what: str = "") -> None:
+    """Poll ``cond`` until it is true; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -235,6 +235,21 @@ def raise_unpicklable(_: Any = None) -> None:
     raise UnpicklableError("holding a lock")
 
 
+class BrokenStrError(Exception):
+    """An exception whose ``__str__`` raises (user code may)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be shown")
+
+
+def raise_broken_str(_: Any = None) -> None:
+    raise BrokenStrError()
+
+
+async def araise_broken_str(_: Any = None) -> None:
+    raise BrokenStrError()
+
+
 def attempt_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
     """Append this process's pid to ``path``; sleep ``seconds`` on the first attempt only.
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import clock, waiting
-from .errors import PoolClosed, add_note
+from .errors import PoolClosed, add_note, exception_line
 from .events import Observer, TaskEvent
 from .futures import Attempt
 from .stats import UNASSIGNED
@@ -463,7 +463,8 @@ class Dispatch:
             with fut._condition:
                 if fut._state == cf._base.RUNNING:
                     fut._state = cf._base.PENDING
-            fut._add_attempt(Attempt(task.attempt, worker.name, started, ended, f.kind, _describe(f.exc)))
+            fut._add_attempt(Attempt(task.attempt, worker.name, started, ended, f.kind,
+                                     exception_line(f.exc)))
         delay = task.options.delay(task.attempt)
         task.attempt += 1
         if self.observing:
@@ -560,9 +561,3 @@ class _Retrying:
 
 _RETRYING: Any = _Retrying()
 _FIRST_ITEM = (0,)  # the ``retrying`` of a one-item task's failed attempt that is tried again
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

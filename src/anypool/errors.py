@@ -55,6 +55,8 @@ __all__ = [
     "TaskTimeout",
     "WorkerCrashed",
     "describe_exit",
+    "exception_line",
+    "exception_text",
     "is_worker_crash",
 ]
 
@@ -197,6 +199,24 @@ def __getattr__(name: str) -> Any:
         globals()["WorkerCrashed"] = WorkerCrashed
         return WorkerCrashed
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or ``<str() raised TYPE>`` where that raises.
+
+    A task's exception is the user's: its ``__str__`` may raise, and showing,
+    sending or recording the exception must not fail because of that.
+    """
+    try:
+        return str(exc)
+    except Exception as err:
+        return f"<str() raised {type(err).__name__}>"
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message``, or ``Type`` alone for an exception with no message (never raises)."""
+    text = exception_text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def is_worker_crash(exc: BaseException) -> bool:

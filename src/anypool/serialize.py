@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import sharedmem
-from .errors import SerializationError, TaskError
+from .errors import SerializationError, TaskError, exception_text
 
 __all__ = ["dumps", "dumps_args", "dumps_callable", "dumps_initializer", "loads", "loads_args",
            "pack_exception", "unpack_exception"]
@@ -240,7 +240,7 @@ def pack_exception(exc: BaseException, skip_frames: int = 0) -> tuple[Any, ...]:
         pickle.loads(obj_bytes)
     except BaseException:
         obj = None
-    return (obj, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+    return (obj, f"{type(exc).__module__}.{type(exc).__qualname__}", exception_text(exc), text)
 
 
 class RemoteTraceback(Exception):

@@ -131,6 +131,19 @@ class TestErrors:
         notes = getattr(info.value, "__notes__", [])
         assert any("failed on" in n and "attempt 1 of 1" in n for n in notes), notes
 
+    def test_an_exception_whose_str_raises_fails_only_its_task(self, flavor: Flavor) -> None:
+        """Its ``__str__`` is user code: sending it back (a worker crashed), retrying and
+        recording it (the dispatcher raised) must not need it."""
+        with flavor.pool(retries=1, backoff=0, record=True) as pool:
+            fut = pool.submit(flavor.fn("raise_broken_str"))
+            with pytest.raises(tasks.BrokenStrError):
+                fut.result(30)
+            assert [a.error for a in fut.attempts] == ["BrokenStrError: <str() raised RuntimeError>"]
+            assert pool.submit(flavor.fn("square"), 3).result(30) == 9
+            assert pool.stats.crashed == 0
+        assert {r.error for r in pool.timeline() if r.outcome != "ok"} == {
+            "BrokenStrError: <str() raised RuntimeError>"}
+
     def test_map_raises_at_the_failing_position_after_earlier_results(self, flavor: Flavor) -> None:
         with flavor.pool() as pool:
             it = iter(pool.map(flavor.fn("fail_on"), range(10)))

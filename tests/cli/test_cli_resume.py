@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli_helpers import Cli, cli_argv, cli_env
+from cli_helpers import Cli, cli_argv, cli_env, wait_for
 from helpers import damage
 
 
@@ -28,13 +28,6 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         return []  # no tables yet
     finally:
         con.close()
-
-
-def wait_for(cond: object, seconds: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def gone(pids: list[int], seconds: float = 5.0) -> bool:

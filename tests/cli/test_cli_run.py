@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import sqlite3
@@ -64,6 +65,14 @@ class TestPlaceholders:
             "plain plain plain . plain 2 1",
         ]
 
+    def test_directory_is_dirnames_as_in_gnu_parallel(self, cli: Cli) -> None:
+        """Trailing and doubled slashes: each expected value is GNU parallel's {//} and dirname(1)'s."""
+        cases = {"dir/": ".", "a/b/": "a", "a//b": "a", "a/b//": "a", "/a/b.c/": "/a", "x/.": "x",
+                 "/": "/", "//": "/", "//a": "/", "/a": "/", "a": ".", "": ".", "a/b/c": "a/b",
+                 "///a//b///": "///a"}
+        r = cli("run", "-k", "-j", "1", "--no-shell", "printf", "<%s>\\n", "{//}", ":::", *cases)
+        assert out_lines(r) == [f"<{d}>" for d in cases.values()]
+
     def test_numbered_forms_pick_one_group(self, cli: Cli) -> None:
         r = cli("run", "echo {2/.} {1//} {1.}", ":::", "a/b.c", ":::", "x/y.z")
         assert out_lines(r) == ["y a a/b"]
@@ -80,6 +89,14 @@ class TestPlaceholders:
         r = cli("run", "--dry-run", "-k", "touch {}", ":::", "a", "b")
         assert out_lines(r) == ["touch a", "touch b"]
         assert not list(tmp_path.iterdir())
+
+    @pytest.mark.parametrize(("jobs", "more"), [("+1", 1), ("-1", -1), ("-100", -100), ("+0", 0)])
+    def test_jobs_relative_to_the_cpus(self, cli: Cli, jobs: str, more: int) -> None:
+        """As GNU parallel: the CPUs plus or minus N, at least 1 (+1 ran 1 job, -1 was a usage error)."""
+        slots = max(1, len(os.sched_getaffinity(0)) + more)
+        r = cli("run", "-j", jobs, "sleep 0.3; echo {%}", ":::", *map(str, range(slots + 2)))
+        assert r.returncode == 0, r.stderr
+        assert {int(s) for s in out_lines(r)} == set(range(1, slots + 1))
 
     def test_percent_jobs_is_accepted(self, cli: Cli) -> None:
         r = cli("run", "-j", "200%", "-k", "echo", ":::", "1", "2")
@@ -234,6 +251,39 @@ class TestOutput:
         assert proc.returncode == 128 + signal.SIGTERM
 
 
+def _with_closed(fds: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``anypool ARGS`` run by a shell with ``fds`` redirections (``>&-`` closes stdout)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", *cli_argv(*args)], capture_output=True,
+                          cwd=cwd, env=cli_env(), timeout=60)
+
+
+class TestClosedStreams:
+    """A closed stdout or stderr (``>&-``, ``2>&-``): the run goes on, as GNU parallel's,
+    and what would go there is dropped (it was an AttributeError, and no job ran)."""
+
+    def test_a_closed_stdout_drops_the_output_and_keeps_the_job_log_whole(self, tmp_path: Path) -> None:
+        r = _with_closed(">&-", "run", "--joblog", "log.db", "echo out {}; echo err {} >&2", ":::", "a", "b",
+                         cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stderr.splitlines()) == [b"err a", b"err b"]
+        con = sqlite3.connect(tmp_path / "log.db")  # not written over by the jobs' output
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert con.execute("SELECT count(*) FROM attempt WHERE outcome = 'ok'").fetchone() == (2,)
+        finally:
+            con.close()
+
+    def test_a_closed_stderr_keeps_stdout_and_the_exit_status(self, tmp_path: Path) -> None:
+        r = _with_closed("2>&-", "run", "echo out {}; echo err {} >&2; exit 3", ":::", "a", cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (1, b"out a\n")
+
+    @pytest.mark.parametrize("backend", ["thread", "process"])
+    def test_map_with_every_standard_stream_closed(self, tmp_path: Path, backend: str) -> None:
+        r = _with_closed("<&- >&- 2>&-", "map", "--backend", backend, "json:loads", ":::", "1", "x", "y",
+                         cwd=tmp_path)
+        assert r.returncode == 2  # the two calls that failed
+
+
 class TestExitStatus:
     def test_zero_when_all_succeed(self, cli: Cli) -> None:
         assert cli("run", "true", ":::", "1", "2").returncode == 0
@@ -278,6 +328,23 @@ class TestHalt:
         assert r.returncode == 7
         assert time.monotonic() - t0 < 10
         assert b"halting (--halt now,fail=1): job 1 failed" in r.stderr
+
+    def test_with_keep_order_a_failure_behind_a_long_job_halts_at_once(self, cli: Cli) -> None:
+        # counted as it ends, not when -k's order reaches it (GNU parallel too)
+        t0 = time.monotonic()
+        r = cli("run", "-k", "-j", "3", "--halt", "now,fail=1", "sleep {}; echo {}; exit 6",
+                ":::", "30", "0.2", "0.1")
+        assert time.monotonic() - t0 < 10
+        assert r.returncode == 6
+        assert b"halting (--halt now,fail=1): job 3 failed" in r.stderr
+
+    @pytest.mark.parametrize("when", ["now", "soon"])
+    @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGABRT])
+    def test_fail_1_after_a_job_killed_by_a_signal_returns_128_plus_n(self, cli: Cli, when: str,
+                                                                    sig: int) -> None:
+        r = cli("run", "--halt", f"{when},fail=1", f"kill -{int(sig)} $$; true {{}}", ":::", "a")
+        assert r.returncode == 128 + sig  # as GNU parallel (and a shell) say; it was 1
+        assert b"job 1 failed" in r.stderr
 
     def test_soon_waits_for_running_jobs_and_starts_no_new_one(self, cli: Cli) -> None:
         r = cli("run", "-j", "2", "--halt", "soon,fail=1", "sleep {}; echo {}; test {} != 0.1",

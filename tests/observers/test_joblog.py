@@ -121,11 +121,13 @@ class TestOddValues:
 
     def test_results_are_kept_as_utf8_json_whatever_they_hold(self) -> None:
         assert result_output("caf\u00e9") == '"café"'.encode()
-        assert result_output(os.fsdecode(b"\xff")) == b'"\xff"'  # a file name's byte, as it was
+        # a file name's byte: JSON's escape of its surrogate (a raw byte made the line not UTF-8)
+        assert result_output(os.fsdecode(b"\xff")) == b'"\\udcff"'
+        assert os.fsencode(json.loads(result_output(os.fsdecode(b"\xff")))) == b"\xff"
         assert result_output("\ud800") == b'"\\ud800"'  # UTF-8 has no lone surrogates
-        assert json.loads(result_output({(1, 2): 3})) == "{(1, 2): 3}"  # JSON has no tuple keys
-        assert json.loads(result_output(self.Unprintable())) == "<Unprintable>"
-        assert json.loads(args_json(self.Unprintable())) == "<Unprintable>"
+        assert json.loads(result_output({(1, 2): 3})) == {"(1, 2)": 3}  # JSON has no tuple keys
+        assert json.loads(result_output(self.Unprintable())) == "<Unprintable object: repr() failed>"
+        assert json.loads(args_json(self.Unprintable())) == "<Unprintable object: repr() failed>"
 
     def test_a_pool_records_every_attempt_whatever_its_value(self, tmp_path: Path) -> None:
         """Before, the first of these stopped the job log's observer: a result with an
@@ -379,6 +381,54 @@ class TestSeqSet:
         assert len(s) == 1_000_000
         assert 500_000 in s
         assert 0 not in s
+
+
+def _cycle() -> list[Any]:
+    a: list[Any] = [1]
+    a.append(a)
+    return a
+
+
+def _deep(n: int) -> list[Any]:
+    v: list[Any] = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class TestResultOutput:
+    """What a job log keeps of a Python result, and what ``anypool map`` prints: strict JSON."""
+
+    @pytest.mark.parametrize(("value", "expected"), [
+        ([1, "é", None, True, 1.5], [1, "é", None, True, 1.5]),
+        ({"k": float("nan"), "l": [float("inf"), -float("inf")]}, {"k": "nan", "l": ["inf", "-inf"]}),
+        ({(1, 2): "a", 3: "b", None: "c", True: "d", 2.5: "e"},
+         {"(1, 2)": "a", "3": "b", "null": "c", "true": "d", "2.5": "e"}),
+        ({1, 2}, "{1, 2}"),
+        (_cycle(), [1, "[...]"]),
+        ({"d": {"x": 1}}, {"d": {"x": 1}}),
+        (10**5000, hex(10**5000)),
+        ([10**5000, (1, 2)], [hex(10**5000), [1, 2]]),
+        (_BadRepr(), "<_BadRepr object: repr() failed>"),
+        ([_BadRepr(), float("nan")], ["<_BadRepr object: repr() failed>", "nan"]),
+        ("caf\udce9", "caf\udce9"),
+        (_deep(100_000), "<list object: repr() failed>"),
+    ], ids=["plain", "nan", "keys", "set", "cycle", "nested", "huge-int", "huge-int-inside", "bad-repr",
+            "bad-repr-inside", "surrogate", "too-deep"])
+    def test_what_json_cannot_hold_is_written_as_text(self, value: Any, expected: Any) -> None:
+        data = result_output(value)
+        text = data.decode("utf-8")  # valid UTF-8, lone surrogates escaped
+        assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == expected
+
+    def test_a_dict_met_again_inside_itself(self) -> None:
+        d: dict[str, Any] = {"a": 1}
+        d["self"] = d
+        assert json.loads(result_output(d)) == {"a": 1, "self": "{...}"}
 
 
 class TestPoolJoblog:

@@ -60,8 +60,31 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _open_closed_std_streams() -> None:
+    """Open /dev/null on stdin, stdout or stderr where the caller closed it (``>&-``, ``2>&-``).
+
+    As GNU parallel, the run then goes on and what would have gone there is
+    dropped.  Left closed, the descriptor would be the next one a file opens
+    on: the job log's database would then receive the jobs' output.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        new = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if new != fd:  # a lower descriptor was closed too, and took it (it is fixed in its turn)
+            os.dup2(new, fd)
+            os.close(new)
+        stream = open(fd, "r" if fd == 0 else "w", closefd=False,  # noqa: SIM115 - lives until exit
+                      errors="backslashreplace" if fd == 2 else "strict", buffering=1 if fd == 2 else -1)
+        setattr(sys, name, stream)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    _open_closed_std_streams()
     args = sys.argv[1:] if argv is None else argv
     parser = build_parser(args[0] if args and args[0] in COMMANDS else None)
     opts, extra = parser.parse_known_args(args)

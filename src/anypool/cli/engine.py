@@ -30,7 +30,13 @@ its tasks, ``kill_local`` kills the commands they run), the jobs that had finish
 printed and recorded as usual, the killed ones are recorded as ``killed``
 (not final: ``--resume`` runs them again), and the exit status is 128 plus
 the signal number (130 for Ctrl-C).  A closed stdout (``| head``) stops the
-run the same way, with status 141.
+run the same way, with status 141.  ``--halt now`` kills the same way.
+
+A Python call on a thread (``anypool map``) cannot be stopped at all: the
+run *abandons* it, as a thread backend abandons a call past its timeout.  It
+counts and is recorded as killed at once, and its thread runs on in the
+background until the process exits; what it returns is never shown.  So the
+run ends in well under a second however long such calls would take.
 
 A job log that fails (a full disk, a damaged file) stops the run as
 ``--halt now`` does: the running jobs are killed, the finished ones are
@@ -40,11 +46,10 @@ printed (no longer recorded: ``--resume`` runs them again), and then
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -52,6 +57,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import waiting
+from ..errors import PoolClosed, exception_line
 from ..observers.joblog import (
     JobLog,
     JobLogError,
@@ -67,11 +73,12 @@ from .inputs import InputError, Job
 from .output import Printer
 
 if TYPE_CHECKING:
+    from ..commands import CommandResult
     from ..events import TaskEvent
     from ..futures import Future
     from ..pool import Pool
 
-__all__ = ["Engine", "Interrupted", "Resumer"]
+__all__ = ["Engine", "Interrupted", "Resumer", "used_for_a_run"]
 
 DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be reported
 # Once the window is full and this thread had to wait for a job, it is woken
@@ -82,6 +89,24 @@ DRAIN_SECONDS = 10.0  # how long a stopping run waits for killed jobs to be repo
 # waking per job, 0.87x gathering.  A late print of a few ms is not seen.
 GATHER_SECONDS = 0.002
 READ_AHEAD = 256  # jobs the input thread may read ahead (bounds memory on endless input)
+
+
+@contextlib.contextmanager
+def used_for_a_run(pool: Pool) -> Iterator[Pool]:
+    """``with Pool(...)`` for a pool an :class:`Engine` runs jobs on.
+
+    ``Engine.run`` waits for the pool's work, or stops it, before it returns.
+    ``Pool.__exit__`` would then wait for the calls a stopped run abandoned
+    (Python calls on threads, which nothing can stop): here the pool is
+    closed without waiting.  An exception kills what it runs, as
+    ``Pool.__exit__`` does on Ctrl-C.
+    """
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True, kill=True)
+        raise
+    pool.shutdown(wait=False)
 
 
 class Interrupted(BaseException):
@@ -178,16 +203,27 @@ class _Reader:
 
 
 class _Entry:
-    __slots__ = ("done", "fut", "job")
+    __slots__ = ("abandoned", "done", "exc", "fut", "job", "outcome", "value")
 
     def __init__(self, job: Job, fut: Future[Any]) -> None:
         self.job = job
         self.fut = fut
-        self.done = False
+        self.done = False  # ended and counted (with -k: maybe waiting for its turn to be shown)
+        self.abandoned = False  # still running when the run stopped, and given up on (see _abandon)
+        # once done: the job-log outcome (None: cancelled before it started), and the
+        # result or the exception as the user sees it
+        self.outcome: str | None = None
+        self.value: Any = None
+        self.exc: BaseException | None = None
 
 
 class Engine:
     """Runs jobs through a pool (see the module docstring); subclasses say how to submit and show."""
+
+    # The pool can stop every job it runs (or kill_local can): after a kill each is
+    # reported within moments.  False where a job may be a Python call on a thread
+    # (anypool map): what the pool could not kill is abandoned at once.
+    kills_every_job = True
 
     def __init__(self, pool: Pool, printer: Printer, *, joblog: JobLog | None, halt: Halt,
                  keep_order: bool, window: int, total: int | None,
@@ -216,7 +252,8 @@ class Engine:
         self._want = 1
         self._wake = threading.Event()
         self._order: deque[_Entry] = deque()
-        self._open = 0
+        self._open: set[_Entry] = set()  # submitted, not yet handled
+        self._abandoned: set[int] = set()  # numbers of the jobs given up on (see _abandon)
         self._stopping = False
         self._output_closed = False  # stdout was closed (| head): the run is stopping
         self._log_failure: JobLogError | None = None  # the job log failed: nothing more is written
@@ -262,7 +299,8 @@ class Engine:
             try:
                 self._feed(jobs, skip)
                 self._drain(None)
-                self.pool.shutdown(wait=True)
+                # after --halt now, not for the calls it abandoned: they may run for ever
+                self.pool.shutdown(wait=not self._abandoned)
             finally:
                 for sig, h in handlers.items():
                     signal.signal(sig, h)
@@ -315,7 +353,7 @@ class Engine:
             fut = self.submit(job)
             self.started += 1
             entry = _Entry(job, fut)
-            self._open += 1
+            self._open.add(entry)
             if self.keep_order:
                 self._order.append(entry)
             fut.add_done_callback(functools.partial(self._on_done, entry))
@@ -352,7 +390,7 @@ class Engine:
     def _room(self) -> bool:
         """Wait until fewer than ``window`` jobs are open; False if the run is stopping."""
         done = self._done
-        while self._open >= self.window:
+        while len(self._open) >= self.window:
             waited = not done
             self._handle(self._next_done(None))
             if waited:
@@ -407,10 +445,9 @@ class Engine:
             self._wake.set()
 
     def _drain(self, deadline: float | None) -> None:
-        while self._open > 0:
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                return
+        while self._open:
+            # past the deadline, still every job already reported
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 entry = self._next_done(timeout)
             except queue.Empty:
@@ -419,47 +456,68 @@ class Engine:
         self.printer.flush()
 
     def _handle(self, entry: _Entry) -> None:
+        if entry.done:
+            return  # abandoned and handled, and its call has returned since
+        entry.done = True
+        self._count(entry)
         if not self.keep_order:
-            self._open -= 1
+            self._open.discard(entry)
             self._finish(entry)
             return
-        entry.done = True
         order = self._order
         while order and order[0].done:
-            self._open -= 1
-            self._finish(order.popleft())
+            first = order.popleft()
+            self._open.discard(first)
+            self._finish(first)
 
-    def _finish(self, entry: _Entry) -> None:
-        job, fut = entry.job, entry.fut
-        if fut.cancelled():
+    def _count(self, entry: _Entry) -> None:
+        """Take the outcome of a job that ended; count it and check ``--halt``.
+
+        As the job ends, not in ``-k``'s order: a failure behind a long job
+        halts the run at once, as GNU parallel's does.
+        """
+        fut = entry.fut
+        exc: BaseException | None
+        if entry.abandoned:
+            exc = PoolClosed("abandoned: the run stopped while it ran, and nothing could stop it "
+                             "(a call on a thread); what it returns is not shown")
+        elif fut.cancelled():
             return  # never started (--halt now, or stopping): --resume runs it
-        exc = fut.exception()
-        value = None if exc is not None else fut.result()
-        ok = exc is None
+        else:
+            exc = fut.exception()
+            entry.value = None if exc is not None else fut.result()
         if exc is not None:
-            exc = self.failure(job, exc)
-        outcome = outcome_of(exc, ok)
-        if outcome != "killed":
-            if self._output_closed:
-                return  # its output cannot be printed, so it is not done: --resume runs it again
-            self.show(job, value, exc)
-        if self.joblog is not None and not self.record_finals_in_observer:
-            self.printer.flush()  # the log must never call done a job whose output is not out
-            self._log(self._record(job, value, exc, ok, outcome, len(fut.attempts) + 1))
-        if self._log_failure is not None:
-            self._check_log()
+            exc = entry.exc = self.failure(entry.job, exc)
+        outcome = entry.outcome = outcome_of(exc, exc is None)
         if outcome == "killed":
             self.killed += 1
             return
-        if ok:
+        if exc is None:
             self.succeeded += 1
         else:
             self.failed += 1
             if self.halted_by is None:  # after a halt the status stays the triggering job's
-                cr = command_of(exc)
-                self.failing_code = cr.returncode if cr is not None and cr.returncode > 0 else None
+                # not a timeout's kill: a plain failure there, as before
+                self.failing_code = _shell_status(command_of(exc)) if outcome == "error" else None
         if self.halted_by is None and self.halt.reached(self.failed, self.succeeded, self._halt_total()):
-            self._halt(job)
+            self._halt(entry.job)
+
+    def _finish(self, entry: _Entry) -> None:
+        """Show a counted job's output, then record it."""
+        outcome = entry.outcome
+        if outcome is None:
+            return  # cancelled: nothing ran
+        job, value, exc = entry.job, entry.value, entry.exc
+        if outcome != "killed":
+            if self._output_closed:
+                return  # its output cannot be printed, so it is not done: --resume runs it again
+            self.show(job, value, exc)
+        # an abandoned call has no attempt for the observer to record: its thread runs on
+        if self.joblog is not None and (not self.record_finals_in_observer or entry.abandoned):
+            self.printer.flush()  # the log must never call done a job whose output is not out
+            self._log(self._record(job, value, exc, exc is None, outcome, len(entry.fut.attempts) + 1))
+        if self._log_failure is not None:
+            self._check_log()
 
     def _halt_total(self) -> int:
         return self.total if self.total is not None else self.started
@@ -473,10 +531,35 @@ class Engine:
         action = "killing the running jobs" if h.when == "now" else "waiting for the running jobs"
         self.printer.message(f"anypool: halting (--halt {h.when},{h.why}={count}): job {job.seq} {what}; "
                              f"{action}")
-        # jobs queued in the pool have not started: they are cancelled either way
-        self.pool.shutdown(wait=False, cancel_futures=True, kill=h.when == "now")
         if h.when == "now":
+            self._kill()
+        else:  # jobs queued in the pool have not started: they are cancelled
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _kill(self) -> None:
+        """Stop every running job and cancel the queued ones (a signal, ``--halt now``, a failed log)."""
+        if self.kills_every_job:
+            self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
             self.kill_local()
+            return
+        # waits until what the pool could kill is reported (KILL_SETTLE at most),
+        # and not at all where a call runs on a thread: nothing can stop that one
+        self.pool.shutdown(wait=True, cancel_futures=True, kill=True)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Give up on the jobs still running after a kill (see the module docstring).
+
+        Each is handed to this thread as if it had ended (killed), and what
+        its future brings later is ignored (``_handle``).
+        """
+        for entry in self._open:
+            if entry.abandoned or entry.fut.done():
+                continue
+            # before the future is done: the observer, told after, then skips its final attempt
+            self._abandoned.add(entry.job.seq)
+            entry.abandoned = True
+            self._done.append(entry)
 
     def _stop(self, signum: int) -> int:
         """Kill everything after a signal (or a closed stdout); report what ended; exit status."""
@@ -489,16 +572,16 @@ class Engine:
                 pass
         try:
             self._stopping = True
-            self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
-            self.kill_local()
             if signum == signal.SIGPIPE:
                 self._output_closed = True
-                _silence_stdout()
                 self.printer.discard()
+            self._kill()
             try:
                 self._drain(time.monotonic() + DRAIN_SECONDS)
+                self._abandon()  # not reported in time: may never be (a job in uninterruptible sleep)
+                self._drain(time.monotonic())
             except BrokenPipeError:
-                _silence_stdout()
+                self.printer.discard()
         finally:
             for sig, h in saved.items():
                 signal.signal(sig, h)
@@ -525,8 +608,7 @@ class Engine:
         self._log_stopped = True
         self._stopping = True
         self.printer.message("anypool: the job log failed; killing the running jobs")
-        self.pool.shutdown(wait=False, cancel_futures=True, kill=True)
-        self.kill_local()
+        self._kill()
 
     def _record(self, job: Job, value: Any, exc: BaseException | None, ok: bool, outcome: str,
                 attempt: int) -> JobRecord:
@@ -541,7 +623,7 @@ class Engine:
             started, runtime = time.time(), 0.0
             stdout = result_output(value) if ok and self.joblog is not None and self.joblog.results else None
             stderr = None
-        error = "" if ok else _describe(exc)
+        error = "" if ok or exc is None else exception_line(exc)
         return JobRecord(job.seq, attempt + self.attempt_base.get(job.seq, 0), job.args_json,
                          self.command_text(job, value, exc), started, runtime, exitcode, sig, outcome,
                          outcome != "killed", error, f"slot-{job.slot}" if job.slot else "", stdout, stderr)
@@ -551,7 +633,7 @@ class Engine:
         if event.kind != "finished" or (event.final and not self.record_finals_in_observer):
             return
         job = _job_in(event)
-        if job is None or self.joblog is None:
+        if job is None or self.joblog is None or job.seq in self._abandoned:
             return
         results = event.results or ()
         value = results[0] if results else None
@@ -570,6 +652,13 @@ class Engine:
             command=self.command_text(job, value if ok else None, None if ok else value)))
 
 
+def _shell_status(cr: CommandResult | None) -> int | None:
+    """A failed command's exit status as a shell (and GNU parallel) says it: 128 + N for signal N."""
+    if cr is None or cr.returncode == 0:
+        return None
+    return cr.returncode if cr.returncode > 0 else 128 - cr.returncode
+
+
 def _job_in(event: TaskEvent) -> Job | None:
     if not event.items:
         return None
@@ -579,20 +668,3 @@ def _job_in(event: TaskEvent) -> Job | None:
         if isinstance(a, Job):
             return a
     return None
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null so the interpreter's last flush cannot fail again."""
-    try:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, sys.stdout.fileno())
-        os.close(fd)
-    except (OSError, ValueError):
-        pass

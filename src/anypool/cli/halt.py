@@ -14,8 +14,9 @@ are GNU parallel's old spellings of never, ``soon,fail=1``, ``now,fail=1``,
 
 Exit status: 0 when every job succeeded; 1-100 the number of failed jobs;
 101 when more than 100 failed.  After a ``fail=1`` halt it is the failing
-job's own exit status, after ``fail=N%`` the percentage that failed, after a
-``success`` halt 0.  A killed job (``--halt now``, Ctrl-C) is not a failure.
+job's own exit status (128 + N for a job killed by signal N), after
+``fail=N%`` the percentage that failed, after a ``success`` halt 0.  A
+killed job (``--halt now``, Ctrl-C) is not a failure.
 """
 
 from __future__ import annotations

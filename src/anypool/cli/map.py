@@ -6,18 +6,17 @@ import argparse
 import importlib
 import inspect
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from ..backends.base import default_workers
-from ..errors import AnypoolError, TaskTimeout
-from ..observers.joblog import JobLog, JobLogError, utf8
+from ..errors import AnypoolError, TaskTimeout, exception_text
+from ..observers.joblog import JobLog, JobLogError, result_output
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
-from .engine import Engine
+from .engine import Engine, used_for_a_run
 from .inputs import InputError, Job, jobs, parse_sources, total_jobs
 from .options import add_common, check_common
 from .output import Printer
@@ -40,7 +39,10 @@ string; --json-args parses each one as JSON first.  Coroutine functions run
 on the async backend under --backend auto.
 
 Values JSON cannot hold are printed as their repr() string (NaN and the
-infinities too: "nan", "inf", "-inf"), so every line is strict JSON.  With --joblog
+infinities too: "nan", "inf", "-inf"; dict keys other than strings, numbers,
+booleans and null; a list inside itself as "[...]"), an int too long for
+str() in hexadecimal, so every line is strict JSON, in UTF-8.  What FUNCTION
+itself writes to stdout (print, programs it starts) goes to stderr.  With --joblog
 every call is recorded as it ends (with --results, its JSON result too);
 anypool map has no --resume.
 """
@@ -131,26 +133,10 @@ async def _acall(fn: Callable[..., Any], job: Job) -> Any:
     return await fn(*job.values)
 
 
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=repr, allow_nan=False)
-    except ValueError:  # NaN or an infinity somewhere: Python's NaN/Infinity tokens are not JSON
-        return json.dumps(_finite(value), ensure_ascii=False, default=repr, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with each NaN or infinite float made its ``repr()``, as other values JSON cannot hold."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, dict):
-        return {_finite(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 class MapEngine(Engine):
     """Runs function calls (see :class:`~anypool.cli.engine.Engine`)."""
+
+    kills_every_job = False  # a call on a thread runs on: it is abandoned
 
     def __init__(self, pool: Pool, printer: Printer, fn: Callable[..., Any], spec: str, tag: bool,
                  **kw: Any) -> None:
@@ -165,12 +151,13 @@ class MapEngine(Engine):
 
     def show(self, job: Job, value: Any, exc: BaseException | None) -> None:
         if exc is not None:
-            line = _json({"error": type(exc).__name__, "message": str(exc), "input": list(job.values)})
+            line = result_output({"error": type(exc).__name__, "message": exception_text(exc),
+                               "input": list(job.values)})
         elif self.tag:
-            line = _json({"input": list(job.values), "result": value})
+            line = result_output({"input": list(job.values), "result": value})
         else:
-            line = _json(value)
-        self.printer.write(utf8(line) + b"\n")
+            line = result_output(value)
+        self.printer.write(line + b"\n")
 
     def command_text(self, job: Job, value: Any, exc: BaseException | None) -> str:
         return self.spec
@@ -181,6 +168,27 @@ class MapEngine(Engine):
             named.__cause__ = exc.__cause__
             return named
         return exc
+
+
+def _results_stream() -> IO[bytes]:
+    """Keep stdout for the results: whatever else this process writes there goes to stderr.
+
+    The function's own output (``print``, ``os.write(1, ...)``, programs it
+    starts) would land between the JSON lines.  So descriptor 1 becomes a
+    copy of stderr, for the rest of the process, and for the worker
+    processes started after this, which inherit it; the results go to the
+    original stdout, on a descriptor of their own, which is returned.
+
+    Raises:
+        OSError: a descriptor could not be duplicated.
+    """
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # now stderr: printed as it comes, as stderr is
+        reconfigure(line_buffering=True)
+    return open(fd, "wb")
 
 
 def _parsed(stream: Iterator[Job]) -> Iterator[Job]:
@@ -219,11 +227,11 @@ def main(opts: argparse.Namespace) -> int:
             joblog.begin_run({"function": opts.function, "sources": [s.describe() for s in sources]},
                              argv=sys.argv)
         bar = opts.bar if opts.bar is not None else progress_visible()
-        printer = Printer(bar=bar)
+        printer = Printer(bar=bar, stdout=_results_stream())
         pool_opts: dict[str, Any] = {"retries": opts.retries, "backoff": 0.0, "timeout": opts.timeout}
         if opts.address:
             pool_opts["address"] = opts.address
-        with Pool(opts.backend, workers, **pool_opts) as pool:
+        with used_for_a_run(Pool(opts.backend, workers, **pool_opts)) as pool:
             engine = MapEngine(pool, printer, fn, opts.function, opts.tag, joblog=joblog, halt=opts.halt,
                                keep_order=not opts.unordered,
                                window=4 * (workers or default_workers()) + 64, total=total_jobs(sources),

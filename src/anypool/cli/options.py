@@ -13,7 +13,18 @@ __all__ = ["add_common", "jobs_count", "nonnegative_int", "positive_seconds"]
 
 
 def jobs_count(text: str) -> int:
-    """``-j``: a number of jobs, or a percentage of the CPUs (``200%``)."""
+    """``-j``: a number of jobs, a percentage of the CPUs (``200%``), or the CPUs plus or minus N.
+
+    As GNU parallel: ``+2`` is two more than the CPUs, ``-1`` one fewer, and
+    at least 1.
+
+    Raises:
+        argparse.ArgumentTypeError: none of these forms, or under 1 job.
+    """
+    m = re.fullmatch(r"([+-])(\d+)", text.strip())
+    if m:
+        n = int(m.group(2))
+        return max(1, default_workers() + (n if m.group(1) == "+" else -n))
     m = re.fullmatch(r"(\d+(?:\.\d+)?)%", text.strip())
     if m:
         pct = float(m.group(1))
@@ -24,7 +35,8 @@ def jobs_count(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid -j value {text!r}: give a number of jobs (4) or a percentage of the CPUs (200%)"
+            f"invalid -j value {text!r}: give a number of jobs (4), a percentage of the CPUs (200%), "
+            "or the CPUs plus or minus a number (+2, -1)"
         ) from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"invalid -j value {text!r}: at least 1 job must run at a time")
@@ -64,7 +76,8 @@ def add_common(p: argparse.ArgumentParser, *, default_backend: str, resume: bool
     """The options both subcommands take (``resume``: with ``--resume`` and ``--resume-failed``)."""
     g = p.add_argument_group("running")
     g.add_argument("-j", "--jobs", type=jobs_count, metavar="N", default=None,
-                   help="run N jobs at a time, or N%% of the CPUs (200%%); default: one per CPU")
+                   help="run N jobs at a time, N%% of the CPUs (200%%), or the CPUs plus or minus N "
+                        "(+2, -1); default: one per CPU")
     g.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                    help="stop a job that runs longer (for commands: its whole process group, "
                         "SIGTERM then SIGKILL) and count it failed")
@@ -83,6 +96,10 @@ def add_common(p: argparse.ArgumentParser, *, default_backend: str, resume: bool
                    help="read arguments from FILE, one a line ('-' for stdin); same as :::: FILE")
     i.add_argument("-0", "--null", action="store_true",
                    help="input items are separated by NUL bytes, not newlines (find -print0)")
+    # An option named like a negative number (-0) makes argparse take every
+    # such word for an option: `-j -1` was "expected one argument".  -0 itself
+    # is still found, by its exact name.
+    p._has_negative_number_optionals.clear()
     o = p.add_argument_group("output and logging")
     o.add_argument("--joblog", metavar="FILE",
                    help="record every attempt in the SQLite job log FILE (see anypool joblog)")

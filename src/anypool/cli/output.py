@@ -119,9 +119,18 @@ class Printer:
             self.out.flush()
 
     def discard(self) -> None:
-        """Send whatever comes next on stdout to /dev/null (it was closed: the run is stopping)."""
+        """Send whatever comes next on stdout to /dev/null (it was closed: the run is stopping).
+
+        /dev/null takes the stream's descriptor, so what its buffer still
+        holds is flushed there too, not met again at exit as a closed pipe.
+        """
         with self._lock:
-            self.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
+            try:
+                fd = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(fd, self.out.fileno())
+                os.close(fd)
+            except (OSError, ValueError):  # no descriptor of its own
+                self.out = open(os.devnull, "wb")  # noqa: SIM115 - lives until exit
             self.broken = False
 
     def line(self, args: tuple[Any, ...], stream: int, data: bytes) -> None:

@@ -13,7 +13,7 @@ from ..errors import AnypoolError
 from ..observers.joblog import JobLog, JobLogError, command_of
 from ..observers.progress import visible as progress_visible
 from ..pool import Pool
-from .engine import Engine, Resumer
+from .engine import Engine, Resumer, used_for_a_run
 from .inputs import InputError, Job, jobs, parse_sources, total_jobs
 from .options import add_common, check_common
 from .output import Printer
@@ -69,7 +69,8 @@ job log and resuming:
 
 exit status:
   0 all jobs succeeded; 1-100 that many jobs failed; 101 more than 100 failed;
-  after --halt ...,fail=1 the failing job's status; 2 usage error; 255 other
+  after --halt ...,fail=1 the failing job's status (128+N if signal N killed
+  it); 2 usage error; 255 other
   error (unreadable input, unusable job log); 130 Ctrl-C (128+N for signal N).
 """
 
@@ -237,7 +238,7 @@ def _execute(opts: argparse.Namespace, template: Template, stream: Any, sources:
     if opts.address:
         pool_opts["address"] = opts.address
     total = total_jobs(sources)
-    with Pool(opts.backend, workers, **pool_opts) as pool:
+    with used_for_a_run(Pool(opts.backend, workers, **pool_opts)) as pool:
         engine = RunEngine(pool, printer, template, opts, joblog=joblog, halt=opts.halt,
                            keep_order=opts.keep_order, window=4 * workers + 16, total=total,
                            read_ahead=sources[0].may_block())

@@ -5,7 +5,7 @@ Replacement strings (``N`` is a source's number, from 1)::
     {}   {N}     the argument (with several sources, ``{}`` is all of them)
     {.}  {N.}    without its extension          dir/file.tar.gz -> dir/file.tar
     {/}  {N/}    its base name                  dir/file.tar.gz -> file.tar.gz
-    {//} {N//}   its directory                  dir/file.tar.gz -> dir   (file -> .)
+    {//} {N//}   its directory, as dirname(1)   dir/file.tar.gz -> dir   (file, dir/ -> .)
     {/.} {N/.}   base name without extension    dir/file.tar.gz -> file.tar
     {#}          the job number (from 1)
     {%}          the job slot (from 1 to -j)
@@ -60,9 +60,13 @@ def _transform(value: str, how: str) -> str:
     if how == "/":
         return base
     if how == "//":
-        if slash < 0:
-            return "."
-        return value[:slash] or "/"
+        # as dirname(1) and GNU parallel: trailing slashes are not a component's end
+        # (dir/ -> .), doubled ones one separator (a//b -> a)
+        path = value.rstrip("/")
+        if not path:
+            return "/" if value else "."
+        cut = path.rfind("/")
+        return "." if cut < 0 else path[:cut].rstrip("/") or "/"
     dot = base.rfind(".")
     stem = base[:dot] if dot > 0 else base
     if how == ".":

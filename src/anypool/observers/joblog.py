@@ -42,6 +42,7 @@ one's pid.  Readers never wait for it.  A database error once the log is open
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import threading
 import time
@@ -720,27 +721,89 @@ def args_json(item: Any, limit: int = 2000) -> str:
 
 
 def result_output(value: Any) -> bytes:
-    """A Python task's result as the job log keeps it for ``results=True``: UTF-8 JSON; never raises."""
-    return utf8(_json(value, ascii_only=False))
+    """A Python result as strict JSON in UTF-8; never raises.
+
+    What the job log keeps for ``results=True``, and what ``anypool map``
+    prints.  Lone surrogates (a file name's undecodable bytes, kept by
+    ``surrogateescape``; UTF-8 has no form for them) are written as JSON's
+    ``\\udcXX`` escapes, from which ``json.loads`` and ``os.fsencode`` give
+    the bytes back.  For the rest, see :func:`_json`.
+    """
+    text = _json(value, ascii_only=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # lone surrogates: only ever inside JSON strings, so escaped there
+        import re
+
+        return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
 def _json(value: Any, *, ascii_only: bool) -> str:
-    """``value`` as JSON text, whatever it holds: what JSON has no form for becomes its ``repr()``.
+    """``value`` as strict JSON text, whatever it holds; never raises.
 
-    A value JSON refuses as a whole (a dict with tuple keys, a cycle) is
-    stored as its ``repr()``, and one whose ``repr()`` raises as its type's
-    name: a job log row must never fail on the value it describes.
+    What JSON cannot hold becomes its ``repr()`` string: objects of other
+    types, NaN and the infinities (``"nan"``, ``"inf"``, ``"-inf"``: Python's
+    ``NaN`` tokens are not JSON), dict keys other than strings, numbers,
+    booleans and None (those become text, as ``json`` makes them), and a
+    list or dict met again inside itself (``"[...]"``, ``"{...}"``, as
+    ``repr()`` writes it).  An int too long for ``str()`` (over 4300 digits)
+    is written in hexadecimal (``"0x..."``); a value whose ``repr()`` raises,
+    or nested too deep, as ``"<TYPE object: repr() failed>"``.
     """
     import json
 
     try:
-        return json.dumps(value, ensure_ascii=ascii_only, default=repr)
-    except Exception:  # default=repr runs the value's own code: anything may escape
+        return json.dumps(value, ensure_ascii=ascii_only, default=_repr, allow_nan=False)
+    except Exception:  # NaN, a key JSON cannot take, a cycle, a huge int, too deep...
         pass
     try:
-        return json.dumps(repr(value), ensure_ascii=ascii_only)
-    except Exception:
-        return json.dumps(f"<{type(value).__name__}>")
+        return json.dumps(_plain(value, set()), ensure_ascii=ascii_only, allow_nan=False)
+    except Exception:  # nested too deep (RecursionError)
+        return json.dumps(_repr(value), ensure_ascii=ascii_only)
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # the value's own code: anything may escape
+        return f"<{type(value).__name__} object: repr() failed>"
+
+
+def _plain(value: Any, path: set[int]) -> Any:
+    """``value`` made of what JSON holds (see :func:`_json`); ``path``: the containers it is in."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(float(value))
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            return hex(value)
+        return value
+    if not isinstance(value, (list, tuple, dict)):
+        return _repr(value)
+    if id(value) in path:
+        return "{...}" if isinstance(value, dict) else "[...]"
+    path.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_key(k, path): _plain(v, path) for k, v in value.items()}
+        return [_plain(v, path) for v in value]
+    finally:
+        path.discard(id(value))
+
+
+def _key(key: Any, path: set[int]) -> str:
+    """A dict key as JSON writes one: numbers, booleans and None as their JSON text; others as repr()."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        import json
+
+        plain = _plain(key, path)
+        return plain if isinstance(plain, str) else json.dumps(plain)
+    return _repr(key)
 
 
 def _retrying(value: Any) -> bool:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..errors import exception_line
 from ..events import TaskEvent
 
 if TYPE_CHECKING:
@@ -161,11 +162,7 @@ def describe_error(exc: BaseException | None, limit: int = 300) -> str:
     """``Type: message``, bounded; never raises (an exception's own ``__str__`` may)."""
     if exc is None:
         return ""
-    try:
-        msg = str(exc)
-    except Exception as err:  # a user's __str__ that fails must not cost the row (or its observer)
-        msg = f"<str() raised {type(err).__name__}>"
-    return _short(f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__, limit)
+    return _short(exception_line(exc), limit)
 
 
 class Recorder:
