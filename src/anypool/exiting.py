@@ -77,20 +77,33 @@ def _at_exit() -> None:
     draining = [life for life in lives if life.draining]
     for life in lives:
         if life not in draining:
-            try:
-                life.kill_at_exit()
-            except Exception:
-                log.exception("anypool: failed to stop a pool at exit")
+            _kill(life)
     try:
         for life in draining:
             life.wait_closed()
     except KeyboardInterrupt:
         # Ctrl-C while the last work finishes: stop it rather than wait on
         for life in draining:
-            try:
-                life.kill_at_exit()
-            except Exception:
-                log.exception("anypool: failed to stop a pool at exit")
+            _kill(life)
+
+
+def _kill(life: Life) -> None:
+    # The kill holds Ctrl-C back (anypool.interrupts) and delivers it after,
+    # and one may land just before it does: the program is exiting anyway, so
+    # the interrupt is dropped and the kill done again until the pool is
+    # closed.  Left undone, multiprocessing's hook, next, would wait for the
+    # workers for ever.
+    while True:
+        try:
+            life.kill_at_exit()
+            return
+        except KeyboardInterrupt:
+            with _lock:
+                if life not in _live:  # closed: the interrupt came after the kill
+                    return
+        except Exception:
+            log.exception("anypool: failed to stop a pool at exit")
+            return
 
 
 atexit.register(_at_exit)

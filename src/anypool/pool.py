@@ -39,6 +39,7 @@ from .dispatch import Dispatch
 from .errors import PoolClosed
 from .events import Observer
 from .futures import Future
+from .interrupts import HeldInterrupts
 from .mapping import MapIterator, MapRun, source_of
 from .stats import PoolStats, StatsCollector
 from .tasks import CALL, Task, TaskOptions
@@ -119,18 +120,21 @@ class _Life:
                 cancel()
         if kill:
             self.draining = False
-            self.backend.shutdown(wait=False, kill=True)
-            # The killed tasks are reported a moment later (a worker's death
-            # is noticed, a job's group gets its grace): the job log and the
-            # bar close after that, or those attempts would be missing from
-            # them.  Not where tasks cannot be killed (threads run on).
-            if wait or sys.is_finalizing():
-                if self.backend.kills_running():
-                    dispatch.wait_idle(KILL_SETTLE)
-                self._finish_closing()
-            else:
-                threading.Thread(target=self._close_when_killed, name="anypool-shutdown",
-                                 daemon=True).start()
+            # Ctrl-C pressed again must not stop the kill half way (workers
+            # left running, which multiprocessing's exit hook would wait for)
+            with HeldInterrupts():
+                self.backend.shutdown(wait=False, kill=True)
+                # The killed tasks are reported a moment later (a worker's death
+                # is noticed, a job's group gets its grace): the job log and the
+                # bar close after that, or those attempts would be missing from
+                # them.  Not where tasks cannot be killed (threads run on).
+                if wait or sys.is_finalizing():
+                    if self.backend.kills_running():
+                        dispatch.wait_idle(KILL_SETTLE)
+                    self._finish_closing()
+                else:
+                    threading.Thread(target=self._close_when_killed, name="anypool-shutdown",
+                                     daemon=True).start()
             return
         if wait:
             try:

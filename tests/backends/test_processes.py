@@ -594,6 +594,61 @@ def test_a_signal_stops_the_program_and_every_worker_promptly(sig: int, code: in
         _kill_session(proc)
 
 
+LEAVING_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import anypool, tasks
+with anypool.Pool("process", 2) as pool:
+    futs = [pool.submit(tasks.sleep, 60) for _ in range(2)]
+    while not all(f.running() for f in futs):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    print("ready", flush=True)
+"""
+
+
+@pytest.mark.parametrize("presses", [2, 3])
+def test_ctrl_c_pressed_again_while_the_with_block_kills_its_workers(presses: int) -> None:
+    """Ctrl-C two or three times, ms apart, as the ``with`` waits for running tasks.
+
+    The second used to land inside the kill (while it imported psutil) and
+    stop it before any worker was killed: the program exited 1 with a chain
+    of tracebacks, and with a third press the exit hook's own kill was cut
+    short too, and multiprocessing's hook then waited for the workers for ever.
+    """
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(4):  # each press lands somewhere else in the kill
+        proc = subprocess.Popen([sys.executable, "-c", LEAVING_SCRIPT.format(tests=tests_dir)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        tree: list[psutil.Process] = []
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            for i in range(presses):  # a terminal's Ctrl-C: to the whole foreground group
+                if i:
+                    time.sleep(0.002)
+                os.killpg(proc.pid, signal.SIGINT)
+            _, err = proc.communicate(timeout=10)
+            assert proc.returncode == -signal.SIGINT, err
+            # The first press's traceback, not a chain through the kill.  A later
+            # press may land in Python's own exit (printing that traceback, its
+            # atexit hooks) and add a line or a traceback of its own; the pool's
+            # code must be in none of them.
+            assert "During handling" not in err, err
+            assert "anypool" not in err.partition("\nKeyboardInterrupt")[2], err
+            left = _wait_gone(tree, 5)
+            assert left == [], [p.pid for p in left]
+        finally:
+            _kill_session(proc)
+            for p in tree:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+
+
 def test_workers_exit_by_themselves_when_their_program_is_sigkilled() -> None:
     proc, tree = _start_script()
     try:
