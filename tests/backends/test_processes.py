@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -747,3 +748,19 @@ def test_a_broken_manager_thread_says_what_failed() -> None:
     out = subprocess.run(python(code), capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("the process pool's manager thread failed, starting a worker process: "
                                  "ChildProcessError: "), (out.stdout, out.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_a_second_shutdown_writes_nothing_into_a_file_that_took_the_wake_pipes_number(tmp_path: Path) -> None:
+    """After the manager closed its wake-up pipe, its descriptor numbers go to the next files opened."""
+    pool = anypool.Pool("process", 1)
+    assert pool.submit(tasks.square, 3).result(30) == 9
+    pool.shutdown()
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(8)]  # noqa: SIM115 - the numbers, held
+    try:
+        pool.shutdown(kill=True)  # it woke the ended manager through the old number
+        pool.shutdown(wait=False)
+    finally:
+        for f in files:
+            f.close()
+    assert [(tmp_path / f"f{i}").read_bytes() for i in range(8)] == [b""] * 8

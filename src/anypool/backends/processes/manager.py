@@ -181,6 +181,9 @@ class Manager:
         self.free_slots = list(range(2 * self.n - 1, -1, -1))
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
+        # wake() against _close(): a write to the closed pipe's number, once the
+        # system has given it to another file, would write into that file
+        self.wake_lock = threading.Lock()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
@@ -207,10 +210,13 @@ class Manager:
     def wake(self) -> None:
         if not self.wake_pending:
             self.wake_pending = True
-            try:
-                os.write(self.wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass
+            with self.wake_lock:  # once a burst: the manager clears wake_pending as it reads
+                if self.wake_w < 0:
+                    return  # closed: the manager has ended
+                try:
+                    os.write(self.wake_w, b"x")
+                except (BlockingIOError, OSError):
+                    pass
 
     def stop(self) -> None:
         """Graceful: workers finish what they hold and exit."""
@@ -1026,7 +1032,9 @@ class Manager:
             self.selector.close()
         finally:
             os.close(self.wake_r)
-            os.close(self.wake_w)
+            with self.wake_lock:
+                os.close(self.wake_w)
+                self.wake_w = -1
 
 
 def _doing(exc: BaseException) -> str:
