@@ -407,6 +407,59 @@ class TestErrors:
             anypool.Pool("dask", address="tcp://127.0.0.1:9", connect_timeout=1)
         assert _io_loops() <= before, "the failed Dask client left its event loop running"
 
+    @pytest.mark.timeout(30)
+    def test_a_port_that_accepts_and_never_answers_is_a_connection_error_on_time(self) -> None:
+        """Before, Dask waited for the scheduler's handshake without limit: connect_timeout=1 hung for ever.
+
+        A listening socket nobody accepts from completes the TCP handshake
+        and never speaks, as a dashboard's port or a firewall's does.
+        """
+        before = _io_loops()
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            address = "tcp://127.0.0.1:%d" % silent.getsockname()[1]
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionError, match=r"no answer in 2 s\. Is this the scheduler's port"):
+                anypool.Pool("dask", address=address, connect_timeout=1)
+            assert time.monotonic() - t0 < 5
+        assert _io_loops() <= before, "the failed Dask client left its event loop running"
+
+    @pytest.mark.timeout(30)
+    def test_a_server_that_answers_otherwise_is_a_connection_error(self) -> None:
+        """Before, Dask read the server's reply as a frame length and the pool raised MemoryError (3 EiB).
+
+        The server answers at once, before reading, as some HTTP servers and
+        proxies do to a request they cannot parse.
+        """
+        import socketserver
+
+        class Answer(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                while self.request.recv(4096):
+                    pass
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Answer)
+        server.daemon_threads = True
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        before = _io_loops()
+        try:
+            address = "tcp://127.0.0.1:%d" % server.server_address[1]
+            with pytest.raises(ConnectionError, match=r"what answers there is not a Dask scheduler") as info:
+                anypool.Pool("dask", address=address, connect_timeout=2)
+            assert repr(address) in str(info.value)
+        finally:
+            server.shutdown()
+            server.server_close()
+            serving.join(5)
+        assert _io_loops() <= before, "the failed Dask client left its event loop running"
+
+    def test_a_malformed_address_is_a_value_error(self) -> None:
+        with pytest.raises(ValueError, match="missing port number"):
+            anypool.Pool("dask", address="tcp://127.0.0.1", connect_timeout=1)
+
     def test_options_dask_cannot_honour_are_refused(self) -> None:
         with pytest.raises(TypeError, match=r"unknown option.*'dask': secrity"):
             anypool.Pool("dask", address="tcp://127.0.0.1:9", secrity=None)
