@@ -10,6 +10,7 @@ reaches the scheduler, per-worker state, loopback-only sockets, the errors.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -258,13 +259,19 @@ class TestShutdown:
         assert all(f.cancelled() for f in queued)
 
     @pytest.mark.timeout(90)
-    def test_a_lost_scheduler_fails_the_running_tasks_then_breaks_the_pool(self, tmp_path: Path) -> None:
+    def test_a_lost_scheduler_fails_the_running_tasks_then_breaks_the_pool(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Before, the pool also warned, with a traceback, that it could not install itself on a new
+        scheduler: there was none, the client had given up and showed no scheduler id."""
         loops_before = _io_loops()
         cluster = DaskCluster(tmp_path, nworkers=1, nthreads=1)
         try:
             pool = anypool.Pool("dask", address=cluster.address, connect_timeout=2)
             running = pool.submit(tasks.sleep, 30, "never")
+            queued = [pool.submit(tasks.sleep, 0.3, i) for i in range(20)]
             time.sleep(0.5)
+            caplog.set_level(logging.INFO, logger="anypool")
             os.kill(cluster.scheduler.pid, signal.SIGKILL)
             with pytest.raises(anypool.WorkerCrashed, match="lost the connection to the scheduler"):
                 running.result(30)
@@ -273,12 +280,15 @@ class TestShutdown:
                 while time.monotonic() < deadline:
                     pool.submit(tasks.square, 2).exception(30)
                     time.sleep(0.2)
+            assert all(f.exception(30) is not None for f in queued)
             t = time.monotonic()
             pool.shutdown()
             assert time.monotonic() - t < 5
         finally:
             cluster.stop()
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
+        assert not [r.getMessage() for r in caplog.records
+                    if r.name == "anypool" and "new Dask scheduler" in r.getMessage()]
 
     @pytest.mark.timeout(120)
     def test_after_a_scheduler_restart_the_pool_sets_up_the_new_workers_and_goes_on(

@@ -177,7 +177,9 @@ class DaskBackend(Backend):
         TypeError: an unknown backend option, or ``address`` is not a string.
         ValueError: an option Dask cannot honour (``max_tasks_per_worker``,
             ``max_memory_per_worker``, ``start_method``).
-        ConnectionError: the scheduler at ``address`` could not be reached.
+        ConnectionError: the scheduler at ``address`` could not be reached, or
+            what answers there is not a Dask scheduler.
+        ValueError: ``address`` is malformed (no port, say).
         MainNotGuarded: a local cluster was asked for while this process is
             a worker process importing the main module (the missing
             ``if __name__ == "__main__":`` guard).
@@ -331,8 +333,14 @@ class DaskBackend(Backend):
         self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
 
     def _reinstall_if_new(self, info: Any) -> None:
-        """Install the pool again if ``info`` describes another scheduler than the one it is on."""
-        if str(info.get("id")) == self._scheduler_id:
+        """Install the pool again if ``info`` describes another scheduler than the one it is on.
+
+        Nothing to do while the client is not connected: reconnecting, it
+        still shows the old scheduler; closed (it gave up), it shows none,
+        and :meth:`_check_cluster` reports the loss.
+        """
+        ident = info.get("id")
+        if ident is None or str(ident) == self._scheduler_id or self._client.status != "running":
             return
         log.info("anypool: a new Dask scheduler at %s: installing the pool's worker setup there again",
                  self._where())
