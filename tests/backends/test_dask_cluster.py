@@ -428,7 +428,7 @@ class TestErrors:
         with socket.socket() as silent:
             silent.bind(("127.0.0.1", 0))
             silent.listen(8)
-            address = "tcp://127.0.0.1:%d" % silent.getsockname()[1]
+            address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
             t0 = time.monotonic()
             with pytest.raises(ConnectionError, match=r"no answer in 2 s\. Is this the scheduler's port"):
                 anypool.Pool("dask", address=address, connect_timeout=1)
@@ -456,7 +456,7 @@ class TestErrors:
         serving.start()
         before = _io_loops()
         try:
-            address = "tcp://127.0.0.1:%d" % server.server_address[1]
+            address = f"tcp://127.0.0.1:{server.server_address[1]}"
             with pytest.raises(ConnectionError, match=r"what answers there is not a Dask scheduler") as info:
                 anypool.Pool("dask", address=address, connect_timeout=2)
             assert repr(address) in str(info.value)
