@@ -635,7 +635,7 @@ class DaskBackend(Backend):
         if rec is None:
             return  # it finished first
         task = rec.task
-        exc = TaskTimeout(task.options.timeout or 0.0, task.label())
+        exc = TaskTimeout(task.options.timeout or 0.0, task.label(), stopped=False)
         add_note(exc, "anypool: a Dask worker cannot stop a running task: it runs on in its worker "
                    "thread until it returns, and its result is discarded")
         rec.future.cancel()
