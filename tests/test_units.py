@@ -174,6 +174,7 @@ class TestErrors:
         [
             anypool.TaskError("ValueError", "boom", "Traceback ..."),
             anypool.TaskTimeout(2.5, "#3 f"),
+            anypool.TaskTimeout(2.5, "#3 f", stopped=False),
             anypool.WorkerCrashed("worker died", -11, 42),
             anypool.SerializationError("argument 0 cannot be sent"),
             anypool.PoolClosed("closed"),
@@ -186,6 +187,7 @@ class TestErrors:
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err)
         assert str(back) == str(err)
+        assert vars(back) == vars(err)
 
     def test_errors_extend_what_stdlib_users_already_catch(self) -> None:
         from concurrent.futures.process import BrokenProcessPool

@@ -579,7 +579,7 @@ class _Probe(_ProbeBase):
         self._decide_now()
         self._task_over()  # an abandoned call no longer takes a worker's share, as on threads
         dispatch = self.router.dispatch
-        exc = TaskTimeout(timeout, task.label())
+        exc = TaskTimeout(timeout, task.label(), stopped=False)  # the call runs on in its thread
         dispatch.finish(task.head(i + 1), [*done, Failure(exc, "timeout")], started, time.time(), ws,
                         [*bad, i])
         if i + 1 < len(task.items):

@@ -6,7 +6,7 @@ working::
 
     AnypoolError(Exception)
     ├── TaskError                       a task failed; its own exception could not be rebuilt
-    ├── TaskTimeout(TimeoutError)       a task ran past its ``timeout=`` and was stopped
+    ├── TaskTimeout(TimeoutError)       a task ran past its ``timeout=`` (stopped or abandoned)
     ├── WorkerCrashed(BrokenProcessPool) the worker running a task died (signal, exit, segfault)
     ├── SerializationError(TypeError)   a callable, argument or result could not be pickled
     ├── CommandFailed(CalledProcessError) a shell command exited non-zero or was killed
@@ -84,24 +84,39 @@ class TaskError(AnypoolError):
 
 
 class TaskTimeout(AnypoolError, TimeoutError):
-    """A task ran longer than its ``timeout=`` and was stopped.
+    """A task ran longer than its ``timeout=``: it was stopped, or abandoned where it cannot be.
 
     On the process backends the worker running it was killed (and replaced);
-    on ``async`` the coroutine was cancelled; on ``thread`` the future failed
-    on time but the thread runs on until the call returns (a thread cannot be
-    killed).  Not to be confused with the builtin ``TimeoutError`` that
-    ``Future.result(timeout=)`` raises when only the *wait* ran out: that task
-    is still running.
+    on ``async`` the coroutine was cancelled.  On ``thread`` and ``dask`` a
+    running call cannot be stopped: the future fails on time, but the call
+    runs on in its thread (on ``dask``, its worker's thread) until it
+    returns, its result discarded; ``stopped`` is then False and the message
+    says so.  Not to be confused with the builtin ``TimeoutError`` that
+    ``Future.result(timeout=)`` raises when only the *wait* ran out: that
+    task is still running.
+
+    Attributes:
+        seconds: the timeout it ran past.
+        task: the task's label (``#3 fetch``), or empty.
+        stopped: True if the call was stopped, False if it was abandoned
+            and runs on.
     """
 
-    def __init__(self, seconds: float, task: str = "") -> None:
+    def __init__(self, seconds: float, task: str = "", stopped: bool = True) -> None:
         super().__init__(seconds, task)
         self.seconds = seconds
         self.task = task
+        self.stopped = stopped
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.seconds, self.task, self.stopped), self.__dict__)
 
     def __str__(self) -> str:
         what = f"task {self.task}" if self.task else "task"
-        return f"{what} ran past its timeout of {self.seconds:g} s and was stopped"
+        if self.stopped:
+            return f"{what} ran past its timeout of {self.seconds:g} s and was stopped"
+        return (f"{what} ran past its timeout of {self.seconds:g} s and was abandoned: a running call "
+                "cannot be stopped here, so it runs on until it returns, its result discarded")
 
 
 class SerializationError(AnypoolError, TypeError):

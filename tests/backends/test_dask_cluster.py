@@ -10,6 +10,7 @@ reaches the scheduler, per-worker state, loopback-only sockets, the errors.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -258,13 +259,19 @@ class TestShutdown:
         assert all(f.cancelled() for f in queued)
 
     @pytest.mark.timeout(90)
-    def test_a_lost_scheduler_fails_the_running_tasks_then_breaks_the_pool(self, tmp_path: Path) -> None:
+    def test_a_lost_scheduler_fails_the_running_tasks_then_breaks_the_pool(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Before, the pool also warned, with a traceback, that it could not install itself on a new
+        scheduler: there was none, the client had given up and showed no scheduler id."""
         loops_before = _io_loops()
         cluster = DaskCluster(tmp_path, nworkers=1, nthreads=1)
         try:
             pool = anypool.Pool("dask", address=cluster.address, connect_timeout=2)
             running = pool.submit(tasks.sleep, 30, "never")
+            queued = [pool.submit(tasks.sleep, 0.3, i) for i in range(20)]
             time.sleep(0.5)
+            caplog.set_level(logging.INFO, logger="anypool")
             os.kill(cluster.scheduler.pid, signal.SIGKILL)
             with pytest.raises(anypool.WorkerCrashed, match="lost the connection to the scheduler"):
                 running.result(30)
@@ -273,12 +280,15 @@ class TestShutdown:
                 while time.monotonic() < deadline:
                     pool.submit(tasks.square, 2).exception(30)
                     time.sleep(0.2)
+            assert all(f.exception(30) is not None for f in queued)
             t = time.monotonic()
             pool.shutdown()
             assert time.monotonic() - t < 5
         finally:
             cluster.stop()
         assert _io_loops() <= loops_before, "the pool's Dask client left its event loop running"
+        assert not [r.getMessage() for r in caplog.records
+                    if r.name == "anypool" and "new Dask scheduler" in r.getMessage()]
 
     @pytest.mark.timeout(120)
     def test_after_a_scheduler_restart_the_pool_sets_up_the_new_workers_and_goes_on(
@@ -406,6 +416,59 @@ class TestErrors:
         with pytest.raises(ConnectionError, match=r"cannot connect to the Dask scheduler at 'tcp://127.0.0.1:9'"):
             anypool.Pool("dask", address="tcp://127.0.0.1:9", connect_timeout=1)
         assert _io_loops() <= before, "the failed Dask client left its event loop running"
+
+    @pytest.mark.timeout(30)
+    def test_a_port_that_accepts_and_never_answers_is_a_connection_error_on_time(self) -> None:
+        """Before, Dask waited for the scheduler's handshake without limit: connect_timeout=1 hung for ever.
+
+        A listening socket nobody accepts from completes the TCP handshake
+        and never speaks, as a dashboard's port or a firewall's does.
+        """
+        before = _io_loops()
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionError, match=r"no answer in 2 s\. Is this the scheduler's port"):
+                anypool.Pool("dask", address=address, connect_timeout=1)
+            assert time.monotonic() - t0 < 5
+        assert _io_loops() <= before, "the failed Dask client left its event loop running"
+
+    @pytest.mark.timeout(30)
+    def test_a_server_that_answers_otherwise_is_a_connection_error(self) -> None:
+        """Before, Dask read the server's reply as a frame length and the pool raised MemoryError (3 EiB).
+
+        The server answers at once, before reading, as some HTTP servers and
+        proxies do to a request they cannot parse.
+        """
+        import socketserver
+
+        class Answer(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                while self.request.recv(4096):
+                    pass
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Answer)
+        server.daemon_threads = True
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        before = _io_loops()
+        try:
+            address = f"tcp://127.0.0.1:{server.server_address[1]}"
+            with pytest.raises(ConnectionError, match=r"what answers there is not a Dask scheduler") as info:
+                anypool.Pool("dask", address=address, connect_timeout=2)
+            assert repr(address) in str(info.value)
+        finally:
+            server.shutdown()
+            server.server_close()
+            serving.join(5)
+        assert _io_loops() <= before, "the failed Dask client left its event loop running"
+
+    def test_a_malformed_address_is_a_value_error(self) -> None:
+        with pytest.raises(ValueError, match="missing port number"):
+            anypool.Pool("dask", address="tcp://127.0.0.1", connect_timeout=1)
 
     def test_options_dask_cannot_honour_are_refused(self) -> None:
         with pytest.raises(TypeError, match=r"unknown option.*'dask': secrity"):

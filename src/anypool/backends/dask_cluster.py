@@ -140,6 +140,7 @@ _REFRESH = 2.0  # seconds between looks at the cluster's size (workers come and 
 _QUEUED_SECONDS = 0.05  # work queued at the scheduler behind each busy thread, in measured task time
 _MAX_AHEAD = 32  # Dask tasks queued per thread at most (the scheduler's memory, cancellability)
 _MAX_PACK = 256  # submit() calls packed into one Dask task at most
+_CONNECT_GRACE = 1.0  # seconds allowed past the connect timeout before the pool gives up itself
 _MAX_UNSET = 5  # times a task may come back UNSET (no setup on its worker) before it fails
 
 
@@ -176,7 +177,9 @@ class DaskBackend(Backend):
         TypeError: an unknown backend option, or ``address`` is not a string.
         ValueError: an option Dask cannot honour (``max_tasks_per_worker``,
             ``max_memory_per_worker``, ``start_method``).
-        ConnectionError: the scheduler at ``address`` could not be reached.
+        ConnectionError: the scheduler at ``address`` could not be reached, or
+            what answers there is not a Dask scheduler.
+        ValueError: ``address`` is malformed (no port, say).
         MainNotGuarded: a local cluster was asked for while this process is
             a worker process importing the main module (the missing
             ``if __name__ == "__main__":`` guard).
@@ -242,12 +245,18 @@ class DaskBackend(Backend):
     def _connect(self) -> Any:
         address = self.config.address
         kwargs: dict[str, Any] = {"set_as_default": False}
-        if self._connect_timeout is not None:
-            kwargs["timeout"] = self._connect_timeout
+        timeout = self._connect_timeout
+        if timeout is None:
+            timeout = _dask_connect_timeout()
+        else:
+            kwargs["timeout"] = timeout
+        # Dask gives up on an unreachable address after `timeout` itself, with its own reason;
+        # the limit only catches what it would wait for without end (a silent port)
+        limit = timeout + _CONNECT_GRACE
         if address is None:
             self._cluster = self._start_cluster()
             try:
-                return _open_client(self._cluster, kwargs)
+                return _open_client(self._cluster, kwargs, limit)
             except BaseException:
                 self._cluster.close()
                 raise
@@ -259,11 +268,24 @@ class DaskBackend(Backend):
                 "with the cluster's CA and a client certificate (docs/dask.md)"
             )
         try:
-            return _open_client(address, kwargs)
-        except OSError as exc:
+            return _open_client(address, kwargs, limit)
+        except ValueError:  # a malformed address: Dask's message says what is wrong with it
+            raise
+        except TimeoutError as exc:
+            raise ConnectionError(
+                f"cannot connect to the Dask scheduler at {address!r}: no answer in {limit:g} s. Is "
+                "this the scheduler's port (8786 by default), not its dashboard's (8787)?"
+            ) from exc
+        except OSError as exc:  # refused, unreachable
             raise ConnectionError(
                 f"cannot connect to the Dask scheduler at {address!r}: {exc}. Is a scheduler "
                 "running there (`dask scheduler`), and does the address include its port?"
+            ) from exc
+        except Exception as exc:  # something answers there, but not in Dask's protocol
+            raise ConnectionError(
+                f"cannot connect to the Dask scheduler at {address!r}: what answers there is not a "
+                f"Dask scheduler ({type(exc).__name__}: {exc}). Is this the scheduler's port (8786 by "
+                "default), not its dashboard's (8787) or another server's?"
             ) from exc
 
     def _start_cluster(self) -> Any:
@@ -311,8 +333,14 @@ class DaskBackend(Backend):
         self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
 
     def _reinstall_if_new(self, info: Any) -> None:
-        """Install the pool again if ``info`` describes another scheduler than the one it is on."""
-        if str(info.get("id")) == self._scheduler_id:
+        """Install the pool again if ``info`` describes another scheduler than the one it is on.
+
+        Nothing to do while the client is not connected: reconnecting, it
+        still shows the old scheduler; closed (it gave up), it shows none,
+        and :meth:`_check_cluster` reports the loss.
+        """
+        ident = info.get("id")
+        if ident is None or str(ident) == self._scheduler_id or self._client.status != "running":
             return
         log.info("anypool: a new Dask scheduler at %s: installing the pool's worker setup there again",
                  self._where())
@@ -607,7 +635,7 @@ class DaskBackend(Backend):
         if rec is None:
             return  # it finished first
         task = rec.task
-        exc = TaskTimeout(task.options.timeout or 0.0, task.label())
+        exc = TaskTimeout(task.options.timeout or 0.0, task.label(), stopped=False)
         add_note(exc, "anypool: a Dask worker cannot stop a running task: it runs on in its worker "
                    "thread until it returns, and its result is discarded")
         rec.future.cancel()
@@ -980,20 +1008,45 @@ def _quiet_exit_noise() -> None:
             logger.addFilter(_exit_filter)
 
 
-def _open_client(address: Any, kwargs: dict[str, Any]) -> Any:
-    """``Client(address, **kwargs)``, without leaking its event-loop thread when it fails.
+def _open_client(address: Any, kwargs: dict[str, Any], limit: float) -> Any:
+    """``Client(address, **kwargs)``, connected within ``limit`` seconds, leaking no thread when it fails.
 
-    A ``Client`` that cannot connect raises from its constructor and leaves
-    the event-loop thread it started running (distributed 2026.8), one more
-    thread for every failed attempt; keeping hold of the object lets us stop it.
+    Dask's own start waits for the scheduler's handshake without a limit
+    (distributed 2026.8: its ``timeout`` bounds only the TCP connection), so
+    a port that accepts and never speaks, a dashboard's say, would hang the
+    caller for ever; the start is run here, bounded, instead of in
+    ``Client.__init__``.  A ``Client`` that cannot connect also leaves the
+    event-loop thread it started running, one more thread for every failed
+    attempt; keeping hold of the object lets us stop it.
+
+    Raises:
+        TimeoutError: the client did not connect within ``limit`` seconds.
+        Whatever Dask raised: it could not connect otherwise.
     """
     client = Client.__new__(Client)
+    # an instance attribute shadows the method: __init__ builds the client and starts nothing
+    client.start = _no_start
     try:
         client.__init__(address, **kwargs)
+        del client.start
+        client._loop_runner.start()
+        client.sync(client._start, callback_timeout=limit)
     except BaseException:
         _close(client)
         raise
     return client
+
+
+def _dask_connect_timeout() -> float:
+    """Dask's ``distributed.comm.timeouts.connect``, in seconds (``distributed`` is imported: so is dask)."""
+    from dask.config import get
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(get("distributed.comm.timeouts.connect"), "s"))
+
+
+def _no_start(**kwargs: Any) -> None:
+    """Stands in for ``Client.start`` while ``Client.__init__`` runs (see :func:`_open_client`)."""
 
 
 def _close(client: Any) -> None:

@@ -264,7 +264,7 @@ class ThreadBackend(Backend):
             done, failed = list(rec.out), list(rec.failed)
             if not self._stopping:
                 self._spawn()
-        exc = TaskTimeout(timeout, task.label())
+        exc = TaskTimeout(timeout, task.label(), stopped=False)
         head = task.head(i + 1)
         self.dispatch.finish(head, [*done, Failure(exc, "timeout")], rec.started, now, ws, [*failed, i])
         if i + 1 < len(task.items):

@@ -164,7 +164,7 @@ class MapEngine(Engine):
 
     def failure(self, job: Job, exc: BaseException) -> BaseException:
         if isinstance(exc, TaskTimeout):  # it names the task's function: _call, not the user's
-            named = TaskTimeout(exc.seconds, f"#{job.seq} {self.spec}")
+            named = TaskTimeout(exc.seconds, f"#{job.seq} {self.spec}", exc.stopped)
             named.__cause__ = exc.__cause__
             return named
         return exc
