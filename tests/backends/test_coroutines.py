@@ -391,6 +391,25 @@ def test_a_blocked_loop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     assert any("event loop has not turned" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
+def test_a_base_exception_in_a_coroutine_leaves_the_pools_own_loop_running(
+        exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: asyncio re-raises SystemExit and KeyboardInterrupt from a task out of
+    the loop, and the pool's own loop closed for good: later tasks failed with "Event
+    loop is closed" or never ran, and the exit waited on them for ever."""
+    with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool("async") as pool:
+        with pytest.raises(type(exc)) as raised:
+            pool.submit(_sleep_then_raise, 0.01, exc).result(10)
+        assert raised.value is exc  # the task's own exception, as on threads
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
+        # raised by a task the coroutine started, which is nobody's to fail
+        assert pool.submit(_start_then_return, 0.05, exc).result(10) == "started"
+        time.sleep(0.3)
+        assert pool.submit(tasks.asquare, 4).result(10) == 16
+    assert sum("went no further" in r.getMessage() for r in caplog.records) == 2
+
+
 @types.coroutine
 def _generator_based(n: int) -> Generator[Any, None, int]:
     """A pre-async-def coroutine: a generator that yields to the event loop."""
@@ -597,6 +616,12 @@ def _alive(p: psutil.Process) -> bool:
 async def _sleep_then_raise(seconds: float, exc: BaseException) -> None:
     await asyncio.sleep(seconds)
     raise exc
+
+
+async def _start_then_return(seconds: float, exc: BaseException) -> str:
+    """Start a task of its own that raises ``exc`` after ``seconds``, and return."""
+    asyncio.get_running_loop().create_task(_sleep_then_raise(seconds, exc))
+    return "started"
 
 
 async def _double_or_die(x: int, bad: int) -> int:

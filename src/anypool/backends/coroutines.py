@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..asyncfuture import FINISHING, STARTING, AsyncFuture
-from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..errors import BrokenPool, InitializerFailed, PoolClosed, TaskTimeout
 from ..futures import _CANCELLED
 from ..state import bind_context
 from ..tasks import ONE, Failure, Task
@@ -204,8 +204,25 @@ class AsyncBackend(Backend):
         loop.call_soon(started.set)
         loop.call_soon(self._heartbeat, loop)
         clock.call_later(BLOCKED_WARNING, self._watch, 0.0)
+        ended: BaseException | None = None
         try:
-            loop.run_forever()
+            while True:
+                try:
+                    loop.run_forever()
+                    break
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # asyncio re-raises these out of the loop once the task that
+                    # raised them holds them (a task of the pool fails with it, from
+                    # its done callback, next turn): one coroutine must not end the
+                    # loop that every other task runs on.  Stopping, the stop this
+                    # ended may have been lost with it: end here.
+                    if self._stopping:
+                        break
+                    log.warning("anypool: %r raised by a coroutine on the pool's event loop went no "
+                                "further (the loop goes on)", exc)
+        except BaseException as exc:
+            ended = exc
+            raise
         finally:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for t in pending:
@@ -214,6 +231,20 @@ class AsyncBackend(Backend):
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            if not self._stopping:  # never expected: asyncio itself failed
+                self._broken = BrokenPool(f"the async backend's event loop ended: {ended!r}")
+                self.dispatch.broken(self._broken)
+            self._fail_unstarted(self._broken or PoolClosed("the async backend is shut down"))
+
+    def _fail_unstarted(self, err: BaseException) -> None:
+        """Fail the tasks that never started, the loop that would run them having closed."""
+        for q in (self._inbox, self._waiting):
+            while q:
+                try:
+                    task = q.popleft()
+                except IndexError:  # a submit that failed took its task back meanwhile
+                    break
+                self.dispatch.fail_unrun(task, err, "cancelled")
 
     def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
         # The loop comes as an argument: the first beat can run before
@@ -313,11 +344,21 @@ class AsyncBackend(Backend):
             fut._home, fut._loop_thread = loop, self.loop_thread
         self._inbox.append(task)
         if not self._drain_scheduled:
+            # set before the drain is scheduled, not after: the drain may run
+            # (and clear it) before this thread returns from scheduling it
             self._drain_scheduled = True
-            if threading.get_ident() == self.loop_thread:
-                loop.call_soon(self._drain)
-            else:
-                loop.call_soon_threadsafe(self._drain)
+            try:
+                if threading.get_ident() == self.loop_thread:
+                    loop.call_soon(self._drain)
+                else:
+                    loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed: a shutdown under way, or it broke
+                self._drain_scheduled = False
+                try:
+                    self._inbox.remove(task)
+                except ValueError:
+                    return  # the loop's end failed it already, and its future says so
+                raise self._broken or PoolClosed("the async backend is shut down") from None
 
     def _drain(self) -> None:
         self._drain_scheduled = False
