@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 import weakref
@@ -343,6 +344,137 @@ class TestAttachedToTheCallersLoop:
             await pool.ashutdown()
 
         asyncio.run(main())
+
+
+    def test_work_left_when_asyncio_run_ends_is_settled_and_what_was_queued_never_starts(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """Regression: the common fire-and-forget ``asyncio.run(main())`` inside a pool's
+        ``with``: the futures never settled, result() and the ``with``'s shutdown said
+        they would block a loop that was gone, and asyncio's cancelling the running task
+        started the queued ones on the closing loop ("Task was destroyed but it is pending")."""
+        started: list[int] = []
+
+        async def note_then_sleep(x: int) -> int:
+            started.append(x)
+            await asyncio.sleep(30)
+            return x
+
+        with caplog.at_level(logging.WARNING), anypool.Pool("async", workers=1) as pool:
+            async def main() -> list[Any]:
+                futs = [pool.submit(note_then_sleep, i) for i in range(3)]
+                await asyncio.sleep(0.05)
+                return futs
+
+            futs = asyncio.run(main())
+            gc.collect()
+            assert futs[0].cancelled()  # asyncio.run cancelled it as it ended
+            for f in futs[1:]:
+                with pytest.raises(anypool.PoolClosed, match="event loop this pool ran its coroutines"):
+                    f.result(5)
+        assert started == [0]
+        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+    def test_a_thread_waiting_on_a_task_is_woken_when_its_asyncio_run_ends(self) -> None:
+        """Regression: it waited for ever (result(timeout) timed out; the future stayed RUNNING)."""
+        got: list[BaseException] = []
+        pool = anypool.Pool("async", workers=1)
+        try:
+            async def main() -> threading.Thread:
+                futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+
+                def wait() -> None:
+                    for f in futs:
+                        try:
+                            f.result(20)
+                        except BaseException as exc:
+                            got.append(exc)
+
+                waiter = threading.Thread(target=wait)
+                waiter.start()
+                await asyncio.sleep(0.05)
+                return waiter
+
+            t0 = time.monotonic()
+            asyncio.run(main()).join(20)
+            assert time.monotonic() - t0 < 5
+            assert [type(e) for e in got] == [cf.CancelledError, anypool.PoolClosed]
+        finally:
+            pool.shutdown()
+
+    @pytest.mark.parametrize("how", ["result here", "result elsewhere", "shutdown"])
+    def test_a_loop_closed_without_asyncio_run_is_let_go_of_at_the_next_wait_or_shutdown(
+            self, how: str) -> None:
+        """Regression: result() and shutdown() on the loop's thread said they would block
+        that loop (closed), and from another thread they waited for ever."""
+        pool = anypool.Pool("async", workers=1)
+        loop = asyncio.new_event_loop()
+
+        async def main() -> list[Any]:
+            futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+            await asyncio.sleep(0.05)
+            return futs
+
+        futs = loop.run_until_complete(main())
+        # the running task is the caller's to end, as any task of its loop
+        for t in asyncio.all_tasks(loop):
+            t.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        if how == "result here":
+            with pytest.raises(anypool.PoolClosed):
+                futs[1].result(5)
+        elif how == "result elsewhere":
+            with cf.ThreadPoolExecutor(1) as other, pytest.raises(anypool.PoolClosed):
+                other.submit(futs[1].result, 10).result(15)
+        pool.shutdown()
+        assert all(f.done() for f in futs)
+        with pytest.raises(anypool.PoolClosed):
+            futs[1].result(0)
+
+    @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_from_a_coroutine_ends_asyncio_run_and_leaves_nothing_hanging(
+            self, exc: BaseException) -> None:
+        """asyncio lets it out of the loop (as from any task): asyncio.run raises it; the
+        pool's other tasks are settled, and the pool works in the next asyncio.run."""
+        pool = anypool.Pool("async", workers=1)
+        futs: list[Any] = []
+        try:
+            async def main() -> None:
+                futs.extend([pool.submit(_sleep_then_raise, 0.05, exc), pool.submit(tasks.asleep, 30, 1),
+                             pool.submit(tasks.asleep, 30, 2)])
+                await asyncio.sleep(5)
+
+            with pytest.raises(type(exc)):
+                asyncio.run(main())
+            with pytest.raises(type(exc)):
+                futs[0].result(5)
+            for f in futs[1:]:
+                with pytest.raises(anypool.PoolClosed):
+                    f.result(5)
+
+            async def again() -> Any:
+                return await pool.submit(tasks.asquare, 3)
+
+            assert asyncio.run(again()) == 9
+        finally:
+            pool.shutdown()
+
+    def test_a_task_cancelled_from_outside_leaves_the_queue_running(self) -> None:
+        """A task cancelled by other code (as asyncio.run does as it ends) holds the queue
+        a moment (HOLD_AFTER_CANCEL), then it starts again: the loop did not end."""
+        async def main() -> list[Any]:
+            async with anypool.Pool("async", workers=1) as pool:
+                futs = [pool.submit(tasks.asleep, 0.01 if i else 30, i) for i in range(3)]
+                await asyncio.sleep(0.05)
+                backend: Any = pool._backend
+                (atask,) = backend._running
+                atask.cancel()
+                return await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+
+        got = asyncio.run(main())
+        assert isinstance(got[0], asyncio.CancelledError)
+        assert got[1:] == [1, 2]
 
 
 def test_cancel_stops_a_running_coroutine() -> None:
