@@ -542,6 +542,31 @@ def test_a_base_exception_in_a_coroutine_leaves_the_pools_own_loop_running(
     assert sum("went no further" in r.getMessage() for r in caplog.records) == 2
 
 
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_a_coroutine_that_handles_its_timeouts_cancellation_ends_with_what_it_made_of_it(
+        backend: str) -> None:
+    """As ``asyncio.timeout()`` has it, on both backends: a fallback value, or its own
+    error (process+async failed both with TaskTimeout)."""
+    with anypool.Pool(backend, 1, timeout=0.2) as pool:
+        assert pool.submit(_fallback_on_cancel, "value").result(10) == "fallback"
+        with pytest.raises(ValueError, match="its own"):
+            pool.submit(_fallback_on_cancel, "error").result(10)
+        with pytest.raises(anypool.TaskTimeout):
+            pool.submit(_fallback_on_cancel, "cancelled").result(10)
+        assert pool.stats.timed_out == 1
+
+
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_a_coroutine_raising_cancelled_error_itself_is_cancelled(backend: str) -> None:
+    """As asyncio marks its task (process+async failed the future with the CancelledError)."""
+    with anypool.Pool(backend, 1) as pool:
+        fut = pool.submit(_cancel_itself)
+        with pytest.raises(cf.CancelledError):
+            fut.result(10)
+        assert fut.cancelled()
+        assert pool.stats.cancelled == 1
+
+
 @types.coroutine
 def _generator_based(n: int) -> Generator[Any, None, int]:
     """A pre-async-def coroutine: a generator that yields to the event loop."""
@@ -596,6 +621,20 @@ class TestProcessAsync:
             with pytest.raises(type(exc)):
                 quitter.result(30)
             assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.crashed == 0
+
+    @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_in_a_task_a_coroutine_started_ends_nothing(self, exc: BaseException) -> None:
+        """Regression: asyncio let it out of the worker's loop, and asyncio.run cancelled
+        every coroutine the process held: each came back as a bare CancelledError (not
+        WorkerCrashed, never retried), and the process exited."""
+        with anypool.Pool("process+async", 1, retries=2) as pool:
+            pid = pool.submit(_apid, 0).result(10)
+            others = [pool.submit(tasks.asleep, 0.5, i) for i in range(3)]
+            assert pool.submit(_start_then_return, 0.1, exc).result(10) == "started"
+            assert [f.result(10) for f in others] == [0, 1, 2]
+            assert pool.submit(_apid, 0).result(10) == pid
             assert pool.stats.crashed == 0
 
     def test_a_coroutine_that_kills_its_process_fails_alone_and_the_others_run_again(self) -> None:
@@ -754,6 +793,24 @@ async def _start_then_return(seconds: float, exc: BaseException) -> str:
     """Start a task of its own that raises ``exc`` after ``seconds``, and return."""
     asyncio.get_running_loop().create_task(_sleep_then_raise(seconds, exc))
     return "started"
+
+
+async def _fallback_on_cancel(then: str) -> str:
+    """Sleep; cancelled: return a fallback, raise an error of its own, or let it through."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        if then == "value":
+            return "fallback"
+        if then == "error":
+            raise ValueError("its own") from None
+        raise
+    return "slept"
+
+
+async def _cancel_itself() -> None:
+    await asyncio.sleep(0.01)
+    raise asyncio.CancelledError
 
 
 async def _double_or_die(x: int, bad: int) -> int:

@@ -318,13 +318,7 @@ class AsyncBackend(Backend):
             ended = exc
             raise
         finally:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            close_loop(loop)
             if not self._stopping:  # never expected: asyncio itself failed
                 self._broken = BrokenPool(f"the async backend's event loop ended: {ended!r}")
                 self.dispatch.broken(self._broken)
@@ -690,6 +684,20 @@ class AsyncBackend(Backend):
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None and (wait or kill) and self._thread is not threading.current_thread():
             self._thread.join(5.0)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop that has stopped as ``asyncio.run`` does: its tasks cancelled and waited for first.
+
+    Then its async generators are closed, and the loop itself.
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _watch_loop_end(backend: AsyncBackend,
