@@ -15,7 +15,7 @@ import time
 import types
 import weakref
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import psutil
@@ -567,6 +567,28 @@ def test_a_coroutine_raising_cancelled_error_itself_is_cancelled(backend: str) -
         assert pool.stats.cancelled == 1
 
 
+@pytest.mark.parametrize("backend", ["async", "process+async", "auto", "auto on the caller's loop"])
+def test_an_async_generator_function_fails_saying_to_collect_its_items(backend: str) -> None:
+    """Regression: on async (and auto, which sent it to a thread) the result was an
+    async_generator object nobody could use; on process+async, a SerializationError."""
+    match = r"_agen is an async generator function, not a coroutine function.*async for x in _agen"
+    if backend == "auto on the caller's loop":
+        async def main() -> None:
+            async with anypool.Pool("auto") as pool:
+                with pytest.raises(TypeError, match=match):
+                    await pool.submit(_agen, 2)
+                assert await pool.submit(tasks.asquare, 3) == 9
+
+        asyncio.run(main())
+        return
+    with anypool.Pool(backend, 1) as pool:
+        with pytest.raises(TypeError, match=match):
+            pool.submit(_agen, 2).result(10)
+        got = list(pool.imap(_agen, [1, 2], return_exceptions=True))
+        assert [type(g) for g in got] == [TypeError, TypeError], got
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
+
+
 @types.coroutine
 def _generator_based(n: int) -> Generator[Any, None, int]:
     """A pre-async-def coroutine: a generator that yields to the event loop."""
@@ -806,6 +828,11 @@ async def _fallback_on_cancel(then: str) -> str:
             raise ValueError("its own") from None
         raise
     return "slept"
+
+
+async def _agen(n: int) -> AsyncGenerator[int, None]:
+    for i in range(n):
+        yield i
 
 
 async def _cancel_itself() -> None:

@@ -65,6 +65,16 @@ _NO_KWARGS: dict[str, Any] = {}
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(context=) exists
 _CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() exists
 _Coroutine = types.CoroutineType
+_AsyncGenerator = types.AsyncGeneratorType
+
+
+def async_gen_error(gen: Any) -> TypeError:
+    """The error for a task whose callable gave an async generator, where a coroutine was expected."""
+    name = getattr(gen, "__qualname__", "the callable")
+    return TypeError(
+        f"{name} is an async generator function, not a coroutine function: the pool awaits what a "
+        f"task returns, and an async generator cannot be awaited (collect its items in an async def: "
+        f"`return [x async for x in {name}(...)]`)")
 
 
 # the pools attached to a caller's loop (see let_go_of), and what guards that set
@@ -522,6 +532,8 @@ class AsyncBackend(Backend):
         elif inspect.isawaitable(r):
             coro = r if asyncio.iscoroutine(r) else _await(r)
         else:
+            if type(r) is _AsyncGenerator:
+                r = Failure(async_gen_error(r))
             self._settle(task, run, i, now, r)
             return
         loop = self._loop

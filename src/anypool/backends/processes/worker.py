@@ -441,6 +441,8 @@ class _Worker:
         import concurrent.futures as cf
         import inspect
 
+        from ..coroutines import async_gen_error
+
         loop = asyncio.get_running_loop()
         sock, slots, base = self.sock, self.slots, self.base
         sock.setblocking(False)
@@ -506,6 +508,8 @@ class _Worker:
                             timer = loop.call_at(loop.time() + (timeout or 0.0) - (time.time() - t0),
                                                  expire, me)
                         r = await _Marked(r, slots, base, wire_id, i, t0)
+                    elif inspect.isasyncgen(r):
+                        raise async_gen_error(r)
                     bad = False
                 except asyncio.CancelledError:
                     # As on the async backend: its timeout's, a TaskTimeout (a coroutine
