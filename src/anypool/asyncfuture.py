@@ -75,7 +75,18 @@ class AsyncFuture(Future[T]):
         return True
 
     def _blocks_own_loop(self) -> bool:
-        return self._state not in _DONE and self._loop_thread == threading.get_ident()
+        if self._state in _DONE:
+            return False
+        home = self._home
+        if home is not None and home.is_closed():
+            # the caller's loop it ran on closed with it unfinished (a loop.close()
+            # alone; asyncio.run lets go as it ends): its pool fails it now, or
+            # it would be waited for ever
+            from .backends.coroutines import let_go_of
+
+            let_go_of(home)
+            return False
+        return self._loop_thread == threading.get_ident()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop running in this thread, if any.

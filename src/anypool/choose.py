@@ -131,16 +131,18 @@ _SAMPLE_LATE = 0.002  # a wake-up later than this waited for the GIL (switch int
 _UNEXPLAINED = 0.0003
 
 
-def is_coroutine_callable(fn: Any) -> bool:
-    """Whether calling ``fn`` gives a coroutine (async def, partials of one, async __call__,
-    or a generator function made a coroutine with ``types.coroutine``)."""
+def is_async_callable(fn: Any) -> bool:
+    """Whether ``fn`` belongs on an event loop: calling it gives a coroutine (async def,
+    partials of one, async __call__, or a generator function made a coroutine with
+    ``types.coroutine``), or an async generator, which the ``async`` backend refuses,
+    saying why (on threads it would be returned, uniterated)."""
     if inspect.iscoroutinefunction(fn):
         return True
     inner = fn
     while isinstance(inner, functools.partial):
         inner = inner.func
     code = getattr(inner, "__code__", None)
-    if code is not None and code.co_flags & inspect.CO_ITERABLE_COROUTINE:
+    if code is not None and code.co_flags & (inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
@@ -1005,11 +1007,11 @@ class AutoBackend(Backend):
     def plan(self, fn: Callable[..., Any]) -> Backend:
         name = self._static(fn)
         if name is None:
-            name = "async" if is_coroutine_callable(fn) else "thread"
+            name = "async" if is_async_callable(fn) else "thread"
         return self._sub(name)
 
     def future_for(self, fn: Callable[..., Any]) -> type[Future[Any]]:
-        if is_coroutine_callable(fn):
+        if is_async_callable(fn):
             from .asyncfuture import AsyncFuture  # asyncio is loaded only when coroutines run
 
             return AsyncFuture
@@ -1020,7 +1022,7 @@ class AutoBackend(Backend):
         name = self._static(fn)
         if name is None:
             loop: AsyncBackend | None = None
-            if is_coroutine_callable(fn):
+            if is_async_callable(fn):
                 loop = cast("AsyncBackend", self._sub("async"))
                 if loop.on_callers_loop():
                     # that loop also runs the caller's own code: its CPU time
@@ -1033,10 +1035,13 @@ class AutoBackend(Backend):
                 if name is None:
                     probe = self._probes.get(key)
                     if probe is None:
-                        if loop is not None:
+                        if loop is not None and inspect.isasyncgenfunction(fn):
+                            name = "async"  # it fails there, saying why: nothing to time
+                        elif loop is not None:
                             self._probes[key] = _AsyncProbe(self, key, fn, task, loop)
                             return
-                        self._probes[key] = _Probe(self, key, fn, task)
+                        else:
+                            self._probes[key] = _Probe(self, key, fn, task)
                     elif probe.hold(task):
                         return
                     else:

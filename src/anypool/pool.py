@@ -642,6 +642,11 @@ class Pool(_Submitter, cf.Executor):
                 once the killed tasks are settled and recorded (within
                 ``KILL_SETTLE`` seconds), where every task could be killed.
         """
+        let_go = getattr(self._backend, "let_go_if_closed", None)
+        if let_go is not None:
+            # attached to a loop closed since: what it never finished fails now,
+            # instead of being waited for (for ever) or blamed on a loop gone
+            let_go()
         if wait and not kill and self._dispatch.outstanding and \
                 getattr(self._backend, "loop_thread", None) == threading.get_ident():
             raise RuntimeError(

@@ -10,11 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 import weakref
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import psutil
@@ -345,6 +346,137 @@ class TestAttachedToTheCallersLoop:
         asyncio.run(main())
 
 
+    def test_work_left_when_asyncio_run_ends_is_settled_and_what_was_queued_never_starts(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """Regression: the common fire-and-forget ``asyncio.run(main())`` inside a pool's
+        ``with``: the futures never settled, result() and the ``with``'s shutdown said
+        they would block a loop that was gone, and asyncio's cancelling the running task
+        started the queued ones on the closing loop ("Task was destroyed but it is pending")."""
+        started: list[int] = []
+
+        async def note_then_sleep(x: int) -> int:
+            started.append(x)
+            await asyncio.sleep(30)
+            return x
+
+        with caplog.at_level(logging.WARNING), anypool.Pool("async", workers=1) as pool:
+            async def main() -> list[Any]:
+                futs = [pool.submit(note_then_sleep, i) for i in range(3)]
+                await asyncio.sleep(0.05)
+                return futs
+
+            futs = asyncio.run(main())
+            gc.collect()
+            assert futs[0].cancelled()  # asyncio.run cancelled it as it ended
+            for f in futs[1:]:
+                with pytest.raises(anypool.PoolClosed, match="event loop this pool ran its coroutines"):
+                    f.result(5)
+        assert started == [0]
+        assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+    def test_a_thread_waiting_on_a_task_is_woken_when_its_asyncio_run_ends(self) -> None:
+        """Regression: it waited for ever (result(timeout) timed out; the future stayed RUNNING)."""
+        got: list[BaseException] = []
+        pool = anypool.Pool("async", workers=1)
+        try:
+            async def main() -> threading.Thread:
+                futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+
+                def wait() -> None:
+                    for f in futs:
+                        try:
+                            f.result(20)
+                        except BaseException as exc:
+                            got.append(exc)
+
+                waiter = threading.Thread(target=wait)
+                waiter.start()
+                await asyncio.sleep(0.05)
+                return waiter
+
+            t0 = time.monotonic()
+            asyncio.run(main()).join(20)
+            assert time.monotonic() - t0 < 5
+            assert [type(e) for e in got] == [cf.CancelledError, anypool.PoolClosed]
+        finally:
+            pool.shutdown()
+
+    @pytest.mark.parametrize("how", ["result here", "result elsewhere", "shutdown"])
+    def test_a_loop_closed_without_asyncio_run_is_let_go_of_at_the_next_wait_or_shutdown(
+            self, how: str) -> None:
+        """Regression: result() and shutdown() on the loop's thread said they would block
+        that loop (closed), and from another thread they waited for ever."""
+        pool = anypool.Pool("async", workers=1)
+        loop = asyncio.new_event_loop()
+
+        async def main() -> list[Any]:
+            futs = [pool.submit(tasks.asleep, 30, i) for i in range(2)]
+            await asyncio.sleep(0.05)
+            return futs
+
+        futs = loop.run_until_complete(main())
+        # the running task is the caller's to end, as any task of its loop
+        for t in asyncio.all_tasks(loop):
+            t.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        if how == "result here":
+            with pytest.raises(anypool.PoolClosed):
+                futs[1].result(5)
+        elif how == "result elsewhere":
+            with cf.ThreadPoolExecutor(1) as other, pytest.raises(anypool.PoolClosed):
+                other.submit(futs[1].result, 10).result(15)
+        pool.shutdown()
+        assert all(f.done() for f in futs)
+        with pytest.raises(anypool.PoolClosed):
+            futs[1].result(0)
+
+    @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_from_a_coroutine_ends_asyncio_run_and_leaves_nothing_hanging(
+            self, exc: BaseException) -> None:
+        """asyncio lets it out of the loop (as from any task): asyncio.run raises it; the
+        pool's other tasks are settled, and the pool works in the next asyncio.run."""
+        pool = anypool.Pool("async", workers=1)
+        futs: list[Any] = []
+        try:
+            async def main() -> None:
+                futs.extend([pool.submit(_sleep_then_raise, 0.05, exc), pool.submit(tasks.asleep, 30, 1),
+                             pool.submit(tasks.asleep, 30, 2)])
+                await asyncio.sleep(5)
+
+            with pytest.raises(type(exc)):
+                asyncio.run(main())
+            with pytest.raises(type(exc)):
+                futs[0].result(5)
+            for f in futs[1:]:
+                with pytest.raises(anypool.PoolClosed):
+                    f.result(5)
+
+            async def again() -> Any:
+                return await pool.submit(tasks.asquare, 3)
+
+            assert asyncio.run(again()) == 9
+        finally:
+            pool.shutdown()
+
+    def test_a_task_cancelled_from_outside_leaves_the_queue_running(self) -> None:
+        """A task cancelled by other code (as asyncio.run does as it ends) holds the queue
+        a moment (HOLD_AFTER_CANCEL), then it starts again: the loop did not end."""
+        async def main() -> list[Any]:
+            async with anypool.Pool("async", workers=1) as pool:
+                futs = [pool.submit(tasks.asleep, 0.01 if i else 30, i) for i in range(3)]
+                await asyncio.sleep(0.05)
+                backend: Any = pool._backend
+                (atask,) = backend._running
+                atask.cancel()
+                return await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+
+        got = asyncio.run(main())
+        assert isinstance(got[0], asyncio.CancelledError)
+        assert got[1:] == [1, 2]
+
+
 def test_cancel_stops_a_running_coroutine() -> None:
     seen: list[str] = []
 
@@ -389,6 +521,72 @@ def test_a_blocked_loop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool("async") as pool:
         pool.submit(blocks).result(10)
     assert any("event loop has not turned" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
+def test_a_base_exception_in_a_coroutine_leaves_the_pools_own_loop_running(
+        exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: asyncio re-raises SystemExit and KeyboardInterrupt from a task out of
+    the loop, and the pool's own loop closed for good: later tasks failed with "Event
+    loop is closed" or never ran, and the exit waited on them for ever."""
+    with caplog.at_level(logging.WARNING, logger="anypool"), anypool.Pool("async") as pool:
+        with pytest.raises(type(exc)) as raised:
+            pool.submit(_sleep_then_raise, 0.01, exc).result(10)
+        assert raised.value is exc  # the task's own exception, as on threads
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
+        # raised by a task the coroutine started, which is nobody's to fail
+        assert pool.submit(_start_then_return, 0.05, exc).result(10) == "started"
+        time.sleep(0.3)
+        assert pool.submit(tasks.asquare, 4).result(10) == 16
+    assert sum("went no further" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_a_coroutine_that_handles_its_timeouts_cancellation_ends_with_what_it_made_of_it(
+        backend: str) -> None:
+    """As ``asyncio.timeout()`` has it, on both backends: a fallback value, or its own
+    error (process+async failed both with TaskTimeout)."""
+    with anypool.Pool(backend, 1, timeout=0.2) as pool:
+        assert pool.submit(_fallback_on_cancel, "value").result(10) == "fallback"
+        with pytest.raises(ValueError, match="its own"):
+            pool.submit(_fallback_on_cancel, "error").result(10)
+        with pytest.raises(anypool.TaskTimeout):
+            pool.submit(_fallback_on_cancel, "cancelled").result(10)
+        assert pool.stats.timed_out == 1
+
+
+@pytest.mark.parametrize("backend", ["async", "process+async"])
+def test_a_coroutine_raising_cancelled_error_itself_is_cancelled(backend: str) -> None:
+    """As asyncio marks its task (process+async failed the future with the CancelledError)."""
+    with anypool.Pool(backend, 1) as pool:
+        fut = pool.submit(_cancel_itself)
+        with pytest.raises(cf.CancelledError):
+            fut.result(10)
+        assert fut.cancelled()
+        assert pool.stats.cancelled == 1
+
+
+@pytest.mark.parametrize("backend", ["async", "process+async", "auto", "auto on the caller's loop"])
+def test_an_async_generator_function_fails_saying_to_collect_its_items(backend: str) -> None:
+    """Regression: on async (and auto, which sent it to a thread) the result was an
+    async_generator object nobody could use; on process+async, a SerializationError."""
+    match = r"_agen is an async generator function, not a coroutine function.*async for x in _agen"
+    if backend == "auto on the caller's loop":
+        async def main() -> None:
+            async with anypool.Pool("auto") as pool:
+                with pytest.raises(TypeError, match=match):
+                    await pool.submit(_agen, 2)
+                assert await pool.submit(tasks.asquare, 3) == 9
+
+        asyncio.run(main())
+        return
+    with anypool.Pool(backend, 1) as pool:
+        with pytest.raises(TypeError, match=match):
+            pool.submit(_agen, 2).result(10)
+        got = list(pool.imap(_agen, [1, 2], return_exceptions=True))
+        assert [type(g) for g in got] == [TypeError, TypeError], got
+        assert pool.submit(tasks.asquare, 3).result(10) == 9
 
 
 @types.coroutine
@@ -445,6 +643,20 @@ class TestProcessAsync:
             with pytest.raises(type(exc)):
                 quitter.result(30)
             assert [f.result(30) for f in others] == [0, 1, 2]
+            assert pool.stats.crashed == 0
+
+    @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt()],
+                             ids=["SystemExit", "KeyboardInterrupt"])
+    def test_a_base_exception_in_a_task_a_coroutine_started_ends_nothing(self, exc: BaseException) -> None:
+        """Regression: asyncio let it out of the worker's loop, and asyncio.run cancelled
+        every coroutine the process held: each came back as a bare CancelledError (not
+        WorkerCrashed, never retried), and the process exited."""
+        with anypool.Pool("process+async", 1, retries=2) as pool:
+            pid = pool.submit(_apid, 0).result(10)
+            others = [pool.submit(tasks.asleep, 0.5, i) for i in range(3)]
+            assert pool.submit(_start_then_return, 0.1, exc).result(10) == "started"
+            assert [f.result(10) for f in others] == [0, 1, 2]
+            assert pool.submit(_apid, 0).result(10) == pid
             assert pool.stats.crashed == 0
 
     def test_a_coroutine_that_kills_its_process_fails_alone_and_the_others_run_again(self) -> None:
@@ -597,6 +809,35 @@ def _alive(p: psutil.Process) -> bool:
 async def _sleep_then_raise(seconds: float, exc: BaseException) -> None:
     await asyncio.sleep(seconds)
     raise exc
+
+
+async def _start_then_return(seconds: float, exc: BaseException) -> str:
+    """Start a task of its own that raises ``exc`` after ``seconds``, and return."""
+    asyncio.get_running_loop().create_task(_sleep_then_raise(seconds, exc))
+    return "started"
+
+
+async def _fallback_on_cancel(then: str) -> str:
+    """Sleep; cancelled: return a fallback, raise an error of its own, or let it through."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        if then == "value":
+            return "fallback"
+        if then == "error":
+            raise ValueError("its own") from None
+        raise
+    return "slept"
+
+
+async def _agen(n: int) -> AsyncGenerator[int, None]:
+    for i in range(n):
+        yield i
+
+
+async def _cancel_itself() -> None:
+    await asyncio.sleep(0.01)
+    raise asyncio.CancelledError
 
 
 async def _double_or_die(x: int, bad: int) -> int:

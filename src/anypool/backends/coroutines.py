@@ -7,7 +7,9 @@ coroutines share it with the caller's code (and its loop-bound objects, such
 as client sessions); there, ``await fut`` and ``async for`` never block, and
 the blocking calls that would deadlock the loop (``result()`` on an
 unfinished task, ``for`` over ``map``, ``shutdown(wait=True)``) raise
-``RuntimeError`` saying what to use instead.
+``RuntimeError`` saying what to use instead.  As that loop ends
+(``asyncio.run`` returns) the pool lets go of it, settling what it left
+unfinished (see ``AsyncBackend._detach``).
 
 ``workers`` caps how many coroutines run at once (default 10,000);
 ``timeout=`` cancels a coroutine that runs past it; ``Future.cancel()``
@@ -33,12 +35,14 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections import deque
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..asyncfuture import FINISHING, STARTING, AsyncFuture
-from ..errors import InitializerFailed, PoolClosed, TaskTimeout
+from ..errors import BrokenPool, InitializerFailed, PoolClosed, TaskTimeout
 from ..futures import _CANCELLED
 from ..state import bind_context
 from ..tasks import ONE, Failure, Task
@@ -52,9 +56,43 @@ __all__ = ["AsyncBackend"]
 log = logging.getLogger("anypool")
 
 BLOCKED_WARNING = 0.5  # seconds the pool's own loop may be stuck before a warning
+# After a task of an attached pool is cancelled by neither the pool nor its
+# future (asyncio.run cancels every task as it ends), queued tasks wait this
+# long (seconds) before they start: time for that ending to let go of the loop.
+HOLD_AFTER_CANCEL = 0.1
+LOOP_END_GRACE = 1.0  # seconds an ending loop is given to end the tasks the pool cancelled there
 _NO_KWARGS: dict[str, Any] = {}
 _TASK_CONTEXT = sys.version_info >= (3, 11)  # create_task(context=) exists
+_CANCELLING = sys.version_info >= (3, 11)  # Task.cancelling() exists
 _Coroutine = types.CoroutineType
+_AsyncGenerator = types.AsyncGeneratorType
+
+
+def async_gen_error(gen: Any) -> TypeError:
+    """The error for a task whose callable gave an async generator, where a coroutine was expected."""
+    name = getattr(gen, "__qualname__", "the callable")
+    return TypeError(
+        f"{name} is an async generator function, not a coroutine function: the pool awaits what a "
+        f"task returns, and an async generator cannot be awaited (collect its items in an async def: "
+        f"`return [x async for x in {name}(...)]`)")
+
+
+# the pools attached to a caller's loop (see let_go_of), and what guards that set
+_ATTACHED: weakref.WeakSet[AsyncBackend] = weakref.WeakSet()
+_ATTACHED_LOCK = threading.Lock()
+
+
+def let_go_of(loop: asyncio.AbstractEventLoop) -> None:
+    """Detach every pool attached to ``loop``, which has closed.
+
+    What it never finished fails with ``PoolClosed``.  For a future of such a
+    pool that is waited for: without this it would wait for ever.
+    """
+    with _ATTACHED_LOCK:
+        attached = list(_ATTACHED)
+    for backend in attached:
+        if backend._loop is loop:
+            backend.let_go_if_closed()
 
 
 class _BatchRun:
@@ -84,7 +122,7 @@ class AsyncBackend(Backend):
 
     def __init__(self, config: BackendConfig, dispatch: Dispatch) -> None:
         super().__init__(config, dispatch)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _detach settles tasks: their callbacks may submit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.loop_thread: int | None = None  # ident of the thread running the loop
@@ -106,7 +144,11 @@ class AsyncBackend(Backend):
         self._cb_ctx = contextvars.copy_context()
         self._expired: set[asyncio.Task[Any]] = set()  # cancelled by their timeout
         self._timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
-        self._ready = True
+        self._ready = True  # False while nothing may start: an initializer runs, or see _hold
+        self._held = False  # see _hold
+        # suspended in the caller's loop while it runs: see _watch_loop_end
+        self._sentinel: AsyncGenerator[None, None] | None = None
+        self._ended: weakref.ref[asyncio.AbstractEventLoop] | None = None  # a caller's loop that is ending
         self._stopping = False
         self._broken: BaseException | None = None
         self._ws = dispatch.stats.worker("loop")
@@ -149,10 +191,16 @@ class AsyncBackend(Backend):
             except RuntimeError:
                 running = None
             if running is not None and not self.config.extra.get("own_loop", False):
+                if self._ended is not None and self._ended() is running:
+                    # its asyncio.run is ending: a task started now would be destroyed unfinished
+                    raise PoolClosed("the event loop this pool runs its coroutines on is shutting down")
                 self.attached = True
                 self.loop_thread = threading.get_ident()
                 self.loop_tid = threading.get_native_id()
                 self._loop = running
+                with _ATTACHED_LOCK:
+                    _ATTACHED.add(self)
+                self._sentinel = _watch_loop_end(self, running)
                 self._initialize_here()
                 return running
             loop = asyncio.new_event_loop()
@@ -165,37 +213,93 @@ class AsyncBackend(Backend):
             self._initialize_own()
             return loop
 
-    def _detach(self) -> None:
-        """Let go of the caller's loop, which has closed (an ``asyncio.run`` that ended).
+    def _detach(self) -> list[asyncio.Task[Any]]:
+        """Let go of the caller's loop, ending or closed (an ``asyncio.run`` that ended).
 
         A pool made outside any loop attaches to the first one that uses it;
         used again from a later ``asyncio.run`` (or the next test's loop), it
         attaches to that one, and runs its initializer there again (what it
         set up belonged to the closed loop).  Tasks the old loop never
-        finished fail with ``PoolClosed``.  The caller holds ``self._lock``.
+        finished fail with ``PoolClosed``: those that never started, and those
+        still running (cancelled, where the loop still runs).  Let go of as
+        ``asyncio.run`` ends (see :func:`_watch_loop_end`), or else once the
+        loop is found closed (a ``loop.close()`` alone).
+
+        Returns the tasks it cancelled, whose end a loop still running must
+        see.  The caller holds ``self._lock``.
         """
+        loop = self._loop
+        assert loop is not None
+        closed = loop.is_closed()
         err = PoolClosed("the event loop this pool ran its coroutines on closed before this task ended")
         unstarted = [*self._inbox, *self._waiting]
-        running = list(self._running.values())
+        settle: list[tuple[Any, Any]] = []
+        kept: dict[asyncio.Task[Any], Any] = {}
+        cancelled: list[asyncio.Task[Any]] = []
+        for atask, job in self._running.items():
+            if not atask.done():
+                settle.append((job, Failure(err, "cancelled")))
+                if not closed:  # asyncio.run's shutdown: cancelled (and awaited) without reporting it
+                    atask.remove_done_callback(self._on_done_cb)
+                    atask.cancel()
+                    cancelled.append(atask)
+            elif closed:  # ended, never reported: the loop closed with its done callback pending
+                settle.append((job, self._outcome(job if type(job) is Task else job[0].task, atask)))
+            else:
+                kept[atask] = job  # its done callback, already scheduled, reports it
+        for atask, timer in self._timers.items():
+            if atask not in kept:
+                timer.cancel()
+        self._timers = {a: t for a, t in self._timers.items() if a in kept}
+        self._expired = {a for a in self._expired if a in kept}
+        self._running = kept
         self._inbox.clear()
         self._waiting.clear()
-        self._running.clear()
-        self._timers.clear()
-        self._expired.clear()
         self._drain_scheduled = False
-        self._active = len(running)  # each _settle below takes one off
+        self._active = len(settle) + len(kept)  # each _settle takes one off
         self._loop = None
+        self._sentinel = None  # a closed loop's finalizer hook lets it go quietly
+        with _ATTACHED_LOCK:
+            _ATTACHED.discard(self)
         self.attached = False
         self.loop_thread = self.loop_tid = None
         self._ready = True
+        self._held = False
         for task in unstarted:
             self.dispatch.fail_unrun(task, err, "cancelled")
-        for job in running:
+        for job, value in settle:
             if type(job) is Task:
-                self._settle(job, None, 0, job.started, Failure(err, "cancelled"))
+                self._settle(job, None, 0, job.started, value)
             else:
                 run, i = job
-                self._settle(run.task, run, i, run.started, Failure(err, "cancelled"))
+                self._settle(run.task, run, i, run.started, value)
+        return cancelled
+
+    def _loop_ending(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+        """The caller's loop is shutting down: let go of it now (see :meth:`_detach`).
+
+        Returns the tasks cancelled, for the loop to see them end.
+        """
+        with self._lock:
+            if not self.attached or self._loop is not loop:
+                return []
+            self._ended = weakref.ref(loop)
+            return self._detach()
+
+    def let_go_if_closed(self) -> bool:
+        """Let go of the caller's loop if it has closed; whether it had.
+
+        What that loop never finished fails with ``PoolClosed`` (see
+        :meth:`_detach`), so waiting on it or shutting the pool down no
+        longer waits for ever, nor says it would block a loop.
+        """
+        loop = self._loop
+        if not self.attached or loop is None or not loop.is_closed():
+            return False
+        with self._lock:
+            if self.attached and self._loop is loop:
+                self._detach()
+        return True
 
     def _run_loop(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
@@ -204,16 +308,41 @@ class AsyncBackend(Backend):
         loop.call_soon(started.set)
         loop.call_soon(self._heartbeat, loop)
         clock.call_later(BLOCKED_WARNING, self._watch, 0.0)
+        ended: BaseException | None = None
         try:
-            loop.run_forever()
+            while True:
+                try:
+                    loop.run_forever()
+                    break
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    # asyncio re-raises these out of the loop once the task that
+                    # raised them holds them (a task of the pool fails with it, from
+                    # its done callback, next turn): one coroutine must not end the
+                    # loop that every other task runs on.  Stopping, the stop this
+                    # ended may have been lost with it: end here.
+                    if self._stopping:
+                        break
+                    log.warning("anypool: %r raised by a coroutine on the pool's event loop went no "
+                                "further (the loop goes on)", exc)
+        except BaseException as exc:
+            ended = exc
+            raise
         finally:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            close_loop(loop)
+            if not self._stopping:  # never expected: asyncio itself failed
+                self._broken = BrokenPool(f"the async backend's event loop ended: {ended!r}")
+                self.dispatch.broken(self._broken)
+            self._fail_unstarted(self._broken or PoolClosed("the async backend is shut down"))
+
+    def _fail_unstarted(self, err: BaseException) -> None:
+        """Fail the tasks that never started, the loop that would run them having closed."""
+        for q in (self._inbox, self._waiting):
+            while q:
+                try:
+                    task = q.popleft()
+                except IndexError:  # a submit that failed took its task back meanwhile
+                    break
+                self.dispatch.fail_unrun(task, err, "cancelled")
 
     def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
         # The loop comes as an argument: the first beat can run before
@@ -313,11 +442,21 @@ class AsyncBackend(Backend):
             fut._home, fut._loop_thread = loop, self.loop_thread
         self._inbox.append(task)
         if not self._drain_scheduled:
+            # set before the drain is scheduled, not after: the drain may run
+            # (and clear it) before this thread returns from scheduling it
             self._drain_scheduled = True
-            if threading.get_ident() == self.loop_thread:
-                loop.call_soon(self._drain)
-            else:
-                loop.call_soon_threadsafe(self._drain)
+            try:
+                if threading.get_ident() == self.loop_thread:
+                    loop.call_soon(self._drain)
+                else:
+                    loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed: a shutdown under way, or it broke
+                self._drain_scheduled = False
+                try:
+                    self._inbox.remove(task)
+                except ValueError:
+                    return  # the loop's end failed it already, and its future says so
+                raise self._broken or PoolClosed("the async backend is shut down") from None
 
     def _drain(self) -> None:
         self._drain_scheduled = False
@@ -393,6 +532,8 @@ class AsyncBackend(Backend):
         elif inspect.isawaitable(r):
             coro = r if asyncio.iscoroutine(r) else _await(r)
         else:
+            if type(r) is _AsyncGenerator:
+                r = Failure(async_gen_error(r))
             self._settle(task, run, i, now, r)
             return
         loop = self._loop
@@ -444,9 +585,37 @@ class AsyncBackend(Backend):
                 return Failure(TaskTimeout(task.options.timeout or 0.0, task.label()), "timeout")
             if self._stopping:
                 return Failure(PoolClosed("the pool was shut down while this coroutine ran"), "cancelled")
+            if self.attached and not self._held and (
+                    task.future is None or task.future._state not in _CANCELLED) and (
+                    not _CANCELLING or atask.cancelling()):  # type: ignore[attr-defined]  # 3.11+
+                # not one that raised CancelledError itself (3.11+ tells them apart)
+                self._hold()
             return Failure(cf.CancelledError("the coroutine was cancelled"), "cancelled")
         exc = atask.exception()
         return Failure(exc) if exc is not None else atask.result()
+
+    def _hold(self) -> None:
+        """Start no queued task for a moment: the caller's loop may be ending.
+
+        Called when a task on the caller's loop was cancelled from outside
+        (neither its timeout, a shutdown nor its future): ``asyncio.run``
+        does that to every task as it ends, and a queued task started in
+        their place would run on a loop about to close.  If it is ending,
+        :func:`_watch_loop_end` lets go of it well before
+        ``HOLD_AFTER_CANCEL`` has passed; if not, the queue starts again then.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # being let go of (see _detach)
+        self._held = True
+        self._ready = False
+        loop.call_later(HOLD_AFTER_CANCEL, self._unhold, loop)
+
+    def _unhold(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._held and self._loop is loop:
+            self._held = False
+            self._ready = True
+            self._launch_waiting()
 
     def _settle(self, task: Task, run: _BatchRun | None, i: int, t0: float, value: Any) -> None:
         self._active -= 1
@@ -497,6 +666,7 @@ class AsyncBackend(Backend):
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
         self._stopping = True
+        self.let_go_if_closed()
         loop = self._loop
         if loop is None:
             return
@@ -526,6 +696,50 @@ class AsyncBackend(Backend):
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None and (wait or kill) and self._thread is not threading.current_thread():
             self._thread.join(5.0)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop that has stopped as ``asyncio.run`` does: its tasks cancelled and waited for first.
+
+    Then its async generators are closed, and the loop itself.
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+def _watch_loop_end(backend: AsyncBackend,
+                    loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+    """Start and return an async generator that lets ``backend`` go of ``loop`` as it ends.
+
+    Called in ``loop``, so the generator is registered with it (asyncio's
+    async generator hooks): ``asyncio.run`` closes it after cancelling every
+    task and before closing the loop, and its ``finally`` detaches the pool
+    (see ``AsyncBackend._detach``).  Unlike a task, it is nobody's to wait
+    for: ``asyncio.all_tasks()`` does not list it.  It refers to the backend
+    weakly, so a pool dropped is not kept by the loop.
+    """
+    gen = _loop_end(weakref.ref(backend), loop)
+    try:
+        gen.asend(None).send(None)  # runs to its yield, at once
+    except StopIteration:
+        pass
+    return gen
+
+
+async def _loop_end(ref: weakref.ref[AsyncBackend],
+                    loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        backend = ref()
+        cancelled = backend._loop_ending(loop) if backend is not None else []
+        if cancelled:
+            await asyncio.wait(cancelled, timeout=LOOP_END_GRACE)
 
 
 async def _await(awaitable: Any) -> Any:

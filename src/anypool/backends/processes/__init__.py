@@ -219,7 +219,9 @@ class AsyncProcessBackend(ProcessBackend):
 
     ``workers`` processes, each running up to ``concurrency`` coroutines at
     once (default 1000).  ``timeout=`` cancels the coroutine inside its
-    process; if it still runs ``ASYNC_GRACE`` (1 s) later (it blocks the loop,
+    process (one that handles the cancellation and ends by itself ends with
+    its own value or error, as on ``async``); if it still runs
+    ``ASYNC_GRACE`` (1 s) later (it blocks the loop,
     ignores the cancellation, or the process is stopped), the process is
     killed: that coroutine fails with ``TaskTimeout``, the others run again.
     A process that dies while a coroutine's step runs (``os._exit``,

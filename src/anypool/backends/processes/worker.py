@@ -93,11 +93,41 @@ def main(sock: socket.socket, fault: Any, slots: Any, config: bytes) -> None:
     send_frame(sock, reply(pickle.dumps((READY, os.getpid()), PROTOCOL)))
     worker = _Worker(sock, slots, base, cfg)
     if cfg["mode"] == "async":
-        import asyncio  # only process+async workers pay its ~20 ms import
-
-        asyncio.run(worker.serve_async(cfg["concurrency"]))
+        _serve_async(worker, cfg["concurrency"])
     else:
         worker.serve()
+
+
+def _serve_async(worker: _Worker, concurrency: int) -> None:
+    """Run a process+async worker's loop until the pool says STOP, then close it as ``asyncio.run`` would.
+
+    asyncio lets ``SystemExit`` and ``KeyboardInterrupt`` out of the loop
+    from any task (once the task holds it) or callback.  The pool's own
+    coroutines report theirs as their result (see ``run_item``); one from a
+    task a coroutine started, or a callback, is printed and the loop goes
+    on: it must not end every coroutine the process holds (asyncio.run would
+    cancel them all, and each came back as a bare ``CancelledError``).  Any
+    other way out of the loop ends the process, whose coroutines then fail
+    as a crash does (and are retried as one).
+    """
+    import asyncio  # only process+async workers pay its ~20 ms import
+
+    from ..coroutines import close_loop
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(worker.serve_async(concurrency))
+    while True:
+        try:
+            loop.run_until_complete(main)
+            break
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if main.done():  # the worker's own code: not expected
+                raise
+            sys.stderr.write(f"anypool: worker (pid {os.getpid()}): {exc!r} raised outside the pool's "
+                             "coroutines went no further (the loop goes on)\n")
+            sys.stderr.flush()
+    close_loop(loop)
 
 
 def _forget_parents_fork_server() -> None:
@@ -408,7 +438,10 @@ class _Worker:
 
     async def serve_async(self, concurrency: int) -> None:
         import asyncio
+        import concurrent.futures as cf
         import inspect
+
+        from ..coroutines import async_gen_error
 
         loop = asyncio.get_running_loop()
         sock, slots, base = self.sock, self.slots, self.base
@@ -475,14 +508,24 @@ class _Worker:
                             timer = loop.call_at(loop.time() + (timeout or 0.0) - (time.time() - t0),
                                                  expire, me)
                         r = await _Marked(r, slots, base, wire_id, i, t0)
+                    elif inspect.isasyncgen(r):
+                        raise async_gen_error(r)
                     bad = False
+                except asyncio.CancelledError:
+                    # As on the async backend: its timeout's, a TaskTimeout (a coroutine
+                    # that turned it into a value or its own error ended by itself: that
+                    # is its outcome); any other (it raised one itself, or awaited what
+                    # was cancelled) cancels its task.
+                    if expired:
+                        r = _packed(TaskTimeout(timeout or 0.0), "timeout", 0)
+                    else:
+                        r = _packed(cf.CancelledError("the coroutine was cancelled"), "cancelled", 0)
+                    bad = True
                 except BaseException as exc:
                     r, bad = _packed(exc), True
                 finally:
                     if timer is not None:
                         timer.cancel()
-                if expired:  # even if the coroutine swallowed the cancellation: it ran too long
-                    r, bad = _packed(TaskTimeout(timeout or 0.0), "timeout", 0), True
                 report((wire_id, i, r, bad, t0, time.time()))
 
         def on_readable() -> None:
