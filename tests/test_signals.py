@@ -92,3 +92,23 @@ def test_ctrl_c_while_a_process_task_runs() -> None:
         sender.join()
     finally:
         pool.shutdown(wait=False, kill=True)
+
+
+def test_ctrl_c_while_an_async_pools_initializer_runs_is_the_callers_not_a_failed_initializer(
+        gate: threading.Event) -> None:
+    """The first submit waits for the initializer; Ctrl-C there was reported as InitializerFailed."""
+    pool = anypool.Pool("async", 2, initializer=gate.wait, initargs=(TASK_SECONDS,))
+    try:
+        sender = _sigint_from_another_thread(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            pool.submit(tasks.asquare, 2)
+        sender.join()
+        assert time.monotonic() - t0 < 5
+        fut = pool.submit(tasks.asquare, 3)  # waits for the initializer, which goes on
+        assert not fut.done()
+        gate.set()
+        assert fut.result(10) == 9
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)

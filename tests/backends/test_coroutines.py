@@ -523,6 +523,27 @@ def test_a_blocked_loop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     assert any("event loop has not turned" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.timeout(60)
+def test_a_kill_waits_for_a_blocked_loop_once_not_at_every_step(caplog: pytest.LogCaptureFixture) -> None:
+    """A call blocking the pool's own loop cannot be stopped; the kill's three steps
+    (cancel what waits, cancel what runs, join the loop) each waited 5 s for it."""
+    release = threading.Event()
+    pool = anypool.Pool("async", 2)
+    try:
+        blocked = pool.submit(release.wait, 20)  # a plain call runs on the loop: it holds it
+        time.sleep(1.5)  # its heartbeat stops
+        queued = pool.submit(tasks.asquare, 3)
+        t0 = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="anypool"):
+            pool.shutdown(kill=True)
+        took = time.monotonic() - t0
+        assert took < 8, f"the kill took {took:.1f} s"
+        assert queued.cancelled()
+    finally:
+        release.set()
+    assert blocked.result(10) is True
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
 def test_a_base_exception_in_a_coroutine_leaves_the_pools_own_loop_running(

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from .. import clock
+from .. import clock, waiting
 from ..asyncfuture import FINISHING, STARTING, AsyncFuture
 from ..errors import BrokenPool, InitializerFailed, PoolClosed, TaskTimeout
 from ..futures import _CANCELLED
@@ -155,6 +155,7 @@ class AsyncBackend(Backend):
         self._state: dict[str, Any] = {}
         self._ctx = bind_context(self._state)
         self._beat = 0.0
+        self._stuck = False  # a call on the loop went unanswered for 5 s: a blocking call holds it
 
     @property
     def workers(self) -> int:
@@ -392,9 +393,31 @@ class AsyncBackend(Backend):
 
         loop.call_soon_threadsafe(start)
         try:
-            done.result()
-        except BaseException as exc:
+            for step in waiting.slices(None):  # Ctrl-C here is the caller's, not the initializer's
+                try:
+                    done.result(step)
+                    break
+                except cf.TimeoutError:
+                    continue
+        except (KeyboardInterrupt, SystemExit):
+            if done.done():
+                raise
+            # Interrupted while the initializer still runs: tasks wait for its end
+            # on the loop (as on a caller's loop), and it may yet fail the pool.
+            self._ready = False
+            done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._initialized, f))
+            raise
+        except BaseException as exc:  # what the initializer raised, set on `done`
             self._init_failed(exc)
+
+    def _initialized(self, done: cf.Future[None]) -> None:
+        """On the loop: an initializer the creating thread stopped waiting for has ended."""
+        exc = done.exception()
+        if exc is not None:
+            self._init_failed(exc)
+            return
+        self._ready = True
+        self._launch_waiting()
 
     def _initialize_here(self) -> None:
         init = self.config.initializer
@@ -657,11 +680,18 @@ class AsyncBackend(Backend):
         loop = self._loop
         if loop is None or not loop.is_running() or threading.get_ident() == self.loop_thread:
             fn()  # nothing else runs there now (a closed loop, or the caller's, ended)
+        elif self._stuck or (self._thread is not None and time.monotonic() - self._beat > 1.0):
+            # its heartbeat stopped, or it did not answer last time: a blocking
+            # call holds it, and a shutdown does not wait 5 s a step for it
+            self._stuck = True
+            fn()
         else:
             try:
                 asyncio.run_coroutine_threadsafe(_call(fn), loop).result(5.0)
             except (cf.TimeoutError, cf.CancelledError, RuntimeError):
-                # stuck, or stopped meanwhile (its last turn cancels what is left)
+                # stuck (a call blocking it), or stopped meanwhile (its last turn
+                # cancels what is left)
+                self._stuck = loop.is_running()
                 fn()
 
     def shutdown(self, wait: bool = True, kill: bool = False) -> None:
@@ -695,7 +725,7 @@ class AsyncBackend(Backend):
         if not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None and (wait or kill) and self._thread is not threading.current_thread():
-            self._thread.join(5.0)
+            self._thread.join(0.1 if self._stuck else 5.0)
 
 
 def close_loop(loop: asyncio.AbstractEventLoop) -> None:
