@@ -240,13 +240,8 @@ class Manager:
             if self.first_ctx is None:
                 for _ in range(self.n):
                     self._start_worker()
-            timeout = self._turn()
-            # psutil is loaded here, once the first tasks are out, for the kill
-            # path (_kill_group): importing it there took ~10 ms in the caller,
-            # long enough for a second Ctrl-C to land inside the import and cut
-            # a shutdown(kill=True) short before any worker was killed.
-            import psutil  # noqa: F401
             while True:
+                timeout = self._turn()
                 if self.stopping and not self.workers:
                     break
                 for key, mask in self.selector.select(timeout):
@@ -267,7 +262,6 @@ class Manager:
                             self._flush(w)
                     elif kind == "exit":
                         self._on_exit(w)
-                timeout = self._turn()
         except BaseException as exc:
             log.exception("anypool: the process manager failed; the pool is broken")
             # what failed, in the error every pending task gets: the log may be out of sight
@@ -1069,7 +1063,7 @@ def _kill_group(pid: int) -> None:
     a task's child that started a group or session of its own escapes that,
     so the worker's process tree is collected first (psutil) and killed too.
     """
-    import psutil  # loaded already by the manager thread (see _run)
+    import psutil  # on the kill path only: timeouts, shutdown(kill=True)
 
     try:
         tree = psutil.Process(pid).children(recursive=True)
