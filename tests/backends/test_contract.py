@@ -248,17 +248,22 @@ class TestAsync:
         assert asyncio.run(main()) == [0, 1, 4, 9, 16]
 
 
+def _refuses_new_work(pool: anypool.Pool, flavor: Flavor) -> None:
+    """A shut-down pool refuses submit and every map at the call, reading none of the input."""
+    with pytest.raises(anypool.PoolClosed):
+        pool.submit(flavor.fn("square"), 1)
+    items = iter(range(5))
+    for method in (pool.map, pool.imap, pool.imap_unordered):  # at the call, as submit
+        with pytest.raises(anypool.PoolClosed, match="shut down"):
+            method(flavor.fn("square"), items)
+    assert next(items) == 0  # none of the input was read (and dropped)
+
+
 class TestLifecycle:
     def test_submit_after_shutdown_is_refused(self, flavor: Flavor) -> None:
         pool = flavor.pool()
         pool.shutdown()
-        with pytest.raises(anypool.PoolClosed):
-            pool.submit(flavor.fn("square"), 1)
-        items = iter(range(5))
-        for method in (pool.map, pool.imap, pool.imap_unordered):  # at the call, as submit
-            with pytest.raises(anypool.PoolClosed, match="shut down"):
-                method(flavor.fn("square"), items)
-        assert next(items) == 0  # none of the input was read (and dropped)
+        _refuses_new_work(pool, flavor)
 
     def test_cancel_before_start_and_cancel_futures(self, concurrent: Flavor) -> None:
         """Queued tasks can be cancelled; shutdown(cancel_futures=True) cancels the rest."""
@@ -350,13 +355,7 @@ class TestLifecycle:
         first.add_done_callback(lambda f: (pool.shutdown(), done.set()))
         assert done.wait(30)
         assert first.result(30) == 9
-        with pytest.raises(anypool.PoolClosed):
-            pool.submit(flavor.fn("square"), 1)
-        items = iter(range(5))
-        for method in (pool.map, pool.imap, pool.imap_unordered):  # at the call, as submit
-            with pytest.raises(anypool.PoolClosed, match="shut down"):
-                method(flavor.fn("square"), items)
-        assert next(items) == 0  # none of the input was read (and dropped)
+        _refuses_new_work(pool, flavor)
         pool.shutdown()  # from here it waits, for the workers too (the fixtures check them gone)
 
     @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()],
