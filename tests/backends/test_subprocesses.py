@@ -398,7 +398,15 @@ class TestStopping:
         proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
         try:
             _wait_for_lines(pids, 4)
-            guards = [p for p in psutil.Process(proc.pid).children() if "anypool-job-guard" in p.cmdline()]
+            # the guard is started just after the first job (jobguard.started): the
+            # jobs can write their pids first
+            deadline = time.monotonic() + 10
+            while True:
+                guards = [p for p in psutil.Process(proc.pid).children()
+                          if "anypool-job-guard" in p.cmdline()]
+                if guards or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
             assert len(guards) == 1, "no job guard"
             time.sleep(0.5)  # until the jobs' threads have told the guard (see jobguard: the gap)
             go.touch()
